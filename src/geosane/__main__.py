@@ -1,0 +1,3 @@
+from geosane.cli import main
+
+main()

@@ -1,0 +1,91 @@
+"""Normalization and an in-memory tensor dataset with remote-sensing augmentations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "TensorImageDataset"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-band mean/std applied after scaling 8-bit images to ``[0, 1]``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def imagenet(cls, bands: tuple[int, ...] | list[int] | None = None) -> Normalization:
+        """ImageNet RGB statistics, for the RGB band indices ``bands`` (default all three)."""
+        bands = tuple(bands) if bands is not None else (0, 1, 2)
+        return cls(tuple(IMAGENET_MEAN[b] for b in bands), tuple(IMAGENET_STD[b] for b in bands))
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor) -> Normalization:
+        """Per-band statistics of ``images`` ``[N, C, H, W]`` (8-bit images scaled to [0, 1])."""
+        x = _to_float(images)
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        return cls(tuple(mean.tolist()), tuple(std.tolist()))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = _to_float(images)
+        shape = (1, -1, 1, 1) if x.ndim == 4 else (-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype).view(shape)
+        return (x - mean) / std
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+class TensorImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Normalized images and targets held in memory.
+
+    With ``augment=True`` each sample gets a random horizontal/vertical flip and a random multiple
+    of 90 degree rotation (overhead imagery has no canonical orientation); segmentation targets
+    ``[H, W]`` are transformed identically.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        normalization: Normalization,
+        augment: bool = False,
+    ) -> None:
+        if images.shape[0] != targets.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} targets")
+        self.images = images
+        self.targets = targets
+        self.normalization = normalization
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.normalization(self.images[index])
+        target = self.targets[index]
+        if self.augment:
+            dense = target.ndim >= 2
+            if torch.rand(()) < 0.5:
+                image = image.flip(-1)
+                target = target.flip(-1) if dense else target
+            if torch.rand(()) < 0.5:
+                image = image.flip(-2)
+                target = target.flip(-2) if dense else target
+            k = int(torch.randint(0, 4, ()))
+            if k:
+                image = torch.rot90(image, k, dims=(-2, -1))
+                target = torch.rot90(target, k, dims=(-2, -1)) if dense else target
+        return image.contiguous(), target.contiguous() if target.ndim else target

@@ -1,0 +1,126 @@
+"""Atomic file output, checksums and safe checkpoint I/O shared by every stage.
+
+Every file geosane writes goes through :func:`atomic_path`: the content is written to a temporary
+file in the destination directory and renamed over the target only when complete, so an
+interrupted job never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = [
+    "atomic_path",
+    "read_json",
+    "save_safetensors",
+    "save_torch",
+    "sha256_file",
+    "sha256_tensors",
+    "write_json",
+    "write_text",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+    """Atomically write ``obj`` as JSON to ``path``."""
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Atomically save ``tensors`` as a safetensors file (contiguous copies where needed)."""
+    prepared = {k: v.detach().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(prepared, str(tmp), metadata=dict(metadata) if metadata else None)
+    return Path(path)
+
+
+def save_torch(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Atomically ``torch.save`` an object made only of tensors and plain Python containers.
+
+    Such files load back with ``torch.load(weights_only=True)``; anything else should not be saved.
+    """
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, streamed in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hex SHA-256 over names, dtypes, shapes and raw bytes of tensors, in key order.
+
+    Two state dicts with bitwise identical tensors under the same names get the same digest,
+    whatever file format they came from.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in tensors.items():
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,5 @@
+"""Model sources and the zoo: resolve any model into named tensors, collect many into a zoo."""
+
+from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture, load_weights_file, resolve
+
+__all__ = ["ArchSpec", "LoadedModel", "build_architecture", "load_weights_file", "resolve"]

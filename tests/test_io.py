@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from geosane.io import atomic_path, save_safetensors, sha256_tensors, write_json
+
+
+def test_atomic_path_leaves_target_untouched_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert target.read_text().strip().startswith("{")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_sha256_tensors_depends_on_bits_not_container(tmp_path: Path) -> None:
+    a = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.ones(3, dtype=torch.bfloat16)}
+    b = {k: v.clone() for k, v in a.items()}
+    assert sha256_tensors(a) == sha256_tensors(b)
+    b["w"][0, 0] = -0.0  # +0.0 vs -0.0 differ in bits
+    assert sha256_tensors(a) != sha256_tensors(b)
+    save_safetensors(a, tmp_path / "m.safetensors")
+    from safetensors.torch import load_file
+
+    assert sha256_tensors(load_file(tmp_path / "m.safetensors")) == sha256_tensors(a)
