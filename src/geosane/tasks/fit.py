@@ -1,0 +1,253 @@
+"""Train and evaluate task models with Lightning and torchmetrics.
+
+:func:`fit` trains a classifier or segmenter under a fixed budget (epochs, optimizer, schedule,
+seed) and records per-epoch curves; :func:`evaluate` computes the task metric on a dataset.
+Metrics: overall accuracy (single-label), macro mAP (multi-label), mIoU with ``ignore_index``
+(segmentation, torchmetrics' confusion-matrix based Jaccard index).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from geosane.data import IGNORE_INDEX
+from geosane.tasks.models import TaskKind
+
+__all__ = ["FitConfig", "FitResult", "TaskModule", "evaluate", "fit", "make_metric", "primary_metric_name"]
+
+
+@dataclass
+class FitConfig:
+    """Fine-tuning budget and optimisation settings (identical across compared initialisations)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    backbone_lr_scale: float = 1.0
+    freeze_backbone: bool = False
+    label_smoothing: float = 0.0
+    seed: int = 0
+    num_workers: int = 0
+    precision: str = "32-true"
+    progress: bool = False
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history (train loss, lr and validation/test metric) and final metrics."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+
+
+def primary_metric_name(task: TaskKind) -> str:
+    return {"classification": "accuracy", "multilabel": "map", "segmentation": "miou"}[task]
+
+
+def make_metric(
+    task: TaskKind, num_classes: int, ignore_index: int | None = IGNORE_INDEX
+) -> torchmetrics.Metric:
+    """The task's headline metric as a torchmetrics object."""
+    if task == "classification":
+        return torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="micro")
+    if task == "multilabel":
+        return torchmetrics.AveragePrecision(task="multilabel", num_labels=num_classes, average="macro")
+    return torchmetrics.JaccardIndex(
+        task="multiclass", num_classes=num_classes, ignore_index=ignore_index, average="macro"
+    )
+
+
+def task_loss(
+    task: TaskKind, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    if task == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    if task == "segmentation":
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+
+def _backbone_and_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split parameters into backbone and head (timm classifier head, or a segmenter's decoder)."""
+    if hasattr(model, "decoder") and hasattr(model, "backbone"):
+        head = list(model.decoder.parameters())
+    elif hasattr(model, "get_classifier"):
+        head = list(model.get_classifier().parameters())
+    else:
+        head = []
+    head_ids = {id(p) for p in head}
+    return [p for p in model.parameters() if id(p) not in head_ids], head
+
+
+class TaskModule(L.LightningModule):
+    """LightningModule for classification, multi-label classification and segmentation."""
+
+    def __init__(self, model: nn.Module, task: TaskKind, num_classes: int, config: FitConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.config = config
+        self.val_metric = make_metric(task, num_classes)
+        self.metric_name = primary_metric_name(task)
+        self.history: list[dict[str, float]] = []
+        self._epoch_loss: list[float] = []
+        if config.freeze_backbone:
+            backbone, _ = _backbone_and_head(model)
+            for p in backbone:
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        if self.config.freeze_backbone:  # keep frozen BatchNorm statistics frozen too
+            backbone = self.model.backbone if hasattr(self.model, "backbone") else self.model
+            for m in backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = task_loss(self.task, self(x), y, self.config.label_smoothing)
+        self._epoch_loss.append(float(loss.detach()))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_metric.update(_metric_input(self.task, self(x)), y)
+
+    def on_train_epoch_end(self) -> None:
+        row = {
+            "epoch": float(self.current_epoch + 1),
+            "train_loss": sum(self._epoch_loss) / max(len(self._epoch_loss), 1),
+            "lr": float(self.trainer.optimizers[0].param_groups[-1]["lr"]),
+        }
+        self._epoch_loss.clear()
+        if self.history and self.history[-1].get("epoch") == row["epoch"]:
+            self.history[-1].update(row)
+        else:
+            self.history.append(row)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metric.reset()
+            return
+        value = float(self.val_metric.compute())
+        self.val_metric.reset()
+        epoch = float(self.current_epoch + 1)
+        if self.history and self.history[-1].get("epoch") == epoch:
+            self.history[-1][f"val_{self.metric_name}"] = value
+        else:
+            self.history.append({"epoch": epoch, f"val_{self.metric_name}": value})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        backbone, head = _backbone_and_head(self.model)
+        groups = [
+            {"params": [p for p in head if p.requires_grad], "lr": self.config.lr},
+            {
+                "params": [p for p in backbone if p.requires_grad],
+                "lr": self.config.lr * self.config.backbone_lr_scale,
+            },
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = max(total // max(self.config.epochs, 1), 1)
+        warmup = min(int(self.config.warmup_epochs * steps_per_epoch), total - 1)
+
+        def schedule(step: int) -> float:  # linear warm-up then cosine decay, per optimizer step
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _metric_input(task: TaskKind, logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if task == "multilabel" else logits.argmax(dim=1)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+
+
+def fit(
+    model: nn.Module,
+    task: TaskKind,
+    num_classes: int,
+    train: Dataset,
+    val: Dataset | None = None,
+    config: FitConfig | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``train`` under ``config``; evaluate on ``val`` after every epoch.
+
+    Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
+    given seed on CPU.
+    """
+    config = config or FitConfig()
+    _quiet_lightning()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = TaskModule(model, task, num_classes, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(
+        train,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(train) > config.batch_size,
+        num_workers=config.num_workers,
+        generator=generator,
+    )
+    val_loader = (
+        DataLoader(val, batch_size=config.batch_size * 2, num_workers=config.num_workers)
+        if val is not None
+        else None
+    )
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator="auto",
+        devices=1,
+        precision=config.precision,  # type: ignore[arg-type]
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=config.progress,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    trainer.fit(module, train_loader, val_loader)
+    result = FitResult(history=module.history)
+    if val is not None and module.history:
+        key = f"val_{module.metric_name}"
+        result.final = {module.metric_name: module.history[-1].get(key, float("nan"))}
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, task: TaskKind, num_classes: int, data: Dataset, batch_size: int = 64
+) -> dict[str, float]:
+    """The task metric of ``model`` on ``data`` (eval mode, no gradient)."""
+    model.eval()
+    metric = make_metric(task, num_classes)
+    for x, y in DataLoader(data, batch_size=batch_size):
+        metric.update(_metric_input(task, model(x)), y)
+    return {primary_metric_name(task): float(metric.compute())}

@@ -1,0 +1,134 @@
+"""Task models on timm backbones: classifiers and segmenters.
+
+Weights from any source (zoo member, generated candidate, prompt, merge) are state dicts of the
+*full* timm classification model. Both task models therefore start from that full model with the
+weights loaded, then adapt it:
+
+- :func:`build_classifier` resets the classifier head for the target classes (``reset_classifier``);
+- :func:`build_segmenter` wraps it in timm's ``FeatureGetterNet`` (``forward_intermediates``, the
+  same machinery as ``timm.create_model(..., features_only=True)``) and adds a decoder head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from timm.models._features import FeatureGetterNet
+from torch import nn
+
+from geosane.errors import GeosaneError, SourceError
+from geosane.tasks.heads import DECODERS, build_decoder
+from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture
+
+__all__ = ["SegmentationModel", "TaskKind", "backbone_with_weights", "build_classifier", "build_segmenter"]
+
+TaskKind = Literal["classification", "multilabel", "segmentation"]
+
+
+def backbone_with_weights(
+    arch: ArchSpec | LoadedModel,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    in_chans: int | None = None,
+) -> nn.Module:
+    """The full timm model of ``arch`` with ``state_dict`` loaded (classifier head may differ).
+
+    ``state_dict`` defaults to the LoadedModel's own weights; ``None`` with an ArchSpec means random
+    init (training from scratch). Head tensors whose shapes do not match are skipped, every other
+    tensor must load.
+    """
+    if isinstance(arch, LoadedModel):
+        if arch.arch is None:
+            raise SourceError(f"{arch.source}: unknown architecture, cannot build a task model from it")
+        state_dict = arch.state_dict if state_dict is None else state_dict
+        arch = arch.arch
+    kwargs = dict(arch.kwargs)
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    model = build_architecture(ArchSpec(arch.library, arch.name, kwargs))
+    if state_dict is not None:
+        _load_backbone_weights(model, state_dict, f"{arch.library}:{arch.name}")
+    return model
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier head (timm ``get_classifier``)."""
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
+    if not isinstance(head, nn.Module):
+        return set()
+    head_ids = {id(p) for p in head.state_dict(keep_vars=True).values()}
+    return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in head_ids}
+
+
+def _load_backbone_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    own = model.state_dict()
+    head = _head_names(model)
+    filtered = {}
+    for key, value in state_dict.items():
+        if key in head and (key not in own or own[key].shape != value.shape):
+            continue  # a classifier for other classes: the head is re-initialised for the task
+        if key in own and own[key].shape != value.shape:
+            raise SourceError(
+                f"weights do not fit {name}: '{key}' has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}"
+            )
+        filtered[key] = value
+    missing, unexpected = model.load_state_dict(filtered, strict=False)
+    missing = [k for k in missing if k not in head]
+    if missing or unexpected:
+        raise SourceError(f"weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def build_classifier(
+    arch: ArchSpec | LoadedModel,
+    num_classes: int,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    in_chans: int | None = None,
+) -> nn.Module:
+    """A timm classifier with the given backbone weights and a fresh head for ``num_classes``."""
+    model = backbone_with_weights(arch, state_dict, in_chans)
+    current = getattr(model, "num_classes", None)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_fits = isinstance(head, nn.Linear) and head.out_features == num_classes
+    if current != num_classes or not head_fits:
+        model.reset_classifier(num_classes)
+    return model
+
+
+class SegmentationModel(nn.Module):
+    """Backbone feature pyramid + decoder head, logits upsampled to the input size."""
+
+    def __init__(self, backbone: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        logits = self.decoder(features)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmenter(
+    arch: ArchSpec | LoadedModel,
+    num_classes: int,
+    decoder: str = "unet",
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    in_chans: int | None = None,
+    out_indices: int | tuple[int, ...] = 4,
+    decoder_channels: int | None = None,
+) -> SegmentationModel:
+    """A segmenter: the timm backbone's intermediate features feeding ``decoder`` (linear/unet/upernet)."""
+    if decoder not in DECODERS:
+        raise GeosaneError(f"unknown decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+    model = backbone_with_weights(arch, state_dict, in_chans)
+    if not hasattr(model, "forward_intermediates"):
+        raise GeosaneError(
+            f"{type(model).__name__} has no forward_intermediates; it cannot feed a segmentation decoder"
+        )
+    backbone = FeatureGetterNet(model, out_indices=out_indices, output_fmt="NCHW")
+    channels = backbone.feature_info.channels()
+    head = build_decoder(decoder, channels, num_classes, decoder_channels)
+    return SegmentationModel(backbone, head)
