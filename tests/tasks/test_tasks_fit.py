@@ -51,5 +51,5 @@ def test_segmentation_fit_ignores_ignore_index() -> None:
     model = build_segmenter(
         ArchSpec("timm", "resnet10t", {}), num_classes=2, decoder="unet", decoder_channels=8
     )
-    result = fit(model, "segmentation", 2, ds, ds, FitConfig(epochs=2, batch_size=8, lr=3e-3, augment=False))
+    result = fit(model, "segmentation", 2, ds, ds, FitConfig(epochs=2, batch_size=8, lr=3e-3))
     assert 0.0 <= result.final["miou"] <= 1.0
