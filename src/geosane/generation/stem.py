@@ -1,0 +1,54 @@
+"""Adapt a prompt model's stem (first conv or patch embedding) to a different band count.
+
+Multispectral and SAR inputs need a stem with ``in_chans`` input channels before the prompt is
+tokenized. timm records the stem's module path in the pretrained config (``first_conv``) and
+provides ``adapt_input_conv`` (repeat/truncate the RGB filters, rescaled by ``old / new``
+channels), which is what ``timm.create_model(..., pretrained=True, in_chans=C)`` does for
+pretrained weights; we apply the same rule to weights that come from any source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import timm
+from timm.models import adapt_input_conv
+
+from geosane.errors import GeosaneError
+from geosane.zoo.sources import ArchSpec, LoadedModel
+
+__all__ = ["adapt_stem", "stem_weight_names"]
+
+
+def stem_weight_names(arch: ArchSpec) -> list[str]:
+    """State-dict names of the stem convolution weight(s) of ``arch`` (timm's ``first_conv``)."""
+    cfg = timm.get_pretrained_cfg(arch.name) if arch.library == "timm" else None
+    first = cfg.first_conv if cfg is not None else None
+    if not first:
+        raise GeosaneError(f"{arch.library}:{arch.name}: no first-conv record, cannot adapt the input bands")
+    names = [first] if isinstance(first, str) else list(first)
+    return [f"{n}.weight" for n in names]
+
+
+def adapt_stem(prompt: LoadedModel, in_chans: int) -> LoadedModel:
+    """A copy of ``prompt`` whose stem takes ``in_chans`` bands (the same object if it already does)."""
+    if in_chans <= 0:
+        raise GeosaneError(f"--in-chans must be positive, got {in_chans}")
+    if prompt.arch is None:
+        raise GeosaneError(
+            f"{prompt.source}: unknown architecture, cannot adapt its stem to {in_chans} bands"
+        )
+    names = stem_weight_names(prompt.arch)
+    missing = [n for n in names if n not in prompt.state_dict]
+    if missing:
+        raise GeosaneError(f"{prompt.source}: stem weight(s) {missing} not in the state dict")
+    current = int(prompt.state_dict[names[0]].shape[1])
+    if current == in_chans:
+        return prompt
+    state_dict = dict(prompt.state_dict)
+    for name in names:
+        weight = state_dict[name]
+        state_dict[name] = adapt_input_conv(in_chans, weight.float(), base_chans=current).to(weight.dtype)
+    arch = ArchSpec(prompt.arch.library, prompt.arch.name, {**prompt.arch.kwargs, "in_chans": in_chans})
+    info = {**prompt.info, "in_chans": in_chans, "stem_adapted_from": current}
+    return dataclasses.replace(prompt, state_dict=state_dict, arch=arch, info=info)
