@@ -187,6 +187,7 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # lightning vs torch 2.14 deprecation
 
 
 def fit(
