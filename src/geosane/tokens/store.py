@@ -97,16 +97,19 @@ def save_tokenized(tm: TokenizedModel, path: str | os.PathLike[str], model_id: s
         ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
         tensors[CARRIED_PREFIX + name] = tensor.clone() if ptr in seen else tensor
         seen.add(ptr)
-    metadata = {"format": FILE_FORMAT, "version": str(STORE_VERSION), "layout": tm.layout_json()}
-    if model_id is not None:
-        metadata["model_id"] = model_id
-    return save_safetensors(tensors, path, metadata=metadata)
+    # a single metadata key: safetensors writes several in a random order, and the files should be
+    # byte-for-byte reproducible (the index records their SHA-256)
+    layout = tm.layout_json(format=FILE_FORMAT, version=STORE_VERSION, model_id=model_id)
+    return save_safetensors(tensors, path, metadata={"layout": layout})
 
 
 def _parse_layout(metadata: dict[str, str] | None, path: Path) -> tuple[dict[str, TensorLayout], int, str]:
-    if not metadata or metadata.get("format") != FILE_FORMAT or "layout" not in metadata:
-        raise GeosaneError(f"{path} is not a geosane token file (no layout metadata)")
-    data = json.loads(metadata["layout"])
+    try:
+        data = json.loads((metadata or {})["layout"])
+        if data["format"] != FILE_FORMAT:
+            raise ValueError(data["format"])
+    except (KeyError, TypeError, ValueError):
+        raise GeosaneError(f"{path} is not a geosane token file (no token layout in its metadata)") from None
     layout = {row["name"]: TensorLayout.from_dict(row) for row in data["tensors"]}
     return layout, int(data["token_size"]), str(data["mode"])
 
@@ -210,7 +213,11 @@ class TokenStore:
         return self.path / self.record(model).file
 
     def load(self, model: int | str) -> TokenizedModel:
-        """The whole tokenized model (``detokenize`` it to get its state dict back)."""
+        """The whole tokenized model (``detokenize`` it to get its state dict back).
+
+        Its tensors are memory-mapped copy-on-write: pages are read when touched, and edits stay
+        in this copy (the file is never changed).
+        """
         path = self.file(model)
         if not path.is_file():
             raise GeosaneError(
@@ -255,7 +262,9 @@ class TokenStore:
         if hi > lo:
             valid[lo - start : hi - start] = True
         if lo == start and hi == start + length:
-            item = {key: parts[key] for key in TOKEN_KEYS}
+            # slices are views of the shared memory map: copy so that in-place edits of an item
+            # (e.g. noise augmentation) cannot leak into later reads
+            item = {key: parts[key].clone() for key in TOKEN_KEYS}  # type: ignore[union-attr]
         else:
             shapes = {
                 "tokens": ((length, self.token_size), torch.float32),

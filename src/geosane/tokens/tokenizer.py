@@ -143,10 +143,11 @@ class TokenizedModel:
             out[f"{kind}_values"] = sum(e.numel for e in entries)
         return out
 
-    def layout_json(self) -> str:
-        """The layout (plus token size and mode) as one JSON string, as stored in the token store."""
+    def layout_json(self, **extra: Any) -> str:
+        """The layout, token size and mode (plus ``extra`` fields) as one JSON string."""
         return json.dumps(
             {
+                **extra,
                 "token_size": self.token_size,
                 "mode": self.mode,
                 "tensors": [e.to_dict() for e in self.layout.values()],
