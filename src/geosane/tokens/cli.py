@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from geosane.console import console
+from geosane.errors import GeosaneError
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -38,7 +39,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Tokenize every model of a zoo into a token store (resumable: finished models are skipped)."""
         from geosane.tokens.store import tokenize_zoo
 
-        store = tokenize_zoo(
+        tokenize_zoo(
             zoo,
             out,
             token_size,
@@ -49,9 +50,51 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             skip_missing=skip_missing,
             verify=not no_verify,
         )
-        console.print(
-            f"{store.path}: {len(store)} models, {store.total_tokens:,} tokens of {store.token_size}"
-        )
+
+    tokens_app = typer.Typer(help="Inspect token stores.", no_args_is_help=True)
+    app.add_typer(tokens_app, name="tokens")
+
+    @tokens_app.command("info")
+    def info_command(
+        store_dir: Path = typer.Argument(..., help="Token store directory."),
+        verify: bool = typer.Option(False, "--verify", help="Re-hash every file against the index."),
+    ) -> None:
+        """A table of the models in a token store (tokens, layers, properties)."""
+        from rich.table import Table
+
+        from geosane.tokens.store import TokenStore
+
+        store = TokenStore(store_dir)
+        table = Table(title=f"{store.path}  ({store.mode}, d_t={store.token_size})")
+        for column in ("id", "family", "params", "tokens", "layers", "accuracy") + (
+            ("ok",) if verify else ()
+        ):
+            left = column in ("id", "family")
+            table.add_column(
+                column, justify="left" if left else "right", overflow="fold" if left else "ellipsis"
+            )
+        bad = 0
+        for i, record in enumerate(store):
+            accuracy = record.properties.get("accuracy")
+            row = [
+                record.id,
+                record.family or "",
+                f"{record.num_params:,}" if record.num_params is not None else "",
+                f"{record.num_tokens:,}",
+                str(record.num_layers or ""),
+                f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "",
+            ]
+            if verify:
+                ok = store.verify(i)
+                bad += not ok
+                row.append("yes" if ok else "[red]NO[/]")
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"{len(store)} models, {store.total_tokens:,} tokens")
+        if bad:
+            raise GeosaneError(
+                f"{bad} token file(s) in {store.path} do not match the index; rerun `geosane tokenize`"
+            )
 
     @bench.command("tokenizer")
     def bench_tokenizer_command(

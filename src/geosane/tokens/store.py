@@ -447,7 +447,9 @@ def tokenize_zoo(
             progress.advance(task)
     if not (out / "index.json").is_file():
         save_index()
+    store = TokenStore(out)
     console.print(
-        f"token store {out}: {done} tokenized, {skipped} already done, {len(records)} models in the index"
+        f"token store {out}: {done} tokenized, {skipped} already done; {len(store)} models, "
+        f"{store.total_tokens:,} tokens of {store.token_size} ({store.mode})"
     )
-    return TokenStore(out)
+    return store
