@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tokens_testutil import timm_model
 
 from geosane.tokens import TokenStore, tokenize_zoo
 from geosane.zoo import Zoo, resolve
+
+from .tokens_testutil import timm_model
 
 
 def make_zoo(path: Path) -> Zoo:

@@ -7,9 +7,10 @@ import math
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokens_testutil import assert_bitwise_equal
 
 from geosane.tokens import detokenize, tokenize
+
+from .tokens_testutil import assert_bitwise_equal
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8, torch.bool]
 TOKEN_DTYPES = {torch.float32, torch.float16, torch.bfloat16}

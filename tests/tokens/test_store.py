@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tokens_testutil import assert_bitwise_equal, timm_model
 
 from geosane.errors import GeosaneError
 from geosane.io import sha256_file
 from geosane.tokens import TokenStore, detokenize, tokenize_zoo
 from geosane.zoo import Zoo
+
+from .tokens_testutil import assert_bitwise_equal, timm_model
 
 
 def copy_zoo(zoo: Zoo, dest: Path) -> Zoo:

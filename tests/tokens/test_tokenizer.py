@@ -3,11 +3,12 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from tokens_testutil import TiedLM, Tiny, assert_bitwise_equal, cast_floats
 
 from geosane.tasks import build_segmenter
 from geosane.tokens import LayerType, TokenizerError, detokenize, tokenize
 from geosane.zoo import ArchSpec
+
+from .tokens_testutil import TiedLM, Tiny, assert_bitwise_equal, cast_floats
 
 # real timm architectures at small widths (timm's test_* variants where one exists)
 ARCHS = {

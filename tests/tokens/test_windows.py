@@ -45,6 +45,9 @@ def test_items_match_the_stored_tokens(small_store: TokenStore) -> None:
         assert torch.equal(item["positions"][:, 0], torch.arange(start, start + 32))
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["tokens"].shape == (4, 32, 230) and batch["model_index"].shape == (4,)
+    # a worker process opens its own memory maps and reads the same windows
+    in_worker = next(iter(DataLoader(ds, batch_size=4, num_workers=1)))
+    assert all(torch.equal(in_worker[k], batch[k]) for k in batch)
 
 
 def test_models_shorter_than_the_window_are_padded(small_store: TokenStore) -> None:
