@@ -247,3 +247,8 @@ def test_nonfinite_values_are_reported_by_name(name: str, value: float, kind: st
 def test_non_tensor_entry_is_refused() -> None:
     with pytest.raises(TokenizerError, match="entry 'step' is a int, not a tensor"):
         tokenize({"w": torch.ones(2), "step": 3})  # type: ignore[dict-item]
+
+
+def test_meta_tensors_are_refused() -> None:
+    with pytest.raises(TokenizerError, match="tensor 'w' is on the meta device"):
+        tokenize({"w": torch.empty(3, 3, device="meta")})

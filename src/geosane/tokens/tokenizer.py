@@ -196,7 +196,7 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...] | None:
-    if t.numel() == 0 or t.device.type == "meta":
+    if t.numel() == 0:
         return None
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
 
@@ -349,6 +349,8 @@ def tokenize(
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise TokenizerError(f"state dict entry '{name}' is a {type(t).__name__}, not a tensor")
+        if t.device.type == "meta":
+            raise TokenizerError(f"tensor '{name}' is on the meta device: it has no values to tokenize")
     module_info = module_layer_types(module) if module is not None else {}
 
     layout: dict[str, TensorLayout] = {}
