@@ -104,7 +104,7 @@ class TensorLayout:
         return cls(**{**data, "shape": tuple(int(s) for s in data["shape"])})
 
 
-@dataclass
+@dataclass(repr=False)
 class TokenizedModel:
     """A model as tokens: see the module docstring and ``docs/tokens.md``.
 
@@ -121,6 +121,14 @@ class TokenizedModel:
     carried: dict[str, torch.Tensor]
     token_size: int
     mode: str
+
+    def __repr__(self) -> str:
+        counts = self.summary()
+        return (
+            f"TokenizedModel({counts['tokens']} tokens x {self.token_size} ({self.mode}), "
+            f"{counts['layers']} layers; tensors: {counts['tokenized_tensors']} tokenized, "
+            f"{counts['carried_tensors']} carried, {counts['tied_tensors']} tied)"
+        )
 
     @property
     def num_tokens(self) -> int:

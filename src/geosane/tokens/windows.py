@@ -61,6 +61,7 @@ class WindowDataset(Dataset[dict[str, torch.Tensor]]):
         if len(self.store) == 0:
             raise GeosaneError(f"token store {self.store.path} holds no models")
         self.window = window
+        self.token_size = self.store.token_size
         self.sampling = sampling
         self.seed = seed
         self.epoch = 0
