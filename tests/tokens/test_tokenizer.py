@@ -81,7 +81,7 @@ def test_positions_layer_types_and_values_dense() -> None:
     tm = tokenize(model.state_dict(), token_size=10, mode="dense")
     # layers in state-dict order: pos_embed [3,4] (12 values), conv [3, 8+1] (27), bn [3, 2] (6), fc [4, 5+1] (24)
     assert (
-        repr(tm) == "TokenizedModel(9 tokens x 10 (dense), 4 layers; tensors: 6 tokenized, 3 carried, 0 tied)"
+        repr(tm) == "TokenizedModel(9 tokens x 10 (dense), 4 layers; tensors: 7 tokenized, 3 carried, 0 tied)"
     )
     assert tm.positions[:, 0].tolist() == list(range(9))
     assert tm.positions[:, 1].tolist() == [0, 0, 1, 1, 1, 2, 3, 3, 3]
