@@ -103,14 +103,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         token_size: int = typer.Option(230, "--token-size", help="Values per token (d_t)."),
         mode: str = typer.Option("dense", "--mode", help="dense or row."),
         repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs; the best is reported."),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="torch intra-op threads (default: torch's choice)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON line on stdout."),
     ) -> None:
         """Tokenizer throughput vs a plain memory copy of the same tensors, and peak RSS."""
+        import torch
+
         from geosane.tokens.bench import benchmark_tokenizer, rss_bytes
         from geosane.tokens.tokenizer import _check_settings
         from geosane.zoo import resolve
 
         _check_settings(token_size, mode)
+        if threads is not None:
+            torch.set_num_threads(threads)
         interpreter_rss = rss_bytes()
         model = resolve(source, random_init=random_init)
         result = benchmark_tokenizer(model.state_dict, token_size, mode, repeats, interpreter_rss)
