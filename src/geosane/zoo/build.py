@@ -289,6 +289,17 @@ def build_zoo(
         f"zoo build '{plan.recipe.name}': {len(plan.members)} members, {len(done)} already in {zoo.path}, "
         f"{len(todo)} to train"
     )
+    threads = torch.get_num_threads()
+    if plan.recipe.num_threads:  # on a shared CPU, 1 thread avoids OpenMP spin-waiting (much faster)
+        torch.set_num_threads(plan.recipe.num_threads)
+    try:
+        _train_all(plan, zoo, todo, done)
+    finally:
+        torch.set_num_threads(threads)
+    return zoo
+
+
+def _train_all(plan: BuildPlan, zoo: Zoo, todo: list[PlannedMember], done: set[str]) -> None:
     with make_progress() as progress:
         tasks = {}
         for member in plan.members:
@@ -302,7 +313,6 @@ def build_zoo(
             )
         for member in todo:
             _train_member(plan, member, zoo, progress, tasks[member.name])
-    return zoo
 
 
 def recipe_summary(plan: BuildPlan) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from geosane.config import PACKAGED_CONFIGS, compose, from_dict, merge, parse_overrides, to_dict
 from geosane.errors import ConfigError
-from geosane.zoo.sources import ArchSpec
+from geosane.zoo.sources import ArchSpec, arch_family
 
 __all__ = [
     "ArchChoice",
@@ -124,6 +124,8 @@ class ZooRecipe:
     band_names: list[str] | None = None
     modality: str | None = None
     license: str | None = None
+    num_threads: int | None = None
+    architectures: dict[str, ArchChoice] = field(default_factory=dict)
     defaults: TrainSettings = field(default_factory=TrainSettings)
     members: list[MemberSpec] = field(default_factory=list)
     grid: list[GridSpec] = field(default_factory=list)
@@ -198,17 +200,25 @@ def find_recipe(recipe: str | Path) -> Path:
     raise ConfigError(f"recipe not found: {recipe} (not a file, nor a packaged recipe: {', '.join(names)})")
 
 
-def _normalize_arch(value: Any) -> Any:
-    """Accept ``arch: resnet18`` as shorthand for ``arch: {name: resnet18}``."""
-    return {"name": value} if isinstance(value, str) else value
+def _normalize_arch(value: Any, named: Mapping[str, Any]) -> Any:
+    """``arch: KEY`` names an entry of ``architectures`` (its label defaults to KEY); any other
+    string is a timm model name (``arch: resnet18`` = ``arch: {name: resnet18}``)."""
+    if isinstance(value, str):
+        if value in named and isinstance(named[value], Mapping):
+            return {"label": value, **named[value]}
+        return {"name": value}
+    return value
 
 
 def _normalize(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
+    named = data.get("architectures") or {}
+    if not isinstance(named, Mapping):
+        raise ConfigError("'architectures' must map names to {name, kwargs} entries")
     members = data.get("members")
     if isinstance(members, list):
         data["members"] = [
-            {**m, "arch": _normalize_arch(m["arch"])} if isinstance(m, dict) and "arch" in m else m
+            {**m, "arch": _normalize_arch(m["arch"], named)} if isinstance(m, dict) and "arch" in m else m
             for m in members
         ]
     grids = data.get("grid")
@@ -219,7 +229,7 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
         for grid in grids:
             if isinstance(grid, dict) and "arch" in grid:
                 archs = grid["arch"] if isinstance(grid["arch"], list) else [grid["arch"]]
-                grid = {**grid, "arch": [_normalize_arch(a) for a in archs]}
+                grid = {**grid, "arch": [_normalize_arch(a, named) for a in archs]}
             normalized.append(grid)
         data["grid"] = normalized
     return data
@@ -250,12 +260,13 @@ def timm_family(model_name: str) -> str:
     """The timm module defining ``model_name`` (``resnet``, ``convnext``, ``vision_transformer`` ...)."""
     import timm
 
-    base = model_name.split(".")[0]
-    if not timm.is_model(base):
+    family = arch_family(ArchSpec("timm", model_name))
+    if family is None:
+        base = model_name.split(".")[0]
         close = timm.list_models(f"*{base.split('_')[0]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ConfigError(f"unknown timm architecture '{model_name}'{hint}")
-    return timm.models.model_entrypoint(base).__module__.rsplit(".", 1)[-1]
+    return family
 
 
 def _fmt_lr(lr: float) -> str:
