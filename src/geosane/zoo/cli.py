@@ -146,10 +146,11 @@ def add(
                 arch=spec,
             )
         )
-        if band_list is not None and (loaded[-1].info.get("in_chans") or len(band_list)) != len(band_list):
-            raise GeosaneError(
-                f"--bands names {len(band_list)} bands but {source} takes {loaded[-1].info['in_chans']}"
-            )
+        if band_list is not None:
+            known = loaded[-1].info.get("in_chans")
+            if known is not None and known != len(band_list):
+                raise GeosaneError(f"--bands names {len(band_list)} bands but {source} takes {known}")
+            loaded[-1].info["in_chans"] = len(band_list)
     target = Zoo.create(zoo)
     for model in loaded:
         entry, added = target.add(

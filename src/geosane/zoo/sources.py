@@ -193,10 +193,16 @@ def resolve(
     if spec is not None:
         problems = check_fits(spec, model.state_dict)
         if problems:
-            raise SourceError(f"{source}: weights do not fit {spec.library}:{spec.name}: {problems[0]}")
+            raise SourceError(
+                f"{source}: weights do not fit {spec.library}:{spec.name}: {'; '.join(problems)}"
+            )
         model.arch = spec
     if model.arch is not None:
         model.state_dict = order_like_architecture(model.state_dict, model.arch)
+        if model.info.get("in_chans") is None:
+            model.info["in_chans"] = model.arch.kwargs.get("in_chans", 3)
+        if model.info.get("num_classes") is None:
+            model.info["num_classes"] = model.arch.kwargs.get("num_classes")
     if not allow_nonfinite:
         bad = first_nonfinite(model.state_dict)
         if bad is not None:
