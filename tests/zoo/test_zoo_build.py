@@ -14,14 +14,7 @@ from geosane.zoo import Zoo, build_architecture, build_zoo, prepare_build
 VIT_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two threads spin-wait on each other and
-    run many times slower (measured: a MobileNetV3 step took 14 s with 2 threads, 0.9 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def folder_recipe(root: Path, **extra: Any) -> dict[str, Any]:

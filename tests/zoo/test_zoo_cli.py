@@ -17,15 +17,7 @@ from safetensors.torch import save_file
 from conftest import REPO_ROOT
 from geosane.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two threads spin-wait on each other and
-    run many times slower (measured: a MobileNetV3 step took 14 s with 2 threads, 0.9 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -241,6 +233,12 @@ def test_build_tiny_on_rsscn7_then_list_and_resume(tmp_path, capsys, rsscn7_root
 
     code, _, err = run(capsys, "zoo", "build", "tiny", "--zoo", str(zoo), f"dataset={rsscn7_root}")
     assert code == 0 and "5 already" in err and "0 to train" in err
+    # a member copied to another zoo keeps its description and weights
+    code, _, err = run(capsys, "zoo", "add", f"zoo:{zoo}#vit-s0", "--zoo", str(tmp_path / "copy"))
+    assert code == 0, err
+    copied = json.loads((tmp_path / "copy" / "manifest.json").read_text())["models"][0]
+    for key in ("id", "family", "bands", "classes", "arch", "sha256", "in_chans", "num_classes", "metadata"):
+        assert copied[key] == by_id["vit-s0"][key], key
     code, _, err = run(
         capsys, "zoo", "build", "tiny", "--zoo", str(zoo), f"dataset={rsscn7_root}", "--dry-run"
     )

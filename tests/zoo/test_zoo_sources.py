@@ -17,6 +17,8 @@ from geosane.errors import SourceError, UnsafeCheckpointError
 from geosane.zoo import ArchSpec, Zoo, build_architecture, resolve
 from geosane.zoo.sources import check_fits, choose_weight_files, torchgeo_arch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL_RESNET = {"num_classes": 5, "channels": (8, 8, 16, 16)}
 
 
@@ -437,3 +439,23 @@ def test_check_fits_reports_shape_mismatch():
     sd = small_resnet().state_dict()
     problems = check_fits(ArchSpec("timm", "resnet18", {"num_classes": 7, "channels": (8, 8, 16, 16)}), sd)
     assert problems == ["'fc.weight' has shape (5, 16), the architecture expects (7, 16)"]
+
+
+def test_timm_pretrained_offline_is_refused_without_random_init(offline_hub):
+    with pytest.raises(
+        SourceError,
+        match=r"pretrained weights for timm:resnet18\.a1_in1k could not be fetched .*--random-init",
+    ):
+        resolve("timm:resnet18.a1_in1k")
+    loaded = resolve("timm:resnet18.a1_in1k", random_init=True, in_chans=4, num_classes=3)
+    assert loaded.state_dict["conv1.weight"].shape[1] == 4 and loaded.info["pretrained"] is False
+
+
+def test_first_nonfinite_edge_cases():
+    from geosane.zoo.sources import first_nonfinite
+
+    big = torch.full((4,), 1e308, dtype=torch.float64)  # finite entries whose sum overflows
+    assert first_nonfinite({"big": big, "ints": torch.arange(3)}) is None
+    both = torch.tensor([float("inf"), float("-inf")])  # sums to NaN
+    assert first_nonfinite({"ok": torch.ones(2), "both": both}) == "both"
+    assert first_nonfinite({"half": torch.tensor([65504.0, 65504.0], dtype=torch.float16)}) is None

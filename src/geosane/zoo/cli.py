@@ -124,7 +124,7 @@ def add(
 ) -> None:
     """Copy models into a zoo as safetensors with a manifest row each; re-adding the same weights is a no-op."""
     from geosane.zoo.manifest import Zoo, check_zoo_target
-    from geosane.zoo.sources import arch_family, parse_arch, resolve
+    from geosane.zoo.sources import parse_arch, resolve
 
     if model_id is not None and len(sources) > 1:
         raise GeosaneError("--id names one model; give one source per `zoo add` when using it")
@@ -156,7 +156,7 @@ def add(
         entry, added = target.add(
             model,
             model_id=model_id,
-            family=family or arch_family(model.arch),
+            family=family,
             metadata=metadata,
             allow_nonfinite=allow_nonfinite,
             task=task,

@@ -26,7 +26,7 @@ import torch
 from geosane.errors import GeosaneError, SourceError
 from geosane.io import read_json, save_safetensors, sha256_tensors, write_json
 from geosane.zoo.formats import KEY_ORDER_METADATA, first_nonfinite
-from geosane.zoo.sources import ArchSpec, LoadedModel, load_weights_file
+from geosane.zoo.sources import ArchSpec, LoadedModel, arch_family, load_weights_file
 
 __all__ = ["MANIFEST_FORMAT", "Zoo", "ZooEntry", "check_zoo_target", "content_sha256"]
 
@@ -155,6 +155,10 @@ class Zoo:
             "task": entry.task,
             "modality": entry.modality,
             "zoo_id": entry.id,
+            "family": entry.family,
+            "bands": entry.bands,
+            "classes": entry.classes,
+            "metadata": dict(entry.metadata),
             **entry.metadata,
         }
         return LoadedModel(
@@ -185,8 +189,10 @@ class Zoo:
     ) -> tuple[ZooEntry, bool]:
         """Add ``model``; returns ``(entry, added)`` where ``added`` is False for a duplicate.
 
-        Keyword ``fields_`` set manifest columns (``in_chans``, ``bands``, ``modality``, ``task``,
-        ``num_classes``, ``classes``, ``license``); unset ones come from ``model.info``.
+        ``family`` defaults to the source's (zoo entries) or the timm module of the architecture;
+        ``metadata`` is merged over the source's (zoo entries). Keyword ``fields_`` set manifest
+        columns (``in_chans``, ``bands``, ``modality``, ``task``, ``num_classes``, ``classes``,
+        ``license``); unset ones come from ``model.info``.
         """
         if not model.state_dict:
             raise SourceError(f"{model.source}: the state dict is empty; nothing to add")
@@ -215,8 +221,8 @@ class Zoo:
             num_params=model.num_params,
             dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in model.state_dict.values()}),
             arch=model.arch.to_dict() if model.arch else None,
-            family=family,
-            metadata=dict(metadata or {}),
+            family=family or model.info.get("family") or arch_family(model.arch),
+            metadata={**(model.info.get("metadata") or {}), **(metadata or {})},
             **values,
         )
         save_safetensors(

@@ -174,7 +174,7 @@ class PlannedMember:
             "bands": list(self.bands),
             "init_from": self.init_from,
             "train": to_dict(self.train),
-            "dataset": str(recipe.dataset),
+            "dataset": str(Path(recipe.dataset).expanduser().resolve()),
             "image_size": recipe.image_size,
             "split_seed": recipe.split_seed,
             "fractions": dict(recipe.fractions),
