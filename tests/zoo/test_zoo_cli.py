@@ -194,6 +194,35 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "z").exists()
 
 
+def test_add_hf_repo_from_cache_with_offline_env(tmp_path, weights):
+    """HF_HUB_OFFLINE=1 and HF_HUB_CACHE, as a user sets them: the cached repo is added."""
+    from test_zoo_sources import _fake_hf_cache
+
+    sd = torch.load(weights, weights_only=True)
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    config = {"architecture": "resnet18", "num_classes": 4, "model_args": {"channels": [8, 8, 16, 16]}}
+    files = {
+        "model.safetensors": (tmp_path / "m.safetensors").read_bytes(),
+        "config.json": json.dumps(config).encode(),
+        "README.md": b"---\nlicense: apache-2.0\n---\n",
+    }
+    _fake_hf_cache(tmp_path / "hf", "geo/resnet-tiny", files)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hf"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "geosane", "zoo", "add", "hf:geo/resnet-tiny", "--zoo", str(tmp_path / "z")],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    row = json.loads((tmp_path / "z" / "manifest.json").read_text())["models"][0]
+    assert row["id"] == "resnet-tiny" and row["source"] == "hf:geo/resnet-tiny" and row["license"] == "apache-2.0"
+    assert row["arch"]["name"] == "resnet18" and row["family"] == "resnet" and row["num_classes"] == 4
+
+
 @pytest.mark.slow
 def test_search_unreachable_hub(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "HF_ENDPOINT": "http://127.0.0.1:9"}

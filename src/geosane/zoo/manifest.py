@@ -155,6 +155,7 @@ class Zoo:
             "task": entry.task,
             "modality": entry.modality,
             "zoo_id": entry.id,
+            "name": entry.id,
             "family": entry.family,
             "bands": entry.bands,
             "classes": entry.classes,
@@ -207,7 +208,8 @@ class Zoo:
         existing = self.find_sha(content)
         if existing is not None:
             return existing, False
-        name = model_id or (model.arch.name if model.arch else Path(model.source.rstrip("/")).stem)
+        name = model_id or model.info.get("name") or (model.arch.name if model.arch else None)
+        name = name or Path(model.source.rstrip("/")).stem
         new_id = self._unique_id(name) if model_id is None else _slug(model_id)
         if new_id in self.ids:
             raise GeosaneError(f"zoo {self.path} already has a model with id '{new_id}'")

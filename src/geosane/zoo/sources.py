@@ -543,6 +543,7 @@ def _resolve_hf(
         "license": license_ or card_license,
         "hf_repo": repo_id,
         "revision": rev,
+        "name": repo_id.split("/")[-1],
         **info,
     }
     if arch is not None:
@@ -655,6 +656,7 @@ def _resolve_torchgeo(
         "bands": meta.get("bands"),
         "license": meta.get("license"),
         "task": "backbone",
+        "name": f"torchgeo-{name}",
         "torchgeo": {k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     }
     if arch is not None and state_dict:
