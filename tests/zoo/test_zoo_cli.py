@@ -194,6 +194,7 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "z").exists()
 
 
+@pytest.mark.slow
 def test_add_hf_repo_from_cache_with_offline_env(tmp_path, weights):
     """HF_HUB_OFFLINE=1 and HF_HUB_CACHE, as a user sets them: the cached repo is added."""
     from test_zoo_sources import _fake_hf_cache
