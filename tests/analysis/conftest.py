@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # A 2-block ViT with 8x8 patches on 32x32 images: every layer family the analysis needs, in ~0.5 MB.
@@ -14,6 +16,15 @@ TINY_VIT = {
     "name": "vit_tiny_patch16_224",
     "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2},
 }
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """These tests run tiny models: one intra-op thread is faster on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_vit_spec(**extra: object) -> dict:

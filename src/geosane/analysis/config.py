@@ -65,6 +65,7 @@ class ProbeConfig:
     cache_dir: Path | None = None
     batch_size: int = 64
     device: str = "auto"
+    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class CkaConfig:
     batch_size: int = 64
     output_dir: Path = Path("outputs/cka")
     device: str = "auto"
+    threads: int | None = None
     progress: bool = True
 
 

@@ -20,7 +20,7 @@ import torch
 
 from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, load_analysis_data
-from geosane.analysis.features import progress_bars
+from geosane.analysis.features import progress_bars, torch_threads
 from geosane.analysis.models import Backbone, input_check, load_backbone
 from geosane.analysis.plots import plot_decoder_bars
 from geosane.analysis.probing import write_csv
@@ -85,6 +85,11 @@ def _prepare(cfg: ProbeConfig, data: AnalysisData) -> list[Backbone]:
 
 def run_decoders(cfg: ProbeConfig) -> DecoderResult:
     """Train and score every (model, decoder, adaptation, seed) of ``cfg`` (task ``segmentation``)."""
+    with torch_threads(cfg.threads):
+        return _run_decoders(cfg)
+
+
+def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
     if cfg.task != "segmentation":
         raise ConfigError("--mode decoders compares segmentation heads: set task: segmentation (csmask data)")
     data = load_analysis_data(cfg.data, "segmentation")

@@ -8,7 +8,8 @@ files back without running the model, and anything that changes the features get
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from geosane.analysis.models import Backbone
 from geosane.console import make_progress
 from geosane.io import save_safetensors
 
-__all__ = ["FeatureCache", "extract_features", "progress_bars", "resolve_device"]
+__all__ = ["FeatureCache", "extract_features", "progress_bars", "resolve_device", "torch_threads"]
 
 MAP = "map"  # representation of spatial maps for segmentation probes
 
@@ -32,6 +33,21 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (``None``: leave torch's setting), restored afterwards.
+
+    On a shared, busy machine one thread can be several times faster than two (thread-pool spinning).
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def progress_bars(enabled: bool = True) -> Progress:

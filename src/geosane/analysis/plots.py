@@ -97,16 +97,20 @@ def plot_cka_heatmap(
 ) -> Path:
     """All layers of model A (rows) against all layers of model B (columns), CKA in [0, 1]."""
     plt = _pyplot()
-    size = min(max(5.0, 0.16 * max(len(layers_a), len(layers_b)) + 3), 14)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    image = ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="magma", origin="lower", interpolation="nearest")
+    def side(count: int) -> float:
+        return min(max(4.0, 0.14 * count + 2.5), 12.0)
+
+    fig, ax = plt.subplots(figsize=(side(len(layers_b)) + 1.5, side(len(layers_a))), layout="constrained")
+    image = ax.imshow(
+        matrix.numpy(), vmin=0, vmax=1, cmap="magma", origin="lower", interpolation="nearest", aspect="auto"
+    )
     for axis, layers, setter in ((0, layers_a, ax.set_yticks), (1, layers_b, ax.set_xticks)):
         step = max(1, math.ceil(len(layers) / 40))
         ticks = list(range(0, len(layers), step))
         setter(ticks, [_short(layers[i]) for i in ticks], fontsize=6, rotation=90 if axis else 0)
     ax.set_ylabel(f"{name_a} layers")
     ax.set_xlabel(f"{name_b} layers")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="CKA")
+    fig.colorbar(image, ax=ax, label="CKA")
     ax.set_title(title or f"CKA: {name_a} vs {name_b}", fontsize=11)
     return _save(fig, path)
 

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, label_subset, load_analysis_data
-from geosane.analysis.features import MAP, FeatureCache, progress_bars, resolve_device
+from geosane.analysis.features import MAP, FeatureCache, progress_bars, resolve_device, torch_threads
 from geosane.analysis.layers import LayerRecorder, num_prefix_tokens, output_map, pool_output, resolve_layers
 from geosane.analysis.models import Backbone, input_check, load_backbone
 from geosane.analysis.plots import plot_depth_profile
@@ -159,6 +159,11 @@ def _validate(cfg: ProbeConfig) -> None:
 def run_probe(cfg: ProbeConfig) -> ProbeResult:
     """Run the layerwise probes of ``cfg``; writes ``probe.csv``, ``depth_profile.png`` and
     ``summary.json`` to ``cfg.output_dir``."""
+    with torch_threads(cfg.threads):
+        return _run_probe(cfg)
+
+
+def _run_probe(cfg: ProbeConfig) -> ProbeResult:
     _validate(cfg)
     data = load_analysis_data(cfg.data, cfg.task)
     subsets = _fraction_subsets(cfg, data)

@@ -18,7 +18,7 @@ import torch
 from geosane.analysis.cka import MinibatchCKAMatrix, cka_matrix
 from geosane.analysis.config import CkaConfig
 from geosane.analysis.data import load_analysis_data
-from geosane.analysis.features import progress_bars, resolve_device
+from geosane.analysis.features import progress_bars, resolve_device, torch_threads
 from geosane.analysis.layers import LayerRecorder, block_layers, num_prefix_tokens, pool_output
 from geosane.analysis.plots import plot_cka_diagonal, plot_cka_heatmap
 from geosane.analysis.probing import PreparedModel, prepare_models, write_csv
@@ -88,6 +88,11 @@ def _pooled(item: PreparedModel, outputs: dict[str, torch.Tensor]) -> list[torch
 
 def run_cka(cfg: CkaConfig) -> CkaResult:
     """Compute CKA between all layers of ``cfg.model_a`` and ``cfg.model_b``; write CSV and plots."""
+    with torch_threads(cfg.threads):
+        return _run_cka(cfg)
+
+
+def _run_cka(cfg: CkaConfig) -> CkaResult:
     task = "segmentation" if cfg.data.kind == "csmask" else "classification"
     data = load_analysis_data(cfg.data, task)
     images = data.splits[cfg.split].images
