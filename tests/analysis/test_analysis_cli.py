@@ -129,3 +129,11 @@ def test_registering_the_analysis_commands_does_not_import_torch() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"  # `geosane --help` stays fast as far as this stage goes
+
+
+def test_bench_cka_reports_throughput(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(["bench", "cka", "--samples", "64", "--features", "32", "--layers", "3",
+                           "--batch-size", "32"], capsys)  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["samples"] == 64 and result["samples_per_s"] > 0

@@ -28,7 +28,7 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 
@@ -97,6 +97,7 @@ def plot_cka_heatmap(
 ) -> Path:
     """All layers of model A (rows) against all layers of model B (columns), CKA in [0, 1]."""
     plt = _pyplot()
+
     def side(count: int) -> float:
         return min(max(4.0, 0.14 * count + 2.5), 12.0)
 
