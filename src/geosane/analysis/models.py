@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geosane.analysis.layers import Pooling
 from geosane.errors import SourceError
 from geosane.io import read_json, sha256_tensors
 from geosane.tasks import backbone_with_weights
@@ -40,7 +41,7 @@ class ModelSpec:
     random_init: bool = False
     in_chans: int | None = None
     layers: list[str] | None = None
-    pooling: str | None = None
+    pooling: Pooling | None = None
 
 
 @dataclass

@@ -28,7 +28,7 @@ from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, label_subset, load_analysis_data
 from geosane.analysis.features import MAP, FeatureCache, progress_bars, resolve_device, torch_threads
 from geosane.analysis.layers import LayerRecorder, num_prefix_tokens, output_map, pool_output, resolve_layers
-from geosane.analysis.models import Backbone, input_check, load_backbone
+from geosane.analysis.models import Backbone, ModelSpec, input_check, load_backbone
 from geosane.analysis.plots import plot_depth_profile
 from geosane.analysis.probes import fit_probe, metric_name, score_readout, single_thread
 from geosane.config import save_config, to_dict
@@ -89,7 +89,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str])
 
 
 def prepare_models(
-    specs: Sequence[Any],
+    specs: Sequence[ModelSpec],
     data: AnalysisData,
     default_layers: str,
     representation: str | None,
