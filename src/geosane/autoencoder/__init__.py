@@ -1,0 +1,1 @@
+"""Weight-space autoencoder."""
