@@ -13,7 +13,7 @@ load through ``torch.load(weights_only=True)`` and a pickle that needs more is r
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,14 @@ def build_architecture(arch: ArchSpec) -> nn.Module:
                 f"cannot instantiate timm architecture '{arch.name}' with {arch.kwargs}: {exc}"
             ) from None
     raise SourceError(f"unknown architecture library '{arch.library}' (supported: timm)")
+
+
+def first_nonfinite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding NaN or Inf, or None."""
+    for name, tensor in state_dict.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
