@@ -173,6 +173,9 @@ class WeightAutoencoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Weights are small numbers (std ~0.05); dividing by the training data's scale puts the
+        # token signal on the scale of the embeddings. Set from the token store when training starts.
+        self.register_buffer("token_scale", torch.ones(()))
         self.encoder = Transformer(config, config.d_t, config.lat_dim)
         self.decoder = Transformer(config, config.lat_dim, config.d_t)
         self.projection = nn.Sequential(
@@ -202,7 +205,7 @@ class WeightAutoencoder(nn.Module):
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Latents ``[B, W, lat_dim]`` of token windows ``[B, W, d_t]``; ``valid`` masks padding keys."""
-        return self.encoder(tokens, positions, layer_type, valid)
+        return self.encoder(tokens / self.token_scale, positions, layer_type, valid)
 
     def decode(
         self,
@@ -212,7 +215,7 @@ class WeightAutoencoder(nn.Module):
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reconstructed tokens ``[B, W, d_t]`` from latents ``[B, W, lat_dim]``."""
-        return self.decoder(z, positions, layer_type, valid)
+        return self.decoder(z, positions, layer_type, valid) * self.token_scale
 
     def project(self, z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Contrastive projection ``[B, proj_dim]`` of a window's latents (padding tokens zeroed)."""
