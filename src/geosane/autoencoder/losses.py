@@ -46,13 +46,14 @@ def reconstruction_loss(
     valid: torch.Tensor | None = None,
     mode: NormalizeMode = "batch",
     layer: torch.Tensor | None = None,
-    std_floor: float = 1e-3,
+    std_floor: float = 1e-4,
 ) -> torch.Tensor:
     """Masked MSE between ``pred`` and ``target`` ``[B, W, d_t]`` after run-time standardisation.
 
     ``mask`` marks real entries, ``valid`` real tokens, ``layer`` ``[B, W]`` the layer index (for
-    ``mode='layer'``). A group's variance is floored at ``std_floor`` times the batch variance so
-    that a group holding one value (a token with a single real entry) cannot blow up the loss.
+    ``mode='layer'``). A group's variance is floored at ``std_floor`` times the batch variance (a
+    layer of identical values, e.g. untrained norm scales, cannot blow up the loss), and a group
+    with a single real entry uses the batch statistics.
     """
     weight = mask.to(pred.dtype)
     if valid is not None:
@@ -74,6 +75,7 @@ def reconstruction_loss(
     centred = (target - g_mean[groups].view(*target.shape[:2], 1)) ** 2 * weight
     g_var = torch.zeros(num_groups, device=pred.device).index_add_(0, groups, centred.sum(-1).reshape(-1))
     g_var = g_var / g_count.clamp_min(1.0)
+    g_var = torch.where(g_count >= 2, g_var, batch_var)  # a lone entry has no spread: use the batch's
     g_std = torch.maximum(g_var, std_floor * batch_var).clamp_min(1e-12).sqrt()
     mean = g_mean[groups].view(*target.shape[:2], 1)
     std = g_std[groups].view(*target.shape[:2], 1)

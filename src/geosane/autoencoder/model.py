@@ -183,6 +183,8 @@ class WeightAutoencoder(nn.Module):
             nn.GELU(),
             nn.Linear(config.proj_hidden, config.proj_dim),
         )
+        if self.token_scale.is_meta:  # built on the meta device (e.g. to count parameters): no values
+            return
         self.apply(self._init_weights)
         residual_std = INIT_STD / math.sqrt(2 * config.n_layers)
         for name, param in self.named_parameters():
