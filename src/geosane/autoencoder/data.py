@@ -155,7 +155,9 @@ class StreamSampler(Sampler[int]):
         self.start_step, self.total_steps = start_step, total_steps
 
     def __len__(self) -> int:
-        return max(self.total_steps - self.start_step, 0) * self.accumulate * self.batch_size
+        # the whole run's length, also when resuming: Lightning restores how many batches of the
+        # (single) epoch are done and counts the remaining ones against this length
+        return self.total_steps * self.accumulate * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
         for micro in range(self.start_step * self.accumulate, self.total_steps * self.accumulate):

@@ -50,6 +50,10 @@ def reconstruction_loss(
 ) -> torch.Tensor:
     """Masked MSE between ``pred`` and ``target`` ``[B, W, d_t]`` after run-time standardisation.
 
+    The error is averaged over each window's real entries, then over the windows. With ``token``
+    or ``layer`` statistics the loss of a batch is the mean of its windows' losses (gradient
+    accumulation is exact); ``batch`` statistics, like NT-Xent's negatives, depend on the batch.
+
     ``mask`` marks real entries, ``valid`` real tokens, ``layer`` ``[B, W]`` the layer index (for
     ``mode='layer'``). A group's variance is floored at ``std_floor`` times the batch variance (a
     layer of identical values, e.g. untrained norm scales, cannot blow up the loss), and a group
@@ -80,7 +84,10 @@ def reconstruction_loss(
     mean = g_mean[groups].view(*target.shape[:2], 1)
     std = g_std[groups].view(*target.shape[:2], 1)
     error = ((pred - mean) / std - (target - mean) / std) ** 2
-    return (error * weight).sum() / count
+    # mean over each window's real entries, then over windows: every window weighs the same, so
+    # k micro-batches of b windows give exactly the loss of one batch of k * b windows
+    per_window = (error * weight).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1.0)
+    return per_window[weight.sum((1, 2)) > 0].mean()
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

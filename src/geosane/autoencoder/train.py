@@ -19,6 +19,7 @@ import csv
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,13 @@ def _quiet() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def train(config: AutoencoderConfig, resume: bool = False) -> TrainResult:
-    """Train (or resume, or fine-tune with ``train.init_from``) the autoencoder described by ``config``."""
+def train(
+    config: AutoencoderConfig, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> TrainResult:
+    """Train (or resume, or fine-tune with ``train.init_from``) the autoencoder described by ``config``.
+
+    ``callbacks`` are extra Lightning callbacks (e.g. early stopping, custom logging).
+    """
     _quiet()
     cfg = config
     out = Path(cfg.train.out).expanduser()
@@ -250,9 +256,12 @@ def train(config: AutoencoderConfig, resume: bool = False) -> TrainResult:
         module.model.token_scale.fill_(token_scale(datamodule.store, datamodule.train_ids))
     previous_rows = _prepare_csv_for_resume(out / "logs" / "metrics.csv", start_step) if resume_path else []
     save_config(cfg, out / "config.yaml")
-    callbacks: list[Callback] = [StepCheckpoint(ckpt_dir, cfg.train.ckpt_every, cfg.train.keep_checkpoints)]
+    all_callbacks: list[Callback] = [
+        StepCheckpoint(ckpt_dir, cfg.train.ckpt_every, cfg.train.keep_checkpoints),
+        *callbacks,
+    ]
     if cfg.train.progress:
-        callbacks.append(_progress_bar())
+        all_callbacks.append(_progress_bar())
     accelerator = cfg.train.accelerator
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
@@ -266,7 +275,7 @@ def train(config: AutoencoderConfig, resume: bool = False) -> TrainResult:
         gradient_clip_val=cfg.train.clip_grad_norm,
         gradient_clip_algorithm="norm",
         logger=_loggers(out, previous_rows),
-        callbacks=callbacks,
+        callbacks=all_callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,
         enable_progress_bar=cfg.train.progress,
