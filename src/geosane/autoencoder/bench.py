@@ -11,6 +11,7 @@ before them on Linux; on CUDA ``peak_cuda_bytes`` is the allocator's peak.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from contextlib import nullcontext
@@ -44,10 +45,8 @@ def synthetic_batch(config: AutoencoderConfig, device: torch.device, seed: int =
 
 
 def _reset_peak_rss() -> None:
-    try:
+    with contextlib.suppress(OSError):  # Linux only: peak RSS := current RSS
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_rss() -> int | None:

@@ -47,7 +47,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """One embedding per model (mean and statistics of its latents); optional property probe."""
         from rich.table import Table
 
-        from geosane.autoencoder.embed import KINDS, embed_store, probe_property as probe, save_embeddings
+        from geosane.autoencoder.embed import KINDS, embed_store, save_embeddings
+        from geosane.autoencoder.embed import probe_property as probe
         from geosane.autoencoder.io import load_autoencoder
         from geosane.tokens.store import TokenStore
 

@@ -34,7 +34,7 @@ CHECKPOINT_FORMAT = "geosane-autoencoder-checkpoint"
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states (torch CPU/CUDA, numpy, random) as tensors and plain Python values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

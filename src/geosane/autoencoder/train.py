@@ -281,6 +281,7 @@ def train(
         enable_progress_bar=cfg.train.progress,
         enable_model_summary=False,
         val_check_interval=cfg.train.val_every * cfg.train.accumulate,
+        limit_val_batches=1.0 if datamodule.val_ids else 0,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.train.log_every,
