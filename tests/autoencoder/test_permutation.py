@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -100,3 +101,49 @@ def test_grouped_convolutions_are_left_alone() -> None:
 def test_unknown_architecture_has_no_groups() -> None:
     plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     assert find_permutation_groups(plain) == []
+
+
+def test_permuted_views_reach_training_as_function_preserving_variants(random_store: Path, tmp_path: Path) -> None:
+    """`loss.permutation_variants`: tokenized permuted copies line up with the originals and decode
+    to models that compute the same function; training pairs each window with a variant's window."""
+    from geosane.autoencoder import load_autoencoder_config
+    from geosane.autoencoder.data import TokenWindowDataModule
+    from geosane.autoencoder.train import train
+    from geosane.tokens import detokenize
+    from geosane.tokens.store import TokenStore
+    from geosane.zoo import ArchSpec, build_architecture
+
+    cache = tmp_path / "perm-cache"
+    cfg = load_autoencoder_config("tiny", [
+        f"data.store={random_store}", f"train.out={tmp_path / 'run'}", f"data.permuted_cache={cache}",
+        "loss.permutation_variants=2", "model.window=8", "model.d_model=32", "model.n_heads=2",
+        "data.batch_size=4", "train.max_steps=2", "train.progress=false", "data.val_fraction=0.2",
+    ])
+    assert train(cfg).steps == 2
+    store = TokenStore(random_store)
+    variants = [TokenStore(cache / "v0"), TokenStore(cache / "v1")]
+    datamodule = TokenWindowDataModule(cfg)
+    assert variants[0].ids == datamodule.train_ids  # held-out models get no variants
+    model_id = next(m for m in datamodule.train_ids if store.record(m).family == "test_resnet")
+    original = store.load(model_id)
+    spec = ArchSpec.from_dict(store.record(model_id).arch)
+    net = build_architecture(spec).eval()
+    net.load_state_dict(detokenize(original))
+    x = torch.randn(2, 3, 32, 32)
+    for variant in variants:
+        tm = variant.load(model_id)
+        assert torch.equal(tm.positions, original.positions) and torch.equal(tm.mask, original.mask)
+        assert not torch.equal(tm.tokens, original.tokens)
+        other = build_architecture(spec).eval()
+        other.load_state_dict(detokenize(tm))
+        with torch.no_grad():
+            assert torch.allclose(net(x), other(x), atol=1e-5)
+    assert not torch.equal(variants[0].load(model_id).tokens, variants[1].load(model_id).tokens)
+    # the training stream pairs a window with the same window of a variant
+    datamodule.setup()
+    item = datamodule.train_dataloader().dataset[3]
+    assert item["tokens_b"].shape == item["tokens"].shape and torch.equal(item["mask_b"], item["mask"])
+    # a second run reuses the cache instead of rebuilding it
+    stamp = (cache / "cache.json").stat().st_mtime_ns
+    TokenWindowDataModule(cfg).setup()
+    assert (cache / "cache.json").stat().st_mtime_ns == stamp

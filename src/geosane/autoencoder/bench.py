@@ -66,6 +66,8 @@ def benchmark_training(
 ) -> dict[str, Any]:
     """Measure training steps of ``config``'s autoencoder (see module docstring)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
     module = AutoencoderModule(config).to(dev)
     module.train()

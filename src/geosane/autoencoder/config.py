@@ -121,7 +121,8 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed | ...
     compile: bool = False  # torch.compile the autoencoder
-    fused_optimizer: Literal["auto", "fused", "foreach", "off"] = "auto"
+    fused_optimizer: Literal["auto", "fused", "foreach", "loop"] = "auto"  # AdamW implementation
+    threads: int | None = None  # CPU intra-op threads (None: torch default)
     seed: int = 0
     ckpt_every: int = 200  # optimizer steps between checkpoints
     keep_checkpoints: int = 2

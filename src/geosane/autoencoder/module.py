@@ -74,7 +74,7 @@ def make_optimizer(
         kwargs["fused"] = True
     elif choice == "foreach":
         kwargs["foreach"] = True
-    else:
+    else:  # "loop": the plain per-parameter implementation
         kwargs["foreach"] = False
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), **kwargs)  # type: ignore[arg-type]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -50,6 +50,7 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.progress",
         "train.compile",
+        "train.threads",
         "data.num_workers",
         "data.permuted_cache",
     }
@@ -248,6 +249,8 @@ def train(
         init_state = source.state_dict()
     datamodule.start_step = start_step
     # ---- run
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     module = AutoencoderModule(cfg)
     if init_state is not None:
