@@ -28,3 +28,14 @@ def test_sha256_tensors_depends_on_bits_not_container(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     assert sha256_tensors(load_file(tmp_path / "m.safetensors")) == sha256_tensors(a)
+
+
+def test_atomic_files_get_umask_permissions_not_0600(tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "shared.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,11 +198,12 @@ def fit(
     train: Dataset,
     val: Dataset | None = None,
     config: FitConfig | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> FitResult:
     """Train ``model`` in place on ``train`` under ``config``; evaluate on ``val`` after every epoch.
 
     Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
-    given seed on CPU.
+    given seed on CPU. ``callbacks`` are extra Lightning callbacks (e.g. a progress display).
     """
     config = config or FitConfig()
     _quiet_lightning()
@@ -232,6 +234,7 @@ def fit(
         enable_progress_bar=config.progress,
         num_sanity_val_steps=0,
         deterministic=False,
+        callbacks=list(callbacks),
     )
     trainer.fit(module, train_loader, val_loader)
     result = FitResult(history=module.history)

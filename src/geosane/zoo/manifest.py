@@ -5,13 +5,16 @@ Layout::
     ZOO/manifest.json            {"format": "geosane-zoo", "version": 1, "models": [row, ...]}
     ZOO/models/<id>.safetensors
 
-Rows are :class:`ZooEntry`. Models are deduplicated by the SHA-256 of their tensors, so adding the
-same weights twice (from any file format) is a no-op. The manifest is rewritten atomically after
-each addition, and the weights file is written before the row that points to it.
+Rows are :class:`ZooEntry`. ``sha256`` is :func:`geosane.io.sha256_tensors` of the state dict as
+stored (key order included); ``content_sha256`` is the same digest over the tensors sorted by name,
+so adding the same weights twice, from any file format and in any key order, is a no-op. The
+weights file keeps the state dict's key order in its metadata (safetensors alone does not). The
+manifest is rewritten atomically after each addition, after the weights file it points to.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -22,9 +25,10 @@ import torch
 
 from geosane.errors import GeosaneError, SourceError
 from geosane.io import read_json, save_safetensors, sha256_tensors, write_json
-from geosane.zoo.sources import ArchSpec, LoadedModel, load_weights_file
+from geosane.zoo.formats import KEY_ORDER_METADATA, first_nonfinite
+from geosane.zoo.sources import ArchSpec, LoadedModel, arch_family, load_weights_file
 
-__all__ = ["MANIFEST_FORMAT", "Zoo", "ZooEntry"]
+__all__ = ["MANIFEST_FORMAT", "Zoo", "ZooEntry", "check_zoo_target", "content_sha256"]
 
 MANIFEST_FORMAT = "geosane-zoo"
 MANIFEST_VERSION = 1
@@ -49,6 +53,7 @@ class ZooEntry:
     num_classes: int | None = None
     classes: list[str] | None = None
     license: str | None = None
+    content_sha256: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -61,8 +66,22 @@ class ZooEntry:
         return ArchSpec.from_dict(self.arch) if self.arch else None
 
 
+def content_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors sorted by name: equal for equal weights in any key order."""
+    return sha256_tensors(dict(sorted(state_dict.items())))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.").lower() or "model"
+
+
+def check_zoo_target(path: str | Path) -> None:
+    """Raise unless ``path`` is an existing zoo or a place where one can be created."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GeosaneError(f"zoo path {path} exists and is not a directory")
+    if (path / "manifest.json").exists():
+        Zoo(path)
 
 
 class Zoo:
@@ -109,7 +128,8 @@ class Zoo:
         raise GeosaneError(f"no model '{model_id}' in zoo {self.path} (has {len(self.entries)} models)")
 
     def find_sha(self, sha256: str) -> ZooEntry | None:
-        return next((e for e in self.entries if e.sha256 == sha256), None)
+        """The entry whose ``sha256`` or ``content_sha256`` equals ``sha256``."""
+        return next((e for e in self.entries if sha256 in (e.sha256, e.content_sha256)), None)
 
     def weights_path(self, entry: ZooEntry) -> Path:
         return self.path / entry.file
@@ -135,6 +155,11 @@ class Zoo:
             "task": entry.task,
             "modality": entry.modality,
             "zoo_id": entry.id,
+            "name": entry.id,
+            "family": entry.family,
+            "bands": entry.bands,
+            "classes": entry.classes,
+            "metadata": dict(entry.metadata),
             **entry.metadata,
         }
         return LoadedModel(
@@ -160,38 +185,53 @@ class Zoo:
         model_id: str | None = None,
         family: str | None = None,
         metadata: dict[str, Any] | None = None,
+        allow_nonfinite: bool = False,
         **fields_: Any,
     ) -> tuple[ZooEntry, bool]:
-        """Add ``model``; returns ``(entry, added)`` where ``added`` is False for a duplicate."""
+        """Add ``model``; returns ``(entry, added)`` where ``added`` is False for a duplicate.
+
+        ``family`` defaults to the source's (zoo entries) or the timm module of the architecture;
+        ``metadata`` is merged over the source's (zoo entries). Keyword ``fields_`` set manifest
+        columns (``in_chans``, ``bands``, ``modality``, ``task``, ``num_classes``, ``classes``,
+        ``license``); unset ones come from ``model.info``.
+        """
         if not model.state_dict:
             raise SourceError(f"{model.source}: the state dict is empty; nothing to add")
-        sha = sha256_tensors(model.state_dict)
-        existing = self.find_sha(sha)
+        bad = first_nonfinite(model.state_dict)
+        if bad is not None and not allow_nonfinite:
+            raise SourceError(f"{model.source}: tensor '{bad}' holds NaN/Inf values; not added")
+        columns = ("in_chans", "bands", "modality", "task", "num_classes", "classes", "license")
+        unknown = set(fields_) - set(columns)
+        if unknown:
+            raise TypeError(f"unknown manifest fields {sorted(unknown)} (settable: {', '.join(columns)})")
+        content = content_sha256(model.state_dict)
+        existing = self.find_sha(content)
         if existing is not None:
             return existing, False
-        name = model_id or (model.arch.name if model.arch else Path(model.source).stem)
+        name = model_id or model.info.get("name") or (model.arch.name if model.arch else None)
+        name = name or Path(model.source.rstrip("/")).stem
         new_id = self._unique_id(name) if model_id is None else _slug(model_id)
         if new_id in self.ids:
             raise GeosaneError(f"zoo {self.path} already has a model with id '{new_id}'")
-        info = model.info
+        values = {c: fields_[c] if fields_.get(c) is not None else model.info.get(c) for c in columns}
         entry = ZooEntry(
             id=new_id,
             source=model.source,
             file=f"models/{new_id}.safetensors",
-            sha256=sha,
+            sha256=sha256_tensors(model.state_dict),
+            content_sha256=content,
             num_params=model.num_params,
             dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in model.state_dict.values()}),
             arch=model.arch.to_dict() if model.arch else None,
-            family=family,
-            in_chans=fields_.pop("in_chans", info.get("in_chans")),
-            modality=fields_.pop("modality", info.get("modality")),
-            task=fields_.pop("task", info.get("task")),
-            num_classes=fields_.pop("num_classes", info.get("num_classes")),
-            license=fields_.pop("license", info.get("license")),
-            metadata=dict(metadata or {}),
-            **fields_,
+            family=family or model.info.get("family") or arch_family(model.arch),
+            metadata={**(model.info.get("metadata") or {}), **(metadata or {})},
+            **values,
         )
-        save_safetensors(model.state_dict, self.weights_path(entry), metadata={"source": model.source})
+        save_safetensors(
+            model.state_dict,
+            self.weights_path(entry),
+            metadata={"source": model.source, KEY_ORDER_METADATA: json.dumps(list(model.state_dict))},
+        )
         self.entries.append(entry)
         self.save()
         return entry, True

@@ -4,32 +4,52 @@ Source schemes::
 
     timm:NAME                 timm architecture; pretrained weights from the hub (or cache),
                               random init only when explicitly asked for (``random_init=True``)
-    PATH                      a local .safetensors / .pt / .pth / .bin file (weights-only loading)
+    hf:ORG/NAME[@REV]         a Hugging Face Hub repo (safetensors preferred over pickles; works
+                              from the local cache with HF_HUB_OFFLINE=1); a timm hub repo's
+                              config.json gives the architecture
+    torchgeo:WEIGHTS_ENUM     TorchGeo pretrained weights (optional extra), e.g.
+                              torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO
+    zoo:ZOO_DIR#MODEL_ID      a model of a geosane zoo
+    PATH                      a local .safetensors / .pt / .pth / .bin / .ckpt / .onnx file, or a
+                              directory holding exactly one (see :mod:`geosane.zoo.formats`)
 
-Every loader returns a :class:`LoadedModel`. Nothing from a checkpoint is ever executed: pickles
-load through ``torch.load(weights_only=True)`` and a pickle that needs more is refused.
+Every resolved state dict is validated: empty -> error, NaN/Inf -> error naming the tensor (unless
+``allow_nonfinite``). Nothing from a checkpoint is ever executed: pickles load through
+``torch.load(weights_only=True)`` and a pickle that needs more is refused.
 """
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Callable
+import contextlib
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from geosane.errors import SourceError, UnsafeCheckpointError
+from geosane.errors import SourceError
+from geosane.zoo.formats import first_nonfinite, load_weights_file, read_weights
 
 __all__ = [
     "ArchSpec",
     "LoadedModel",
+    "arch_family",
     "build_architecture",
+    "check_fits",
+    "first_nonfinite",
     "load_weights_file",
+    "network_errors",
+    "order_like_architecture",
+    "parse_arch",
     "register_scheme",
     "resolve",
+    "timm_arch_from_config",
+    "torchgeo_arch",
 ]
 
 
@@ -115,32 +135,197 @@ def register_scheme(scheme: str) -> Callable[[Resolver], Resolver]:
     return deco
 
 
+def parse_arch(text: str | ArchSpec | None, kwargs: Mapping[str, Any] | None = None) -> ArchSpec | None:
+    """``"timm:NAME"`` (or a bare timm name) plus kwargs as an :class:`ArchSpec`."""
+    if text is None or isinstance(text, ArchSpec):
+        return text
+    library, sep, name = text.partition(":")
+    if not sep:
+        library, name = "timm", text
+    if library != "timm" or not name:
+        raise SourceError(
+            f"architecture '{text}' must look like timm:NAME (only timm architectures are supported)"
+        )
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise SourceError(f"unknown timm architecture '{name}'")
+    return ArchSpec("timm", name, dict(kwargs or {}))
+
+
 def resolve(
     source: str,
     *,
     random_init: bool = False,
     in_chans: int | None = None,
     num_classes: int | None = None,
+    allow_nonfinite: bool = False,
+    arch: ArchSpec | str | None = None,
 ) -> LoadedModel:
-    """Resolve ``source`` into a :class:`LoadedModel`.
+    """Resolve ``source`` into a validated :class:`LoadedModel`.
 
     ``random_init`` allows a timm architecture without pretrained weights; ``in_chans`` and
-    ``num_classes`` are passed to architectures that accept them.
+    ``num_classes`` are passed to timm architectures (for other sources they only fill ``info``
+    where the source says nothing). ``arch`` records the architecture of weights whose source does
+    not name one (it must fit them). The state dict must be non-empty and finite unless
+    ``allow_nonfinite``; when the architecture is known, keys come in the architecture's order.
     """
     scheme, sep, rest = source.partition(":")
-    if sep and scheme in _SCHEMES:
-        return _SCHEMES[scheme](rest, random_init=random_init, in_chans=in_chans, num_classes=num_classes)
-    path = Path(source).expanduser()
-    if path.exists():
-        return _SCHEMES["file"](
-            str(path), random_init=random_init, in_chans=in_chans, num_classes=num_classes
-        )
-    if sep and len(scheme) > 1 and "/" not in scheme:
+    kwargs = {"random_init": random_init, "in_chans": in_chans, "num_classes": num_classes}
+    if sep and scheme in _SCHEMES and scheme != "file":
+        model = _SCHEMES[scheme](rest, **kwargs)
+    elif Path(source).expanduser().exists():
+        model = _SCHEMES["file"](str(Path(source).expanduser()), **kwargs)
+    elif sep and len(scheme) > 1 and "/" not in scheme and "\\" not in scheme:
         known = ", ".join(f"{s}:" for s in sorted(_SCHEMES) if s != "file")
         raise SourceError(
             f"unknown source scheme '{scheme}:' in '{source}' (known: {known}, or a local path)"
         )
-    raise SourceError(f"model file not found: {source}")
+    else:
+        raise SourceError(f"model file not found: {source}")
+    if not model.state_dict:
+        raise SourceError(f"{source}: the state dict is empty (no tensors)")
+    if in_chans is not None:
+        model.info.setdefault("in_chans", in_chans)
+    if num_classes is not None:
+        model.info.setdefault("num_classes", num_classes)
+    spec = parse_arch(arch)
+    if spec is not None:
+        problems = check_fits(spec, model.state_dict)
+        if problems:
+            raise SourceError(
+                f"{source}: weights do not fit {spec.library}:{spec.name}: {'; '.join(problems)}"
+            )
+        model.arch = spec
+    if model.arch is not None:
+        model.state_dict = order_like_architecture(model.state_dict, model.arch)
+        if model.info.get("in_chans") is None:
+            model.info["in_chans"] = model.arch.kwargs.get("in_chans", 3)
+        if model.info.get("num_classes") is None:
+            model.info["num_classes"] = model.arch.kwargs.get("num_classes")
+    if not allow_nonfinite:
+        bad = first_nonfinite(model.state_dict)
+        if bad is not None:
+            tensor = model.state_dict[bad]
+            count = int((~torch.isfinite(tensor)).sum())
+            raise SourceError(
+                f"{source}: tensor '{bad}' holds NaN/Inf values ({count} of {tensor.numel()}); "
+                "pass --allow-nonfinite to load it anyway"
+            )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# architectures
+
+
+def _empty_architecture(arch: ArchSpec) -> nn.Module:
+    """The architecture on the meta device (no memory, no init cost), or on CPU if that fails."""
+    try:
+        with torch.device("meta"):
+            return build_architecture(arch)
+    except SourceError:
+        raise
+    except Exception:  # some constructors call .item()/numpy during init, which meta tensors refuse
+        return build_architecture(arch)
+
+
+def check_fits(arch: ArchSpec, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Why ``state_dict`` does not load strictly into ``arch`` (empty list: it fits)."""
+    own = _empty_architecture(arch).state_dict()
+    problems = []
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing:
+        problems.append(f"missing {len(missing)} tensors, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}")
+    for key, value in state_dict.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            problems.append(
+                f"'{key}' has shape {tuple(value.shape)}, the architecture expects {tuple(own[key].shape)}"
+            )
+            break
+    return problems
+
+
+def order_like_architecture(state_dict: dict[str, torch.Tensor], arch: ArchSpec) -> dict[str, torch.Tensor]:
+    """``state_dict`` with keys in the architecture's own order (unknown keys last, as given)."""
+    try:
+        order = list(_empty_architecture(arch).state_dict())
+    except SourceError:
+        return state_dict
+    ordered = {k: state_dict[k] for k in order if k in state_dict}
+    ordered.update((k, v) for k, v in state_dict.items() if k not in ordered)
+    return ordered
+
+
+def arch_family(arch: ArchSpec | None) -> str | None:
+    """The family of a timm architecture: the timm module defining it (``resnet``, ``convnext`` ...)."""
+    if arch is None or arch.library != "timm":
+        return None
+    import timm
+
+    base = arch.name.split(".")[0]
+    if not timm.is_model(base):
+        return None
+    return timm.models.model_entrypoint(base).__module__.rsplit(".", 1)[-1]
+
+
+def timm_arch_from_config(config: Mapping[str, Any]) -> ArchSpec | None:
+    """The timm architecture named by a timm hub ``config.json`` (``architecture`` key), or None."""
+    import timm
+
+    name = config.get("architecture")
+    if not isinstance(name, str) or not timm.is_model(name.split(".")[0]):
+        return None
+    kwargs = dict(config.get("model_args") or {})
+    if isinstance(config.get("num_classes"), int):
+        kwargs.setdefault("num_classes", config["num_classes"])
+    input_size = (config.get("pretrained_cfg") or {}).get("input_size") or [3]
+    in_chans = config.get("in_chans") or input_size[0]
+    if isinstance(in_chans, int) and in_chans != 3:
+        kwargs.setdefault("in_chans", in_chans)
+    return ArchSpec("timm", name, kwargs)
+
+
+def _read_local_card(directory: Path) -> tuple[dict[str, Any], str | None]:
+    """``config.json`` contents and the card's license (README.md front matter) of a model folder."""
+    config: dict[str, Any] = {}
+    config_path = directory / "config.json"
+    if config_path.is_file():
+        try:
+            loaded = json.loads(config_path.read_text(encoding="utf-8"))
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            config = {}
+    license_ = None
+    readme = directory / "README.md"
+    if readme.is_file():
+        from huggingface_hub.repocard import metadata_load
+
+        with contextlib.suppress(OSError, ValueError, TypeError):  # unparsable card: license unknown
+            license_ = (metadata_load(readme) or {}).get("license")
+    return config, license_ if isinstance(license_, str) else None
+
+
+def _describe_arch(
+    source: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
+) -> ArchSpec | None:
+    """The timm architecture from ``config`` when the weights fit it (a mismatch is reported, not fatal)."""
+    arch = timm_arch_from_config(config)
+    if arch is None:
+        return None
+    problems = check_fits(arch, state_dict)
+    if problems:
+        from geosane.console import console
+
+        console.print(
+            f"[yellow]warning:[/] {source}: config.json names timm:{arch.name} but the weights do not fit it "
+            f"({problems[0]}); the architecture is not recorded"
+        )
+        return None
+    return arch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,55 +379,296 @@ def _resolve_timm(
 
 
 # ---------------------------------------------------------------------------------------------
-# local files
-
-
-def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a .safetensors or a weights-only pickle (.pt/.pth/.bin); never executes code."""
-    path = Path(path)
-    if not path.is_file():
-        raise SourceError(f"model file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path)))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise SourceError(f"corrupt or truncated safetensors file {path}: {exc}") from None
-    if suffix in {".pt", ".pth", ".bin", ".ckpt"}:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-        except pickle.UnpicklingError as exc:
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it is not a weights-only checkpoint and would need arbitrary code "
-                f"to unpickle ({str(exc).splitlines()[0]})"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise SourceError(f"corrupt or truncated checkpoint {path}: {str(exc).splitlines()[0]}") from None
-        return _tensors_from_object(obj, path)
-    raise SourceError(
-        f"unsupported model file type '{suffix}' for {path} (expected .safetensors/.pt/.pth/.bin)"
-    )
-
-
-def _tensors_from_object(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a loaded checkpoint object."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return dict(inner)
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors
-    raise SourceError(f"{path} holds no tensors (found {type(obj).__name__})")
+# local files and directories
 
 
 @register_scheme("file")
 def _resolve_file(
     path: str, *, random_init: bool = False, in_chans: int | None = None, num_classes: int | None = None
 ) -> LoadedModel:
-    state_dict = load_weights_file(path)
-    return LoadedModel(source=str(path), state_dict=state_dict, arch=None, info={"pretrained": True})
+    location = Path(path)
+    state_dict, info = read_weights(location)
+    arch = None
+    license_ = None
+    if location.is_dir():
+        config, license_ = _read_local_card(location)
+        arch = _describe_arch(path, config, state_dict) if state_dict else None
+    return LoadedModel(
+        source=str(path),
+        state_dict=state_dict,
+        arch=arch,
+        info={"pretrained": True, "license": license_, **info},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo
+
+
+@register_scheme("zoo")
+def _resolve_zoo(
+    spec: str, *, random_init: bool = False, in_chans: int | None = None, num_classes: int | None = None
+) -> LoadedModel:
+    from geosane.zoo.manifest import Zoo
+
+    zoo_dir, sep, model_id = spec.rpartition("#")
+    if not sep or not zoo_dir or not model_id:
+        raise SourceError(f"zoo source must look like zoo:ZOO_DIR#MODEL_ID, got 'zoo:{spec}'")
+    return Zoo(zoo_dir).load(model_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face Hub
+
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types a failed Hub request raises (the HTTP client differs across versions)."""
+    errors: list[type[BaseException]] = [OSError]
+    for module, attr in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(__import__(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def choose_weight_files(files: list[str]) -> list[str]:
+    """The file(s) to download from a repo listing: safetensors first, then pickles, ckpt, onnx.
+
+    Returns the chosen file (plus its shards for a sharded safetensors index). Raises when a repo
+    has several equally good candidates or none.
+    """
+    top = [f for f in files if "/" not in f] or files
+    ranks: list[Callable[[str], bool]] = [
+        lambda f: f == "model.safetensors",
+        lambda f: f == "model.safetensors.index.json",
+        lambda f: f.endswith(".safetensors.index.json"),
+        lambda f: f.endswith(".safetensors"),
+        lambda f: f == "pytorch_model.bin",
+        lambda f: f.endswith((".pth", ".pt", ".bin")) and ".index." not in f,
+        lambda f: f.endswith(".ckpt"),
+        lambda f: f.endswith(".onnx"),
+    ]
+    for rank in ranks:
+        hits = [f for f in top if rank(f)]
+        if len(hits) == 1:
+            return hits
+        if len(hits) > 1:
+            if hits[0].endswith(".safetensors") and any(f.endswith(".safetensors.index.json") for f in top):
+                continue  # shards of an index already considered
+            raise SourceError(
+                f"several candidate weight files ({', '.join(hits[:5])}); download the one you want and add its path"
+            )
+    raise SourceError(f"no weights file found (files: {', '.join(files[:8])})")
+
+
+def _hf_online(repo_id: str, revision: str | None) -> tuple[Path, str | None] | None:
+    """Download the chosen weights (and card/config) of ``repo_id``; None if the Hub is unreachable."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision)
+    except GatedRepoError:
+        raise SourceError(
+            f"hf:{repo_id} is gated: accept its terms on the Hub and log in (`hf auth login`)"
+        ) from None
+    except RevisionNotFoundError:
+        raise SourceError(f"hf:{repo_id} has no revision '{revision}'") from None
+    except RepositoryNotFoundError:
+        raise SourceError(f"hf:{repo_id}: no such model repository on the Hub (or it is private)") from None
+    except network_errors():
+        return None
+    files = [s.rfilename for s in info.siblings or []]
+    chosen = choose_weight_files(files)
+    extra = [f for f in ("config.json", "README.md") if f in files]
+    paths = []
+    for filename in [*chosen, *extra]:
+        paths.append(Path(hf_hub_download(repo_id, filename, revision=info.sha or revision)))
+    if chosen[0].endswith(".safetensors.index.json"):
+        weight_map = json.loads(paths[0].read_text(encoding="utf-8")).get("weight_map", {})
+        for shard in dict.fromkeys(weight_map.values()):
+            hf_hub_download(repo_id, shard, revision=info.sha or revision)
+    card = getattr(info, "card_data", None)
+    license_ = getattr(card, "license", None) if card is not None else None
+    return paths[0], license_ if isinstance(license_, str) else None
+
+
+def _hf_cached(repo_id: str, revision: str | None, reason: str) -> Path:
+    """The weights file of ``repo_id`` in the local Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (OSError, ValueError):
+        raise SourceError(
+            f"hf:{repo_id}{'@' + revision if revision else ''} is not in the local Hugging Face cache and {reason}; "
+            f"download it once with internet (e.g. `hf download {repo_id}`)"
+        ) from None
+    files = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+    try:
+        chosen = choose_weight_files(files)
+    except SourceError as exc:
+        raise SourceError(f"hf:{repo_id} (cached at {snapshot}): {exc}") from None
+    return snapshot / chosen[0]
+
+
+@register_scheme("hf")
+def _resolve_hf(
+    spec: str, *, random_init: bool = False, in_chans: int | None = None, num_classes: int | None = None
+) -> LoadedModel:
+    repo_id, _, revision = spec.partition("@")
+    if not _HF_REPO.match(repo_id):
+        raise SourceError(f"Hugging Face source must look like hf:ORG/NAME[@REVISION], got 'hf:{spec}'")
+    rev = revision or None
+    online = None if _hf_offline() else _hf_online(repo_id, rev)
+    if online is not None:
+        weights_path, license_ = online
+    else:
+        reason = "the Hub is offline (HF_HUB_OFFLINE=1)" if _hf_offline() else "the Hub cannot be reached"
+        weights_path, license_ = _hf_cached(repo_id, rev, reason), None
+    state_dict, info = read_weights(weights_path)
+    config, card_license = _read_local_card(weights_path.parent)
+    arch = _describe_arch(f"hf:{spec}", config, state_dict) if state_dict else None
+    info = {
+        "pretrained": True,
+        "license": license_ or card_license,
+        "hf_repo": repo_id,
+        "revision": rev,
+        "name": repo_id.split("/")[-1],
+        **info,
+    }
+    if arch is not None:
+        info.update(
+            {
+                "num_classes": arch.kwargs.get("num_classes"),
+                "in_chans": arch.kwargs.get("in_chans", 3),
+                "task": "classification",
+            }
+        )
+    return LoadedModel(source=f"hf:{spec}", state_dict=state_dict, arch=arch, info=info)
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchGeo
+
+# Keys that TorchGeo's own model builders leave at their initial values when loading its weights
+# (heads and, for some ViT weights, the final norm); we fill them from the same initialisation.
+_TORCHGEO_TOLERATED = {"fc.weight", "fc.bias", "head.weight", "head.bias", "norm.weight", "norm.bias"}
+
+
+def _torchgeo_weights(name: str) -> Any:
+    try:
+        from torchgeo.models import get_weight
+    except ImportError:
+        raise SourceError(
+            "torchgeo sources need the optional TorchGeo extra: pip install 'geosane[torchgeo]'"
+        ) from None
+    try:
+        return get_weight(name)
+    except (ValueError, KeyError):
+        enum_name = name.split(".")[0]
+        from torchgeo.models import get_model_weights, list_models
+
+        enums = []
+        for model_name in list_models():
+            try:
+                enums.extend(str(w) for w in get_model_weights(model_name))
+            except (KeyError, ValueError):
+                continue
+        close = [e for e in enums if e.startswith(enum_name)][:4] or enums[:4]
+        raise SourceError(f"unknown TorchGeo weights '{name}'; e.g. {', '.join(close)}") from None
+
+
+def torchgeo_arch(weights: Any) -> ArchSpec | None:
+    """The timm architecture TorchGeo loads ``weights`` into (None for non-timm models).
+
+    The timm model name is the name of TorchGeo's builder for the weights' enum (``resnet18`` for
+    ``ResNet18_Weights``); ``in_chans`` and, for DINOv2 ViTs, ``img_size`` come from the weights'
+    ``meta``. Heads are absent from TorchGeo's backbone weights, so ``num_classes=0``.
+    """
+    import timm
+    from torchgeo.models import get_model_weights, list_models
+
+    builder = None
+    for model_name in list_models():
+        try:
+            if get_model_weights(model_name) is type(weights):
+                builder = model_name
+                break
+        except (KeyError, ValueError):
+            continue
+    if builder is None or not timm.is_model(builder):
+        return None
+    meta = weights.meta
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if meta.get("in_chans"):
+        kwargs["in_chans"] = int(meta["in_chans"])
+    if meta.get("img_size"):
+        kwargs["img_size"] = int(meta["img_size"])
+    return ArchSpec("timm", builder, kwargs)
+
+
+def _torchgeo_download(weights: Any, name: str) -> Path:
+    """The weights file in torch hub's checkpoint cache (where TorchGeo itself caches it)."""
+    url = weights.url
+    filename = Path(urlparse(url).path).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if cached.is_file():
+        return cached
+    if _hf_offline():
+        raise SourceError(
+            f"torchgeo:{name}: weights are not cached and downloads are off (HF_HUB_OFFLINE=1); "
+            f"download {url} to {cached}"
+        )
+    match = torch.hub.HASH_REGEX.search(filename)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=match.group(1) if match else None)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise SourceError(
+            f"torchgeo:{name}: cannot download {url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"without internet, place the file at {cached}"
+        ) from None
+    return cached
+
+
+@register_scheme("torchgeo")
+def _resolve_torchgeo(
+    name: str, *, random_init: bool = False, in_chans: int | None = None, num_classes: int | None = None
+) -> LoadedModel:
+    weights = _torchgeo_weights(name)
+    arch = torchgeo_arch(weights)
+    state_dict = load_weights_file(_torchgeo_download(weights, name))
+    meta = dict(weights.meta)
+    info: dict[str, Any] = {
+        "pretrained": True,
+        "in_chans": meta.get("in_chans"),
+        "num_classes": 0 if arch else None,
+        "bands": meta.get("bands"),
+        "license": meta.get("license"),
+        "task": "backbone",
+        "name": f"torchgeo-{name}",
+        "torchgeo": {k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
+    }
+    if arch is not None and state_dict:
+        fresh = _empty_architecture(arch).state_dict()
+        filled = [k for k in fresh if k not in state_dict and k in _TORCHGEO_TOLERATED]
+        if filled:
+            initial = build_architecture(arch).state_dict()
+            state_dict = {**state_dict, **{k: initial[k].clone() for k in filled}}
+            info["filled_from_init"] = filled
+        problems = check_fits(arch, state_dict)
+        if problems:
+            raise SourceError(
+                f"torchgeo:{name}: weights do not fit timm:{arch.name} {arch.kwargs}: {problems[0]}"
+            )
+    return LoadedModel(source=f"torchgeo:{name}", state_dict=state_dict, arch=arch, info=info)

@@ -1,0 +1,106 @@
+"""Config schemas of ``geosane probe`` and ``geosane cka`` (YAML through :mod:`geosane.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from geosane.analysis.data import DataSpec, TaskName
+from geosane.analysis.layers import Pooling
+from geosane.analysis.models import ModelSpec
+from geosane.analysis.probes import LinearProbeConfig, ProbeMethod
+from geosane.config import PACKAGED_CONFIGS
+from geosane.errors import ConfigError
+from geosane.tasks import FitConfig
+
+__all__ = ["CkaConfig", "DecoderSettings", "ProbeConfig", "ProbeSettings", "find_config"]
+
+Adaptation = Literal["frozen", "finetuned"]
+CkaEstimator = Literal["minibatch", "linear", "debiased"]
+
+
+@dataclass
+class ProbeSettings:
+    """Layerwise probes: methods, label fractions of the train split, seeds and their settings."""
+
+    methods: list[ProbeMethod] = field(default_factory=lambda: ["ridge"])
+    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    ridge_alphas: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    logistic_cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    pixels_per_image: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.methods or not self.fractions or not self.seeds:
+            raise ValueError("probe.methods, probe.fractions and probe.seeds must not be empty")
+
+
+@dataclass
+class DecoderSettings:
+    """``--mode decoders``: segmentation heads x backbone adaptation under one training budget."""
+
+    names: list[Literal["linear", "upernet", "unet"]] = field(
+        default_factory=lambda: ["linear", "upernet", "unet"]
+    )
+    adaptations: list[Adaptation] = field(default_factory=lambda: ["frozen", "finetuned"])
+    out_indices: list[int] | None = None
+    channels: int = 64
+    seeds: list[int] = field(default_factory=lambda: [0])
+    augment: bool = True
+    fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=10, batch_size=16, lr=1e-3))
+
+
+@dataclass
+class ProbeConfig:
+    """``geosane probe``: which models, which data and task, how to probe, where to write."""
+
+    data: DataSpec
+    models: list[ModelSpec]
+    task: TaskName = "classification"
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    decoders: DecoderSettings = field(default_factory=DecoderSettings)
+    output_dir: Path = Path("outputs/probe")
+    cache_dir: Path | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("'models' must list at least one model")
+
+    @property
+    def feature_cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.output_dir / "feature_cache"
+
+
+@dataclass
+class CkaConfig:
+    """``geosane cka``: two models on the same inputs, their layers, the estimator and the output."""
+
+    model_a: ModelSpec
+    model_b: ModelSpec
+    data: DataSpec
+    split: Literal["train", "select", "test"] = "test"
+    estimator: CkaEstimator = "minibatch"
+    pooling: Pooling = "flatten"
+    batch_size: int = 64
+    output_dir: Path = Path("outputs/cka")
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+
+def find_config(path: str | Path) -> Path:
+    """A config path as given, or else one shipped with geosane (``analysis/probe_rsscn7.yaml``)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    for candidate in (PACKAGED_CONFIGS / given, PACKAGED_CONFIGS / "analysis" / given):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.name for p in (PACKAGED_CONFIGS / "analysis").glob("*.yaml"))
+    raise ConfigError(f"config file not found: {path} (shipped analysis configs: {', '.join(shipped)})")

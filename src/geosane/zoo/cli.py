@@ -1,0 +1,270 @@
+"""``geosane zoo``: search the Hub, add models to a zoo, list it, build a zoo of small models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from geosane.console import console
+from geosane.errors import GeosaneError
+
+__all__ = ["register"]
+
+zoo_app = typer.Typer(
+    help="Model zoo: find models on the Hub, add any source to a zoo, list it, build one locally.",
+    no_args_is_help=True,
+)
+
+ZOO_OPTION = typer.Option(..., "--zoo", help="Zoo directory (created on first add/build).")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    """Add the ``zoo`` command group to the root CLI."""
+    app.add_typer(zoo_app, name="zoo")
+
+
+def _parse_pairs(items: list[str] | None, option: str) -> dict[str, Any]:
+    """``["k=v", ...]`` with YAML-parsed values (``acc=0.9`` is a number)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise GeosaneError(f"{option} '{item}' must look like key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def _human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for suffix in ("", "K", "M", "B", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{suffix}{unit}"
+        n /= 1000
+    return f"{n:.3g}P{unit}"
+
+
+# ---------------------------------------------------------------------------------------------
+# search
+
+
+@zoo_app.command("search")
+def search(
+    query: str = typer.Argument(..., help="Keywords, e.g. 'sentinel-2 land cover'."),
+    tag: list[str] = typer.Option(None, "--tag", help="Hub tag filter, repeatable (e.g. sentinel-2, sar)."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Maximum number of models."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
+) -> None:
+    """Discover models on the Hugging Face Hub by keywords and tags (most downloaded first)."""
+    from geosane.zoo.hub import search_hub
+
+    rows = search_hub(query, tags=tag or [], limit=limit)
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    if not rows:
+        console.print(f"no Hub models match '{query}'" + (f" with tags {tag}" if tag else ""))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Hub models for '{query}'")
+    for column in ("id", "license", "downloads", "params", "size", "task"):
+        table.add_column(column, justify="right" if column in ("downloads", "params", "size") else "left")
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["license"] or "-",
+            _human(row["downloads"]),
+            _human(row["params"]),
+            _human(row["size_bytes"], "B"),
+            row["task"] or "-",
+        )
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# add
+
+
+@zoo_app.command("add")
+def add(
+    sources: list[str] = typer.Argument(
+        ..., help="timm:NAME, hf:ORG/NAME[@REV], torchgeo:ENUM, zoo:DIR#ID or a path."
+    ),
+    zoo: Path = ZOO_OPTION,
+    model_id: str = typer.Option(None, "--id", help="Model id (one source only; default from the source)."),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="timm: random weights instead of pretrained."
+    ),
+    in_chans: int = typer.Option(
+        None, "--in-chans", min=1, help="Input bands (timm: builds the stem for them)."
+    ),
+    num_classes: int = typer.Option(
+        None, "--num-classes", min=0, help="Classes (timm: builds the head for them)."
+    ),
+    arch: str = typer.Option(None, "--arch", help="Architecture of plain weight files, e.g. timm:resnet18."),
+    arch_kwarg: list[str] = typer.Option(None, "--arch-kwarg", help="key=value for --arch, repeatable."),
+    task: str = typer.Option(None, "--task", help="Task (classification, segmentation, backbone, ...)."),
+    license_: str = typer.Option(None, "--license", help="License (default: from the source's card)."),
+    bands: str = typer.Option(None, "--bands", help="Comma-separated band names, e.g. B2,B3,B4,B8."),
+    modality: str = typer.Option(None, "--modality", help="Modality, e.g. rgb, multispectral, sar."),
+    family: str = typer.Option(None, "--family", help="Family label (default: the timm module)."),
+    meta: list[str] = typer.Option(None, "--meta", help="Free-form metadata key=value, repeatable."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Accept NaN/Inf weights."),
+) -> None:
+    """Copy models into a zoo as safetensors with a manifest row each; re-adding the same weights is a no-op."""
+    from geosane.zoo.manifest import Zoo, check_zoo_target
+    from geosane.zoo.sources import parse_arch, resolve
+
+    if model_id is not None and len(sources) > 1:
+        raise GeosaneError("--id names one model; give one source per `zoo add` when using it")
+    metadata = _parse_pairs(meta, "--meta")
+    spec = parse_arch(arch, _parse_pairs(arch_kwarg, "--arch-kwarg")) if arch else None
+    if arch_kwarg and spec is None:
+        raise GeosaneError("--arch-kwarg needs --arch")
+    check_zoo_target(zoo)
+    band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
+    loaded = []
+    for source in sources:  # resolve and validate everything before writing anything
+        loaded.append(
+            resolve(
+                source,
+                random_init=random_init,
+                in_chans=in_chans,
+                num_classes=num_classes,
+                allow_nonfinite=allow_nonfinite,
+                arch=spec,
+            )
+        )
+        if band_list is not None:
+            known = loaded[-1].info.get("in_chans")
+            if known is not None and known != len(band_list):
+                raise GeosaneError(f"--bands names {len(band_list)} bands but {source} takes {known}")
+            loaded[-1].info["in_chans"] = len(band_list)
+    target = Zoo.create(zoo)
+    for model in loaded:
+        entry, added = target.add(
+            model,
+            model_id=model_id,
+            family=family,
+            metadata=metadata,
+            allow_nonfinite=allow_nonfinite,
+            task=task,
+            license=license_,
+            bands=band_list,
+            modality=modality,
+        )
+        if added:
+            console.print(
+                f"[green]added[/] {entry.id} ({_human(entry.num_params)} params, {', '.join(entry.dtypes)}) "
+                f"from {model.source}"
+            )
+        else:
+            console.print(
+                f"[yellow]skipped[/] {model.source}: already in the zoo as '{entry.id}' (same weights)"
+            )
+    console.print(f"zoo {target.path}: {len(target)} models")
+
+
+# ---------------------------------------------------------------------------------------------
+# list
+
+
+@zoo_app.command("list")
+def list_models(
+    zoo: Path = ZOO_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="The manifest rows as a JSON list on stdout."),
+) -> None:
+    """Show the zoo's manifest as a table."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from geosane.zoo.manifest import Zoo
+
+    target = Zoo(zoo)
+    if as_json:
+        rows = []
+        for entry in target:
+            row = asdict(entry)
+            row["file_exists"] = target.weights_path(entry).is_file()
+            rows.append(row)
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title=f"zoo {target.path} ({len(target)} models)")
+    columns = ("id", "family", "arch", "params", "in", "task", "classes", "accuracy", "license", "source")
+    for column in columns:
+        table.add_column(
+            column, justify="right" if column in ("params", "in", "classes", "accuracy") else "left"
+        )
+    for entry in target:
+        accuracy = entry.metadata.get("accuracy")
+        missing = not target.weights_path(entry).is_file()
+        table.add_row(
+            f"[red]{entry.id} (file missing)[/]" if missing else entry.id,
+            entry.family or "-",
+            entry.arch["name"] if entry.arch else "-",
+            _human(entry.num_params),
+            str(entry.in_chans) if entry.in_chans is not None else "-",
+            entry.task or "-",
+            str(entry.num_classes) if entry.num_classes is not None else "-",
+            f"{accuracy:.3f}" if isinstance(accuracy, (int, float)) else "-",
+            entry.license or "-",
+            entry.source,
+        )
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+@zoo_app.command("build")
+def build(
+    recipe: str = typer.Argument(..., help="Recipe YAML, or a packaged recipe name: tiny, small."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. dataset=../shared/data/rsscn7."),
+    zoo: Path = ZOO_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show the members; train nothing."),
+) -> None:
+    """Train a population of small models from a recipe (resumes: finished members are skipped)."""
+    from geosane.zoo.build import build_zoo, prepare_build, recipe_summary
+
+    if dry_run:
+        from rich.table import Table
+
+        plan = prepare_build(recipe, overrides or [])
+        status = plan.status(zoo)
+        table = Table(title=f"recipe '{plan.recipe.name}': {len(plan.members)} members")
+        for column in (
+            "name",
+            "family",
+            "arch",
+            "classes",
+            "bands",
+            "seed",
+            "epochs",
+            "lr",
+            "init_from",
+            "status",
+        ):
+            table.add_column(column)
+        for row in recipe_summary(plan):
+            table.add_row(
+                row["name"], row["family"], row["arch"], str(row["classes"]), str(row["bands"]),
+                str(row["seed"]), str(row["epochs"]), f"{row['lr']:g}", row["init_from"] or "-",
+                status[row["name"]],
+            )  # fmt: skip
+        console.print(table)
+        return
+    result = build_zoo(recipe, zoo, overrides or [])
+    console.print(f"zoo {result.path}: {len(result)} models")

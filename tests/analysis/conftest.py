@@ -1,0 +1,57 @@
+"""Small real architectures (random init) for the analysis tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# A 2-block ViT with 8x8 patches on 32x32 images: every layer family the analysis needs, in ~0.5 MB.
+TINY_VIT = {
+    "library": "timm",
+    "name": "vit_tiny_patch16_224",
+    "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """These tests run tiny models: one intra-op thread is faster on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_vit_spec(**extra: object) -> dict:
+    return {"source": "timm:vit_tiny_patch16_224", "random_init": True, "arch": TINY_VIT, **extra}
+
+
+def write_folder(root: Path, classes: int, per_class: int, colour_coded: bool, seed: int = 0) -> Path:
+    """``root/<class>/<i>.png`` 32x32 RGB images: the class is the dominant channel (``colour_coded``)
+    or the images are pure noise with no relation to their folder."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 90, size=(32, 32, 3), dtype=np.uint8)
+            if colour_coded:
+                image[..., c % 3] += 150
+            Image.fromarray(image).save(root / f"class{c}" / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def colour_folder(tmp_path: Path) -> Path:
+    """3 classes x 20 images whose class is the dominant colour channel (trivially learnable)."""
+    return write_folder(tmp_path / "colour", 3, 20, colour_coded=True)
+
+
+@pytest.fixture
+def noise_folder(tmp_path: Path) -> Path:
+    """3 classes x 20 images of noise unrelated to the class (nothing to learn)."""
+    return write_folder(tmp_path / "noise", 3, 20, colour_coded=False)
