@@ -1,0 +1,121 @@
+"""``geosane bench train``: training throughput (tokens/s) and peak memory of the autoencoder.
+
+One training step = both views through the autoencoder, the full loss (reconstruction + NT-Xent),
+backward, gradient clipping and the AdamW step, on synthetic windows of the configured ``window``
+and ``batch_size`` (the token values do not change the cost). ``tokens_per_s`` counts window
+tokens (``batch_size * window`` per step; each is processed once per view). Steps are timed after
+``warmup`` untimed ones (compilation happens there); the median step time is reported.
+``peak_rss_bytes`` is the process's peak resident set (``VmHWM``) over the timed steps, reset
+before them on Linux; on CUDA ``peak_cuda_bytes`` is the allocator's peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geosane.autoencoder.config import AutoencoderConfig
+from geosane.autoencoder.module import AutoencoderModule, make_optimizer
+from geosane.config import to_dict
+
+__all__ = ["benchmark_training", "synthetic_batch"]
+
+
+def synthetic_batch(config: AutoencoderConfig, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch in the window item format with realistic positions (layers of ~100 tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, window, d_t = config.data.batch_size, config.model.window, config.model.d_t
+    start = torch.randint(0, 10_000, (batch, 1), generator=generator)
+    n = start + torch.arange(window)
+    out = {
+        "tokens": torch.randn(batch, window, d_t, generator=generator) * 0.05,
+        "mask": torch.ones(batch, window, d_t, dtype=torch.bool),
+        "positions": torch.stack([n, n // 100, n % 100], dim=-1),
+        "layer_type": (n // 100) % 9,
+        "valid": torch.ones(batch, window, dtype=torch.bool),
+        "sample": torch.arange(batch) + 1,
+    }
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):  # Linux only: peak RSS := current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def benchmark_training(
+    config: AutoencoderConfig, steps: int = 10, warmup: int = 3, device: str | None = None
+) -> dict[str, Any]:
+    """Measure training steps of ``config``'s autoencoder (see module docstring)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(config.train.seed)
+    module = AutoencoderModule(config).to(dev)
+    module.train()
+    optimizer, scheduler = make_optimizer(module.model, config)
+    batch = synthetic_batch(config, dev)
+    precision = config.train.precision
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def step() -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with autocast:
+            loss = module.compute_loss(batch)["loss"]
+        loss.backward()
+        if config.train.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(module.model.parameters(), config.train.clip_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    for _ in range(warmup):
+        step()
+    _reset_peak_rss()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [step() for _ in range(steps)]
+    seconds = statistics.median(times)
+    tokens = config.data.batch_size * config.model.window
+    result: dict[str, Any] = {
+        "tokens_per_s": tokens / seconds,
+        "step_seconds": seconds,
+        "peak_rss_bytes": _peak_rss(),
+        "parameters": module.model.num_parameters(),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "views": 2 if config.loss.gamma > 0 or config.loss.permutation_variants > 0 else 1,
+        "config": {
+            "model": to_dict(config.model),
+            "batch_size": config.data.batch_size,
+            "precision": precision,
+            "compile": config.train.compile,
+            "fused_optimizer": config.train.fused_optimizer,
+            "attention": config.model.attention,
+        },
+    }
+    del scheduler
+    if dev.type == "cuda":
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    return result

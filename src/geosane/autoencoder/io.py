@@ -1,0 +1,87 @@
+"""Save and load a trained autoencoder: ``autoencoder.safetensors`` with its config in the metadata.
+
+:func:`load_autoencoder` also accepts a training checkpoint (``.ckpt``, read with
+``torch.load(weights_only=True)``) or a run directory holding ``autoencoder.safetensors``; nothing
+is ever unpickled beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geosane.autoencoder.config import ModelConfig
+from geosane.autoencoder.model import WeightAutoencoder
+from geosane.config import from_dict, to_dict
+from geosane.errors import ConfigError, GeosaneError
+from geosane.io import save_safetensors
+
+__all__ = ["EXPORT_FORMAT", "load_autoencoder", "save_autoencoder"]
+
+EXPORT_FORMAT = "geosane-autoencoder"
+
+
+def save_autoencoder(
+    model: WeightAutoencoder, path: str | os.PathLike[str], extra: Mapping[str, str] | None = None
+) -> Path:
+    """Atomically write the weights as safetensors; the model config travels as JSON metadata."""
+    metadata = {"format": EXPORT_FORMAT, "version": "1", "config": json.dumps(to_dict(model.config))}
+    metadata.update(extra or {})
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    return save_safetensors(state, path, metadata=metadata)
+
+
+def _model_config(data: Any, path: Path) -> ModelConfig:
+    try:
+        return from_dict(ModelConfig, data, "model")
+    except ConfigError as exc:
+        raise GeosaneError(f"{path}: the stored autoencoder config is invalid ({exc})") from None
+
+
+def _from_safetensors(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != EXPORT_FORMAT or "config" not in metadata:
+                raise GeosaneError(f"{path} is not a geosane autoencoder export (no autoencoder config in its metadata)")
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError) as exc:
+        raise GeosaneError(f"cannot read {path}: {exc}") from None
+    return _model_config(json.loads(metadata["config"]), path), state, metadata
+
+
+def _from_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GeosaneError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    extra = data.get("geosane") if isinstance(data, dict) else None
+    if not extra or "config" not in extra:
+        raise GeosaneError(f"{path} is not a geosane autoencoder training checkpoint")
+    state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
+    return _model_config(extra["config"]["model"], path), state, {"steps": str(data.get("global_step", ""))}
+
+
+def load_autoencoder(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[
+    WeightAutoencoder, dict[str, str]
+]:
+    """``(model in eval mode, metadata)`` from an export, a training checkpoint or a run directory."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "autoencoder.safetensors"
+    if not path.is_file():
+        raise GeosaneError(f"autoencoder not found: {path}")
+    config, state, metadata = _from_checkpoint(path) if path.suffix == ".ckpt" else _from_safetensors(path)
+    model = WeightAutoencoder(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise GeosaneError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), metadata

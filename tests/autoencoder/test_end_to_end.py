@@ -1,0 +1,77 @@
+"""End to end through the CLI: zoo build -> tokenize -> train -> embed/probe; bench; CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geosane.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tiny_autoencoder_reconstructs_its_training_models(trained_tiny: tuple[Path, float]) -> None:
+    out, seconds = trained_tiny
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 400 and len(summary["train_models"]) == 5 and summary["val_models"] == []
+    assert summary["train"]["r2"] >= 0.9, summary["train"]
+    assert all(r2 > 0.8 for r2 in summary["train"]["per_model"].values()), summary["train"]["per_model"]
+    assert seconds < 120  # ~50 s on 2 busy cores; the generous bound only catches pathologies
+    assert (out / "autoencoder.safetensors").is_file() and (out / "logs" / "metrics.csv").is_file()
+
+
+def test_embed_and_probe_accuracy(trained_tiny: tuple[Path, float], tiny_zoo_store: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = trained_tiny
+    target = tmp_path / "emb.safetensors"
+    code, stdout, _ = _run(capsys, "embed", "--ae", str(out), "--store", str(tiny_zoo_store), "--out", str(target),
+                           "--probe-property", "accuracy", "--json")
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["models"] == 5 and target.is_file()
+    for kind in ("mean", "stats", "weight_stats"):
+        assert result["probe"]["accuracy"][kind]["models"] == 5
+        assert result["probe"]["accuracy"][kind]["r2"] == result["probe"]["accuracy"][kind]["r2"]  # not NaN
+    from safetensors import safe_open
+
+    with safe_open(str(target), framework="pt") as f:
+        index = json.loads((tiny_zoo_store / "index.json").read_text())
+        assert json.loads(f.metadata()["ids"]) == [m["id"] for m in index["models"]]
+        mean, stats = f.get_tensor("mean"), f.get_tensor("stats")
+    assert mean.shape == (5, 32) and stats.shape == (5, 7 * 32)
+    code, _, err = _run(capsys, "embed", "--ae", str(out), "--store", str(tiny_zoo_store), "--out",
+                        str(tmp_path / "bad.safetensors"), "--probe-property", "no_such_property")
+    assert code == 2 and "no numeric property 'no_such_property'" in err
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_bench_train_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = _run(capsys, "bench", "train", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json")
+    assert code == 0
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["tokens_per_s"] > 0 and result["peak_rss_bytes"] > 0
+    assert result["config"]["model"]["window"] == 32 and result["config"]["batch_size"] == 8
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(random_store: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "model.d_t=230")
+    assert code == 2 and "token size 32 but the autoencoder expects d_t=230" in err
+    code, _, err = _run(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "trian.lr=1")
+    assert code == 2 and "unknown config key 'trian'" in err
+    code, _, err = _run(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "--resume")
+    assert code == 2 and "nothing to resume" in err
+    assert not out.exists()
