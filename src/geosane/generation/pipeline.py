@@ -13,6 +13,7 @@ rename once every file is complete.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -161,6 +162,13 @@ def prepare_prompt(
 # latent sampling
 
 
+def tokenizer_settings(ae: Any, metadata: dict[str, str]) -> dict[str, Any]:
+    """The tokenizer settings of the store the autoencoder was trained on (recorded at export)."""
+    settings = json.loads(metadata["tokenizer"]) if "tokenizer" in metadata else {"mode": "dense"}
+    settings["token_size"] = int(ae.config.d_t)
+    return settings
+
+
 def _nearest_anchors(
     cfg: GenerateConfig, ae: Any, prompt_tm: Any, prompt_latent: torch.Tensor
 ) -> list[dict[str, Any]]:
@@ -181,6 +189,8 @@ def _nearest_anchors(
         tm = store.load(record.id)
         if not torch.equal(tm.positions, prompt_tm.positions) or not torch.equal(tm.layer_type, prompt_tm.layer_type):
             continue
+        if torch.equal(tm.tokens, prompt_tm.tokens):
+            continue  # the prompt itself is a zoo member: it is already the first anchor
         z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
         distance = float((z - prompt_latent).pow(2).mean())
         found.append({"id": record.id, "distance": distance, "latent": z})
@@ -211,11 +221,12 @@ def _score_candidate(
 def generate(cfg: GenerateConfig) -> GenerationResult:
     """Run generation end to end; see the module docstring."""
     from geosane.autoencoder import decode_sequence, encode_sequence, load_autoencoder
-    from geosane.tokens import detokenize, tokenize
+    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, detokenize, tokenize
 
     _validate_counts(cfg)
-    ae, ae_info = load_autoencoder(cfg.ae)
-    token_size, mode = ae_info["token_size"], ae_info["mode"]
+    ae, ae_meta = load_autoencoder(cfg.ae)
+    tokenizer = tokenizer_settings(ae, ae_meta)
+    token_size, mode = tokenizer["token_size"], tokenizer["mode"]
     if cfg.token_size is not None and cfg.token_size != token_size:
         raise GeosaneError(
             f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
@@ -237,7 +248,15 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         select = TensorImageDataset(select_images.images, select_images.labels, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    prompt_tm = tokenize(prompt.state_dict, token_size=token_size, mode=mode, module=prompt.build())
+    prompt_tm = tokenize(
+        prompt.state_dict,
+        token_size=token_size,
+        mode=mode,
+        include=tokenizer.get("include"),
+        exclude=tokenizer.get("exclude") or (),
+        buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
+        module=prompt.build(load_weights=False),
+    )
     console.print(
         f"prompt {prompt.source}: {prompt_tm.num_tokens} tokens, "
         f"{len(prompt_tm.names('tokenized'))} tensors generated, {len(prompt_tm.names('carried'))} carried"
