@@ -21,3 +21,14 @@ def test_version_and_help() -> None:
     assert out.returncode == 0 and out.stdout.startswith("geosane ")
     out = run_cli("--help")
     assert out.returncode == 0 and "bench" in out.stdout
+
+
+def test_help_does_not_import_torch() -> None:
+    """Stage packages export lazily and stage CLIs import heavy libraries inside commands."""
+    code = "import sys, geosane.cli; print('torch' in sys.modules, 'timm' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT, capture_output=True, text=True, env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

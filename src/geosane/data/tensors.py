@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "TensorImageDataset"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "TensorImageDataset", "default_normalization"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +40,14 @@ class Normalization:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(shape)
         std = torch.tensor(self.std, dtype=x.dtype).view(shape)
         return (x - mean) / std
+
+
+def default_normalization(images: torch.Tensor) -> Normalization:
+    """ImageNet statistics for 8-bit RGB images (what timm backbones expect), else per-band
+    statistics of ``images`` themselves (multispectral/SAR arrays)."""
+    if images.dtype == torch.uint8 and images.shape[1] == 3:
+        return Normalization.imagenet()
+    return Normalization.from_images(images)
 
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:

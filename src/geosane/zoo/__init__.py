@@ -1,9 +1,27 @@
-"""Model sources and the zoo: resolve any model into named tensors, collect many into a zoo."""
+"""Model sources and the zoo: resolve any model into named tensors, collect many into a zoo.
 
-from geosane.zoo.build import BuildPlan, build_zoo, prepare_build
-from geosane.zoo.manifest import Zoo, ZooEntry
-from geosane.zoo.recipe import ZooRecipe, load_recipe
-from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture, load_weights_file, resolve
+Names are imported lazily so that ``geosane --help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from geosane.zoo.build import BuildPlan, build_zoo, prepare_build
+    from geosane.zoo.manifest import Zoo, ZooEntry
+    from geosane.zoo.recipe import ZooRecipe, load_recipe
+    from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture, load_weights_file, resolve
+
+_EXPORTS = {
+    "build": ("BuildPlan", "build_zoo", "prepare_build"),
+    "manifest": ("Zoo", "ZooEntry"),
+    "recipe": ("ZooRecipe", "load_recipe"),
+    "sources": ("ArchSpec", "LoadedModel", "build_architecture", "load_weights_file", "resolve"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ArchSpec",

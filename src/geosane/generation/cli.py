@@ -1,0 +1,58 @@
+"""``geosane generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from geosane.console import console
+
+__all__ = ["register"]
+
+
+def generate_command(
+    ae: Path = typer.Option(..., "--ae", help="Exported autoencoder (autoencoder.safetensors from `geosane train`)."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt model: timm:NAME, hf:ORG/NAME, zoo:DIR#ID, a checkpoint..."),
+    out: Path = typer.Option(..., "--out", help="Output directory (top-k *.safetensors, model_card.json, load_generated.py)."),
+    num_candidates: int = typer.Option(10, "--num-candidates", help="Candidates sampled and ranked."),
+    top_k: int = typer.Option(3, "--top-k", help="Best candidates kept."),
+    in_chans: int | None = typer.Option(None, "--in-chans", help="Input bands; the prompt's stem is adapted if it differs."),
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Classes of the new head (default: from --select-data)."),
+    select_data: Path | None = typer.Option(None, "--select-data", help="Labelled image folder for BN recalibration and ranking."),
+    select_split: str = typer.Option("select", "--select-split", help="'select' (seeded selection split of --select-data) or 'all'."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the train/select/test split."),
+    image_size: int = typer.Option(64, "--image-size", help="Images are resized to this size."),
+    kde_mode: str = typer.Option("token", "--kde-mode", help="token: anchor chosen per token; joint: per candidate."),
+    bandwidth: float = typer.Option(0.2, "--bandwidth", help="KDE bandwidth in units of the latent std."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    store: Path | None = typer.Option(None, "--store", help="Token store of the zoo (for --anchors)."),
+    anchors: int = typer.Option(0, "--anchors", help="Nearest same-architecture zoo models used as extra KDE anchors."),
+    proxy: str = typer.Option("knn", "--proxy", help="Ranking proxy on frozen features: knn | linear."),
+    token_size: int | None = typer.Option(None, "--token-size", help="Expected token size (checked against the AE)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Allow a timm prompt without pretrained weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+) -> None:
+    """Generate ready-to-fine-tune weights for the prompt's architecture."""
+    from geosane.errors import GeosaneError
+    from geosane.generation.pipeline import GenerateConfig, generate
+
+    if kde_mode not in ("token", "joint"):
+        raise GeosaneError(f"--kde-mode must be 'token' or 'joint', got '{kde_mode}'")
+    if proxy not in ("knn", "linear"):
+        raise GeosaneError(f"--proxy must be 'knn' or 'linear', got '{proxy}'")
+    cfg = GenerateConfig(
+        ae=ae, prompt=prompt, out=out, num_candidates=num_candidates, top_k=top_k, in_chans=in_chans,
+        num_classes=num_classes, select_data=select_data, select_split=select_split, split_seed=split_seed,
+        image_size=image_size, kde_mode=kde_mode, bandwidth=bandwidth, seed=seed,  # type: ignore[arg-type]
+        random_init=random_init, store=store, anchors=anchors, proxy=proxy,  # type: ignore[arg-type]
+        token_size=token_size, overwrite=overwrite,
+    )
+    result = generate(cfg)
+    for c in result.card["candidates"]:
+        console.print(f"  rank {c['rank']}: {c['file']}  {c['proxy']} proxy {c['proxy_score']:.4f}")
+    console.print(f"[green]wrote[/] {result.out} (model_card.json, load_generated.py)")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    app.command("generate")(generate_command)

@@ -1,0 +1,361 @@
+"""``geosane generate``: new, ready-to-fine-tune weights for a prompt architecture.
+
+    prompt source ──► classifier for the target bands/classes ──► tokenize (the AE's settings)
+      ──► encode with halo windows ──► KDE around the prompt latent (+ nearest same-layout zoo
+      models as extra anchors) ──► N candidate latents, independent noise per token ──► decode
+      ──► detokenize onto the prompt's layout ──► recalibrate BatchNorm on unlabeled selection
+      images ──► rank by a frozen-feature proxy on the selection split ──► keep the top k
+
+Everything is validated before anything is written, and the output directory appears in one
+rename once every file is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from geosane import __version__
+from geosane.console import console, make_progress
+from geosane.data import ImageFolderData, TensorImageDataset, load_image_folder, stratified_split
+from geosane.data.tensors import default_normalization
+from geosane.errors import DataError, GeosaneError
+from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
+from geosane.generation.card import write_loader_script
+from geosane.generation.kde import KDEMode, latent_scale, sample_latents
+from geosane.generation.proxy import ProxyKind, proxy_score
+from geosane.generation.stem import adapt_stem
+from geosane.io import save_safetensors, sha256_file, write_json
+from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
+
+__all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of one ``geosane generate`` run (CLI flags map 1:1 onto these fields)."""
+
+    ae: Path
+    prompt: str
+    out: Path
+    num_candidates: int = 10
+    top_k: int = 3
+    in_chans: int | None = None
+    num_classes: int | None = None
+    select_data: Path | None = None
+    select_split: str = "select"  # "select": the seeded selection split of select_data; "all": every image
+    split_seed: int = 0
+    image_size: int = 64
+    kde_mode: KDEMode = "token"
+    bandwidth: float = 0.2
+    seed: int = 0
+    random_init: bool = False  # allow a timm prompt without pretrained weights
+    store: Path | None = None  # token store of the zoo: nearest same-layout models become anchors
+    anchors: int = 0  # how many nearest zoo models join the prompt as KDE anchors
+    proxy: ProxyKind = "knn"
+    token_size: int | None = None  # must equal the AE's token size when given
+    halo: int | None = None
+    bn_batches: int = 4
+    batch_size: int = 64
+    overwrite: bool = False
+
+
+@dataclass
+class Candidate:
+    index: int
+    state_dict: dict[str, torch.Tensor]
+    score: float
+    bn_images: int = 0
+
+
+@dataclass
+class GenerationResult:
+    """Where the output went and what was chosen."""
+
+    out: Path
+    card: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and inputs
+
+
+def _validate_counts(cfg: GenerateConfig) -> None:
+    if cfg.num_candidates < 1:
+        raise GeosaneError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
+    if not 1 <= cfg.top_k <= cfg.num_candidates:
+        raise GeosaneError(
+            f"--top-k {cfg.top_k} must be between 1 and --num-candidates ({cfg.num_candidates})"
+        )
+    if cfg.bandwidth < 0:
+        raise GeosaneError(f"--bandwidth must be >= 0, got {cfg.bandwidth}")
+    if cfg.anchors < 0:
+        raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
+    if cfg.anchors and cfg.store is None:
+        raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
+    if cfg.select_split not in ("select", "all"):
+        raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise GeosaneError(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+
+
+def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> ImageFolderData | None:
+    """The labelled images candidates are ranked on (never the test split)."""
+    if cfg.select_data is None:
+        return None
+    data = load_image_folder(cfg.select_data, cfg.image_size)
+    if cfg.select_split == "select":
+        data = data.subset(stratified_split(data.labels.numpy(), seed=cfg.split_seed)["select"])
+    classes = num_classes if num_classes is not None else len(data.classes)
+    if len(data) < classes:
+        raise DataError(
+            f"the selection data ({cfg.select_data}, split '{cfg.select_split}') has {len(data)} images "
+            f"for {classes} classes: the proxy needs at least one image per class (better: several)"
+        )
+    return data
+
+
+def prepare_prompt(
+    source: str, num_classes: int | None, in_chans: int | None, random_init: bool = False
+) -> LoadedModel:
+    """The prompt as a full classifier for ``in_chans`` bands and ``num_classes`` classes.
+
+    The stem is adapted (timm's repeat-and-rescale rule) when the band count differs; the
+    classifier head is re-initialised when the class count differs. Raises when the prompt's
+    architecture is unknown or cannot be instantiated.
+    """
+    from geosane.tasks import build_classifier
+
+    prompt = resolve(source, random_init=random_init)
+    if prompt.arch is None:
+        raise GeosaneError(
+            f"prompt {source}: its architecture is unknown, so generated weights could not be used "
+            "(use a timm:, hf: timm repo, torchgeo: or zoo: source, or a checkpoint with an architecture record)"
+        )
+    if in_chans is not None:
+        prompt = adapt_stem(prompt, in_chans)
+    try:
+        model = build_classifier(prompt, num_classes) if num_classes is not None else prompt.build()
+    except GeosaneError as exc:
+        raise GeosaneError(f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}") from None
+    kwargs = dict(prompt.arch.kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    arch = ArchSpec(prompt.arch.library, prompt.arch.name, kwargs)
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    info = {**prompt.info, "num_classes": num_classes if num_classes is not None else prompt.info.get("num_classes")}
+    return LoadedModel(prompt.source, state_dict, arch, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# latent sampling
+
+
+def tokenizer_settings(ae: Any, metadata: dict[str, str]) -> dict[str, Any]:
+    """The tokenizer settings of the store the autoencoder was trained on (recorded at export)."""
+    settings = json.loads(metadata["tokenizer"]) if "tokenizer" in metadata else {"mode": "dense"}
+    settings["token_size"] = int(ae.config.d_t)
+    return settings
+
+
+def _nearest_anchors(
+    cfg: GenerateConfig, ae: Any, prompt_tm: Any, prompt_latent: torch.Tensor
+) -> list[dict[str, Any]]:
+    """Latents of the ``cfg.anchors`` store models nearest to the prompt that share its layout."""
+    from geosane.autoencoder import encode_sequence
+    from geosane.tokens import TokenStore
+
+    store = TokenStore(cfg.store)
+    if store.token_size != prompt_tm.token_size or store.mode != prompt_tm.mode:
+        raise GeosaneError(
+            f"token store {cfg.store} uses token size {store.token_size} ({store.mode}) but the autoencoder "
+            f"uses {prompt_tm.token_size} ({prompt_tm.mode})"
+        )
+    found = []
+    for record in store.records:
+        if record.num_tokens != prompt_tm.num_tokens:
+            continue
+        tm = store.load(record.id)
+        if not torch.equal(tm.positions, prompt_tm.positions) or not torch.equal(tm.layer_type, prompt_tm.layer_type):
+            continue
+        if torch.equal(tm.tokens, prompt_tm.tokens):
+            continue  # the prompt itself is a zoo member: it is already the first anchor
+        z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
+        distance = float((z - prompt_latent).pow(2).mean())
+        found.append({"id": record.id, "distance": distance, "latent": z})
+    found.sort(key=lambda a: a["distance"])
+    return found[: cfg.anchors]
+
+
+def _score_candidate(
+    model: nn.Module, select: TensorImageDataset | None, cfg: GenerateConfig
+) -> tuple[float, int]:
+    """BatchNorm recalibration on unlabeled selection images, then the proxy score."""
+    if select is None:
+        return float("nan"), 0
+    seen = 0
+    if has_batchnorm(model):
+        batches = [
+            torch.stack([select[i][0] for i in range(start, min(start + cfg.batch_size, len(select)))])
+            for start in range(0, min(len(select), cfg.bn_batches * cfg.batch_size), cfg.batch_size)
+        ]
+        seen = recalibrate_batchnorm(model, batches)
+    return proxy_score(model, select, kind=cfg.proxy), seen
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole job
+
+
+def generate(cfg: GenerateConfig) -> GenerationResult:
+    """Run generation end to end; see the module docstring."""
+    from geosane.autoencoder import decode_sequence, encode_sequence, load_autoencoder
+    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, detokenize, tokenize
+
+    _validate_counts(cfg)
+    ae, ae_meta = load_autoencoder(cfg.ae)
+    tokenizer = tokenizer_settings(ae, ae_meta)
+    token_size, mode = tokenizer["token_size"], tokenizer["mode"]
+    if cfg.token_size is not None and cfg.token_size != token_size:
+        raise GeosaneError(
+            f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
+        )
+    select_images = _selection_data(cfg, cfg.num_classes)
+    num_classes = cfg.num_classes if cfg.num_classes is not None else (
+        len(select_images.classes) if select_images is not None else None
+    )
+    prompt = prepare_prompt(cfg.prompt, num_classes, cfg.in_chans, cfg.random_init)
+    in_chans = int(prompt.info.get("in_chans") or 3)
+    if select_images is not None and select_images.num_bands != in_chans:
+        raise DataError(
+            f"selection images have {select_images.num_bands} bands but the prompt takes {in_chans} "
+            "(pass --in-chans to adapt the prompt's stem)"
+        )
+    select = None
+    if select_images is not None:
+        norm = default_normalization(select_images.images)
+        select = TensorImageDataset(select_images.images, select_images.labels, norm)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    prompt_tm = tokenize(
+        prompt.state_dict,
+        token_size=token_size,
+        mode=mode,
+        include=tokenizer.get("include"),
+        exclude=tokenizer.get("exclude") or (),
+        buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
+        module=prompt.build(load_weights=False),
+    )
+    console.print(
+        f"prompt {prompt.source}: {prompt_tm.num_tokens} tokens, "
+        f"{len(prompt_tm.names('tokenized'))} tensors generated, {len(prompt_tm.names('carried'))} carried"
+    )
+    z_prompt = encode_sequence(ae, prompt_tm.tokens, prompt_tm.positions, prompt_tm.layer_type, prompt_tm.mask, halo=cfg.halo)
+    anchors = _nearest_anchors(cfg, ae, prompt_tm, z_prompt) if cfg.anchors else []
+    anchor_latents = torch.stack([z_prompt, *[a["latent"] for a in anchors]])
+    latents = sample_latents(
+        anchor_latents, cfg.num_candidates, cfg.bandwidth, mode=cfg.kde_mode, generator=generator,
+        scale=latent_scale(anchor_latents),
+    )
+
+    candidates: list[Candidate] = []
+    with make_progress() as progress:
+        task = progress.add_task("decode + rank candidates", total=cfg.num_candidates, status="")
+        for index, z in enumerate(latents):
+            tokens = decode_sequence(ae, z, prompt_tm.positions, prompt_tm.layer_type, halo=cfg.halo)
+            tokens = tokens * prompt_tm.mask
+            state_dict = detokenize(prompt_tm, tokens.to(prompt_tm.tokens.dtype))
+            model = prompt.build(load_weights=False)
+            model.load_state_dict(state_dict)
+            score, seen = _score_candidate(model, select, cfg)
+            state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            candidates.append(Candidate(index, state_dict, score, seen))
+            progress.update(task, advance=1, status=f"proxy {score:.3f}")
+    prompt_score = float("nan")
+    if select is not None:
+        prompt_score, _ = _score_candidate(prompt.build(), select, cfg)
+
+    ranked = sorted(candidates, key=lambda c: (-c.score if c.score == c.score else float("inf"), c.index))
+    chosen = ranked[: cfg.top_k]
+    card = {
+        "format": "geosane-generated",
+        "geosane_version": __version__,
+        "prompt": prompt.source,
+        "prompt_info": {k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "arch": prompt.arch.to_dict() if prompt.arch else None,
+        "ae_checkpoint": str(Path(cfg.ae).resolve()),
+        "ae_sha256": sha256_file(cfg.ae),
+        "token_size": token_size,
+        "mode": mode,
+        "seed": cfg.seed,
+        "kde": {"mode": cfg.kde_mode, "bandwidth": cfg.bandwidth, "anchors": [
+            {"id": a["id"], "distance": a["distance"]} for a in anchors
+        ]},
+        "num_candidates": cfg.num_candidates,
+        "top_k": cfg.top_k,
+        "proxy": cfg.proxy,
+        "select_data": str(cfg.select_data) if cfg.select_data else None,
+        "select_split": cfg.select_split,
+        "split_seed": cfg.split_seed,
+        "image_size": cfg.image_size,
+        "prompt_proxy_score": prompt_score,
+        "all_proxy_scores": [c.score for c in candidates],
+        "candidates": [
+            {
+                "rank": rank,
+                "file": f"candidate_{rank}.safetensors",
+                "candidate_index": c.index,
+                "proxy_score": c.score,
+                "proxy": cfg.proxy,
+                "bn_recalibrated_on": c.bn_images,
+            }
+            for rank, c in enumerate(chosen, start=1)
+        ],
+        "generated_tensors": prompt_tm.names("tokenized") + prompt_tm.names("tied"),
+        "carried_tensors": prompt_tm.names("carried"),
+        "carried_note": (
+            "carried tensors are copied from the prompt; BatchNorm running statistics among them were "
+            "recalibrated on unlabeled selection images" if any(c.bn_images for c in chosen) else
+            "carried tensors are copied from the prompt"
+        ),
+    }
+    files = _write_output(cfg, card, chosen)
+    return GenerationResult(Path(cfg.out), card, files)
+
+
+def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candidate]) -> list[Path]:
+    """Write candidates, card and loader into a temporary directory, then rename it into place."""
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for entry, candidate in zip(card["candidates"], chosen, strict=True):
+            save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
+        write_json(tmp / "model_card.json", card)
+        write_loader_script(tmp / "load_generated.py")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / e["file"] for e in card["candidates"]] + [out / "model_card.json", out / "load_generated.py"]
+
+
+def config_from_kwargs(**kwargs: Any) -> GenerateConfig:
+    """A :class:`GenerateConfig` from keyword arguments (paths coerced)."""
+    for key in ("ae", "out", "select_data", "store"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = Path(kwargs[key])
+    return dataclasses.replace(GenerateConfig(ae=Path(), prompt="", out=Path()), **kwargs)
