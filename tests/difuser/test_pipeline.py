@@ -132,3 +132,20 @@ def test_csmask_segmentation_with_upernet(pixel_model_dir: Path, csmask_root: Pa
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())["test"]
     assert report["metric"] == "miou" and 0.0 <= report["test"] <= 1.0
     assert set(metrics["per_class"]) == {"clear", "cloud", "shadow"} and metrics["ignored_index"] == 255
+
+
+def test_probe_and_scratch_baselines(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+    from geosane.difuser import run_probe, run_scratch_baseline
+
+    cfg = load_difuse_config(
+        _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "gw", "base"), ["train.batch_size=8"]
+    )
+    probe = run_probe(cfg)
+    assert len(probe["all"]) == 2 * 6  # every (timestep, layer) of the tiny UNet
+    best_select = max(r["select_accuracy"] for r in probe["all"])
+    assert probe["best"]["select_accuracy"] == best_select  # chosen on select, reported on test
+    assert probe["test_accuracy"] == probe["best"]["test_accuracy"]
+    assert json.loads((tmp_path / "base" / "probe.json").read_text())["best"] == probe["best"]
+    scratch = run_scratch_baseline(cfg, arch="resnet10t", epochs=1)
+    assert 0.0 <= scratch["test_accuracy"] <= 1.0 and scratch["image_size"] == 16
+    assert (tmp_path / "base" / "scratch.json").is_file()

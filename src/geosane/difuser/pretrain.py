@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,8 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+    # checkpoints fall mid-epoch; a resumed run reshuffles the images, which is harmless for DDPM training
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resume else None, weights_only=True)
     seconds = time.perf_counter() - start
