@@ -149,3 +149,18 @@ def test_probe_and_scratch_baselines(pixel_model_dir: Path, tiny_image_folder: P
     scratch = run_scratch_baseline(cfg, arch="resnet10t", epochs=1)
     assert 0.0 <= scratch["test_accuracy"] <= 1.0 and scratch["image_size"] == 16
     assert (tmp_path / "base" / "scratch.json").is_file()
+
+
+def test_ema_ramps_up_so_short_runs_track_the_trained_weights() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from geosane.difuser.pretrain import ema_with_warmup
+
+    model = torch.nn.Linear(2, 2)
+    ema = AveragedModel(model, avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    for step in range(300):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ema.update_parameters(model)
+    # a fixed 0.999 decay would still sit near the first values (~45); the ramp follows recent steps
+    assert 250 < float(ema.module.weight[0, 0]) < 299

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 
 from geosane.config import save_config, to_dict
@@ -33,7 +34,7 @@ from geosane.errors import GeosaneError
 from geosane.io import atomic_path, write_json
 from geosane.tasks.fit import _quiet_lightning
 
-__all__ = ["PretrainResult", "build_ddpm_unet", "pretrain_ddpm"]
+__all__ = ["PretrainResult", "build_ddpm_unet", "ema_with_warmup", "pretrain_ddpm"]
 
 
 @dataclass
@@ -80,6 +81,21 @@ def _noise_scheduler(config: PretrainConfig) -> Any:
     )
 
 
+def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """EMA update for ``AveragedModel`` with decay ``min(decay, (1 + n) / (10 + n))`` after n updates.
+
+    The ramp (as in diffusers' ``EMAModel``) keeps a short run's average from being dominated by
+    the random initial weights: with a fixed 0.999 decay, 1000 steps still weigh them by ~37%.
+    """
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return update
+
+
 class _Images(Dataset[torch.Tensor]):
     """Images in [-1, 1] with random flips and 90-degree rotations (overhead imagery)."""
 
@@ -102,7 +118,7 @@ class DDPMModule(L.LightningModule):
     def __init__(self, unet: nn.Module, config: PretrainConfig) -> None:
         super().__init__()
         self.unet = unet
-        self.ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        self.ema = AveragedModel(unet, avg_fn=ema_with_warmup(config.ema_decay), use_buffers=True)
         self.config = config
         self.noise_scheduler = _noise_scheduler(config)
         self.losses: list[float] = []
