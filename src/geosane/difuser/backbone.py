@@ -1,0 +1,468 @@
+"""A frozen diffusion UNet as a feature extractor (forward hooks, DDIM inversion or one-shot noising).
+
+The model directory uses the diffusers layout, so a real DiffusionSat / Stable Diffusion checkpoint
+and the DDPM trained by ``geosane difuse pretrain`` load the same way::
+
+    MODEL_DIR/unet/{config.json, *.safetensors}     UNet2DConditionModel (latent) or UNet2DModel (pixel)
+    MODEL_DIR/vae/...                               AutoencoderKL (latent models only)
+    MODEL_DIR/scheduler/scheduler_config.json       noise schedule (any diffusers scheduler config)
+    MODEL_DIR/text_encoder/, MODEL_DIR/tokenizer/   CLIP text encoder (only for ``conditioning.prompt``)
+
+A bare UNet directory (``config.json`` + safetensors at the top) works too. Only safetensors weights
+are read and nothing is fetched from the network; no remote code is run.
+
+Hooked layers are named ``up{L}_res{R}`` (the second conv of ResNet R in up-block L) and
+``up{L}_attn{R}`` (the self-attention output: ``attn1`` of a transformer block, tokens reshaped to a
+map, or a pixel UNet's ``Attention`` block). Timesteps follow diffusers' DDIM schedule of
+``num_timesteps`` steps; features at a timestep come from the UNet call at that timestep along a
+deterministic DDIM inversion (``DDIMInverseScheduler``) or after adding seeded noise once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from geosane.console import console
+from geosane.difuser.config import BackboneConfig, ConditioningConfig
+from geosane.errors import ConfigError, SourceError
+
+__all__ = ["DiffusionBackbone", "LayerInfo", "find_unet_dir", "list_hook_layers", "load_unet", "select_layers"]
+
+_PIXEL_CLASSES = {"UNet2DModel"}
+_CONDITION_CLASSES = {"UNet2DConditionModel", "SatUNet"}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A hooked layer: short name, module path, kind, up-block level, output channels and map size."""
+
+    name: str
+    module: str
+    kind: str
+    level: int
+    channels: int = 0
+    size: tuple[int, int] = (0, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "kind": self.kind,
+            "level": self.level,
+            "channels": self.channels,
+            "size": list(self.size),
+        }
+
+
+def _hook_points(unet: nn.Module) -> list[tuple[LayerInfo, nn.Module, nn.Module | None]]:
+    """``(info, module to hook, module whose input gives the map size or None)`` for every layer."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    points: list[tuple[LayerInfo, nn.Module, nn.Module | None]] = []
+    for level, block in enumerate(unet.up_blocks):
+        for r, resnet in enumerate(getattr(block, "resnets", None) or []):
+            info = LayerInfo(f"up{level}_res{r}", f"up_blocks.{level}.resnets.{r}.conv2", "res", level)
+            points.append((info, resnet.conv2, None))
+        for r, attn in enumerate(getattr(block, "attentions", None) or []):
+            if isinstance(attn, Transformer2DModel):
+                blocks = list(attn.transformer_blocks)
+                for j, tb in enumerate(blocks):
+                    suffix = f"_{j}" if len(blocks) > 1 else ""
+                    module = f"up_blocks.{level}.attentions.{r}.transformer_blocks.{j}.attn1"
+                    info = LayerInfo(f"up{level}_attn{r}{suffix}", module, "attn", level)
+                    points.append((info, tb.attn1, attn))
+            else:
+                info = LayerInfo(f"up{level}_attn{r}", f"up_blocks.{level}.attentions.{r}", "attn", level)
+                points.append((info, attn, None))
+    return points
+
+
+def list_hook_layers(unet: nn.Module) -> list[str]:
+    """Names of every layer a feature hook can be put on (``up{L}_res{R}``, ``up{L}_attn{R}``)."""
+    return [info.name for info, _, _ in _hook_points(unet)]
+
+
+def select_layers(available: list[str], patterns: list[str]) -> list[str]:
+    """Layers matching ``patterns`` (names or globs), in model order; unmatched patterns are an error."""
+    unmatched = [p for p in patterns if not fnmatch.filter(available, p)]
+    if unmatched:
+        raise ConfigError(
+            f"backbone.layer_idxs {unmatched} match(es) no layer of this UNet; valid layers: {', '.join(available)}"
+        )
+    return [name for name in available if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def find_unet_dir(model_dir: Path) -> tuple[Path, str]:
+    """The UNet sub-directory of a diffusers model directory and its ``_class_name``."""
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise SourceError(f"diffusion model directory not found: {model_dir}")
+    for candidate in (model_dir / "unet", model_dir):
+        config = candidate / "config.json"
+        if config.is_file():
+            try:
+                class_name = str(json.loads(config.read_text(encoding="utf-8")).get("_class_name", ""))
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{config}: invalid JSON ({exc})") from None
+            if class_name in _PIXEL_CLASSES | _CONDITION_CLASSES:
+                if not any(candidate.glob("*.safetensors")):
+                    raise SourceError(
+                        f"{candidate} holds no .safetensors weights (pickled .bin weights are not loaded)"
+                    )
+                return candidate, class_name
+            if candidate != model_dir:
+                raise SourceError(f"{config}: unsupported UNet class '{class_name}'")
+    raise SourceError(
+        f"{model_dir} is not a diffusers UNet directory (expected unet/config.json or config.json "
+        f"of a {', '.join(sorted(_PIXEL_CLASSES | _CONDITION_CLASSES))})"
+    )
+
+
+def load_unet(unet_dir: Path, class_name: str) -> nn.Module:
+    """Load a UNet2DModel / UNet2DConditionModel from ``unet_dir`` (safetensors, local files only)."""
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    if class_name not in {"UNet2DModel", "UNet2DConditionModel"}:
+        console.print(
+            f"[yellow]note:[/] loading {class_name} as UNet2DConditionModel; modules that diffusers' "
+            "UNet2DConditionModel does not have (e.g. DiffusionSat's metadata embedding) are skipped"
+        )
+    return _from_pretrained(UNet2DModel if class_name in _PIXEL_CLASSES else UNet2DConditionModel, unet_dir)
+
+
+def _load_scheduler_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "scheduler" / "scheduler_config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    console.print(f"[yellow]note:[/] {model_dir} has no scheduler/; using diffusers' default DDIM schedule")
+    return {}
+
+
+class DiffusionBackbone(nn.Module):
+    """Frozen UNet (+ VAE) with forward hooks; :meth:`extract` returns features per timestep and layer."""
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        config: BackboneConfig,
+        scheduler_config: dict[str, Any] | None = None,
+        vae: nn.Module | None = None,
+        context: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> None:
+        from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+        super().__init__()
+        self.unet = unet.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
+        self.config = config
+        self.conditional = hasattr(unet.config, "cross_attention_dim") and "Condition" in type(unet).__name__
+        with _quiet_diffusers():
+            self.scheduler = DDIMScheduler.from_config(scheduler_config or {})
+            self.scheduler.set_timesteps(config.num_timesteps)
+            self.inverse_scheduler = DDIMInverseScheduler.from_config(self.scheduler.config)
+            self.inverse_scheduler.set_timesteps(config.num_timesteps)
+        self.schedule = sorted(int(t) for t in self.scheduler.timesteps)
+        inverse = sorted(int(t) for t in self.inverse_scheduler.timesteps)
+        if inverse != self.schedule:  # both are diffusers' spacing of the same config; guard anyway
+            raise SourceError("DDIM and inverse DDIM schedules differ for this scheduler config")
+        bad = [t for t in config.save_timesteps if t not in self.schedule]
+        if bad:
+            shown = ", ".join(str(t) for t in self.schedule)
+            raise ConfigError(
+                f"backbone.save_timesteps {bad} not in the {config.num_timesteps}-step DDIM schedule "
+                f"(valid: {shown})"
+            )
+        self.save_timesteps = sorted(set(config.save_timesteps))
+        self._points = _hook_points(self.unet)
+        self.available_layers = [info.name for info, _, _ in self._points]
+        self.layer_names = select_layers(self.available_layers, list(config.layer_idxs))
+        self._context = self._check_context(context)
+        self._class_labels = self._check_class_labels(class_labels)
+        self.layers = self._probe_layers()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_config(cls, config: BackboneConfig, device: str | torch.device = "cpu") -> DiffusionBackbone:
+        """Load the UNet (+ VAE, scheduler, text encoder) from ``config.model_dir``, safetensors only."""
+        from diffusers import AutoencoderKL
+
+        if config.model_dir is None:
+            raise ConfigError("backbone.model_dir is not set (a diffusers model directory)")
+        model_dir = Path(config.model_dir).expanduser()
+        unet_dir, class_name = find_unet_dir(model_dir)
+        unet = load_unet(unet_dir, class_name)
+        vae = None
+        if (model_dir / "vae" / "config.json").is_file() and unet_dir != model_dir:
+            vae = _from_pretrained(AutoencoderKL, model_dir / "vae")
+        elif int(unet.config.in_channels) != 3:
+            raise SourceError(f"{model_dir}: a latent UNet ({unet.config.in_channels} channels) needs vae/")
+        context = _conditioning_context(config.conditioning, model_dir, unet)
+        labels = _metadata_labels(config.conditioning, unet)
+        backbone = cls(unet, config, _load_scheduler_config(model_dir), vae, context, labels)
+        return backbone.to(device)
+
+    # ------------------------------------------------------------------ conditioning
+    def _check_context(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.conditional:
+            if context is not None:
+                raise ConfigError("a prompt / prompt_embedding needs a UNet2DConditionModel; this UNet is unconditional")
+            return None
+        dim = int(self.unet.config.cross_attention_dim)
+        if context is None:
+            return torch.zeros(1, 1, dim)
+        context = context.float()
+        if context.ndim == 2:
+            context = context[None]
+        if context.ndim != 3 or context.shape[0] != 1 or context.shape[-1] != dim:
+            raise ConfigError(
+                f"conditioning embedding has shape {tuple(context.shape)}; the UNet expects [tokens, {dim}]"
+            )
+        return context
+
+    def _check_class_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        if getattr(self.unet, "class_embedding", None) is None:
+            raise ConfigError("conditioning.metadata given but this UNet has no class/metadata embedding")
+        return labels.float().reshape(1, -1)
+
+    # ------------------------------------------------------------------ features
+    def _probe_layers(self) -> list[LayerInfo]:
+        size = self.config.image_size
+        x = torch.zeros(1, self._image_channels(), size, size)
+        captured = self._run_hooked(self.encode(x), self.save_timesteps[0])[0]
+        infos = {info.name: info for info, _, _ in self._points}
+        out = []
+        for name in self.layer_names:
+            fmap = captured[name]
+            out.append(
+                LayerInfo(
+                    name,
+                    infos[name].module,
+                    infos[name].kind,
+                    infos[name].level,
+                    int(fmap.shape[1]),
+                    (int(fmap.shape[2]), int(fmap.shape[3])),
+                )
+            )
+        return out
+
+    def _image_channels(self) -> int:
+        if self.vae is not None:
+            return int(self.vae.config.in_channels)
+        return int(self.unet.config.in_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the UNet's input space (VAE latent mean x scaling factor, or pixels)."""
+        images = images.to(self.device, torch.float32)
+        if self.vae is None:
+            return images
+        latent = self.vae.encode(images).latent_dist.mean
+        return latent * float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    def _unet_kwargs(self, batch: int) -> dict[str, torch.Tensor]:
+        kwargs: dict[str, torch.Tensor] = {}
+        if self._context is not None:
+            kwargs["encoder_hidden_states"] = self._context.to(self.device).expand(batch, -1, -1)
+        if self._class_labels is not None:
+            kwargs["class_labels"] = self._class_labels.to(self.device).expand(batch, -1)
+        return kwargs
+
+    def _run_hooked(self, sample: torch.Tensor, timestep: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One UNet call; returns the hooked maps of the selected layers and the noise prediction."""
+        captured: dict[str, torch.Tensor] = {}
+        sizes: dict[int, tuple[int, int]] = {}
+        handles = []
+        wanted = set(self.layer_names)
+
+        def size_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            sizes[id(module)] = (int(hidden.shape[-2]), int(hidden.shape[-1]))
+
+        def make_hook(name: str, owner: nn.Module | None) -> Any:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+                out = output[0] if isinstance(output, tuple) else output
+                if out.ndim == 3:  # tokens [B, h*w, C] -> map [B, C, h, w]
+                    assert owner is not None
+                    h, w = sizes[id(owner)]
+                    out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)
+                captured[name] = out.detach()
+
+            return hook
+
+        try:
+            for info, module, owner in self._points:
+                if info.name not in wanted:
+                    continue
+                if owner is not None:
+                    handles.append(owner.register_forward_pre_hook(size_hook, with_kwargs=True))
+                handles.append(module.register_forward_hook(make_hook(info.name, owner)))
+            t = torch.full((sample.shape[0],), timestep, device=sample.device, dtype=torch.long)
+            with torch.no_grad():
+                noise_pred = self.unet(sample, t, **self._unet_kwargs(sample.shape[0])).sample
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured, noise_pred
+
+    @torch.no_grad()
+    def extract(
+        self, images: torch.Tensor, noise_seeds: list[int] | None = None
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Features ``{timestep: {layer: [B, C, h, w]}}`` of images in [-1, 1] at ``save_timesteps``.
+
+        ``inversion``: deterministic DDIM inversion from the clean input, features taken from the
+        UNet call at each save timestep. ``generation``: noise (one draw per image, seeded by
+        ``noise_seeds[i]``, default ``config.seed + i``) added once per save timestep.
+        """
+        x0 = self.encode(images)
+        batch = x0.shape[0]
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        if self.config.diffusion_mode == "generation":
+            seeds = noise_seeds if noise_seeds is not None else [self.config.seed + i for i in range(batch)]
+            noise = torch.stack(
+                [torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+            ).to(x0.device)
+            for t in self.save_timesteps:
+                noisy = self.scheduler.add_noise(x0, noise, torch.tensor([t] * batch, device=x0.device))
+                out[t] = self._run_hooked(noisy, t)[0]
+            return out
+        sample = x0
+        last = self.save_timesteps[-1]
+        for t in (int(v) for v in self.inverse_scheduler.timesteps):
+            captured, noise_pred = self._run_hooked(sample, t)
+            if t in self.save_timesteps:
+                out[t] = captured
+            if t >= last:
+                break
+            sample = self.inverse_scheduler.step(noise_pred, t, sample).prev_sample
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the features (for cache keys): config, model files and schedule."""
+        model_dir = Path(self.config.model_dir).expanduser().resolve() if self.config.model_dir else None
+        files = []
+        if model_dir is not None:
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    stat = path.stat()
+                    files.append([str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns])
+        cond = self.config.conditioning
+        return {
+            "model_dir": str(model_dir),
+            "files": files,
+            "unet": json.loads(json.dumps(dict(self.unet.config), default=str)),
+            "image_size": self.config.image_size,
+            "num_timesteps": self.config.num_timesteps,
+            "save_timesteps": self.save_timesteps,
+            "diffusion_mode": self.config.diffusion_mode,
+            "layers": self.layer_names,
+            "seed": self.config.seed,
+            "prompt": cond.prompt,
+            "prompt_embedding": str(cond.prompt_embedding) if cond.prompt_embedding else None,
+            "context_sum": float(self._context.double().sum()) if self._context is not None else None,
+            "metadata": cond.metadata,
+            "dtype": self.config.cache_dtype,
+        }
+
+
+@contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """Silence diffusers' info/warning chatter (unused config keys, accelerate hints) while loading."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _from_pretrained(cls: Any, path: Path) -> nn.Module:
+    kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+    if cls.__module__.startswith("diffusers"):
+        kwargs["low_cpu_mem_usage"] = False
+    try:
+        with _quiet_diffusers():
+            return cls.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot load {cls.__name__} from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _conditioning_context(cond: ConditioningConfig, model_dir: Path, unet: nn.Module) -> torch.Tensor | None:
+    """The prompt's CLIP embedding ``[1, tokens, dim]``, a stored embedding, or None."""
+    if cond.prompt_embedding is not None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(cond.prompt_embedding).expanduser()
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ConfigError(f"conditioning.prompt_embedding must be an existing .safetensors file: {path}")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if "embedding" in tensors:
+            return tensors["embedding"]
+        if len(tensors) == 1:
+            return next(iter(tensors.values()))
+        raise ConfigError(f"{path} holds {sorted(tensors)}; expected one tensor named 'embedding'")
+    if cond.prompt is None:
+        return None
+    for sub in ("text_encoder", "tokenizer"):
+        if not (model_dir / sub).is_dir():
+            raise ConfigError(
+                f"conditioning.prompt needs {model_dir / sub} (a CLIP text encoder + tokenizer); "
+                "or give conditioning.prompt_embedding (a precomputed embedding file)"
+            )
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError:
+        raise ConfigError("conditioning.prompt needs the 'transformers' package (pip install transformers)") from None
+    tokenizer = CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer"), local_files_only=True)
+    encoder = _from_pretrained(CLIPTextModel, model_dir / "text_encoder").eval()
+    ids = tokenizer(
+        cond.prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        return encoder(ids)[0].float()
+
+
+def _metadata_labels(cond: ConditioningConfig, unet: nn.Module) -> torch.Tensor | None:
+    """Metadata for the UNet's class embedding; all zeros (null metadata) when the UNet has one and none is given."""
+    embed_type = getattr(unet.config, "class_embed_type", None)
+    has_embedding = getattr(unet, "class_embedding", None) is not None
+    if cond.metadata is None:
+        if not has_embedding:
+            return None
+        if embed_type != "projection":
+            raise ConfigError(f"this UNet needs class labels (class_embed_type {embed_type!r}); not supported")
+        return torch.zeros(int(unet.config.projection_class_embeddings_input_dim))
+    if embed_type != "projection":
+        raise ConfigError(
+            "conditioning.metadata needs a UNet with class_embed_type 'projection' "
+            f"(this one has {embed_type!r})"
+        )
+    expected = int(unet.config.projection_class_embeddings_input_dim)
+    if len(cond.metadata) != expected:
+        raise ConfigError(f"conditioning.metadata has {len(cond.metadata)} values; the UNet expects {expected}")
+    return torch.tensor(cond.metadata, dtype=torch.float32)
