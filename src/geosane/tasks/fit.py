@@ -1,7 +1,9 @@
 """Train and evaluate task models with Lightning and torchmetrics.
 
 :func:`fit` trains a classifier or segmenter under a fixed budget (epochs, optimizer, schedule,
-seed) and records per-epoch curves; :func:`evaluate` computes the task metric on a dataset.
+seed) and records per-epoch curves; with ``checkpoint_path`` it saves a Lightning checkpoint
+(atomically) after every epoch and resumes from it when it exists. :func:`evaluate` computes the
+task metric on a dataset. :class:`FitProgress` shows a Rich progress bar per run.
 Metrics: overall accuracy (single-label), macro mAP (multi-label), mIoU with ``ignore_index``
 (segmentation, torchmetrics' confusion-matrix based Jaccard index).
 """
@@ -11,20 +13,35 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from rich.progress import Progress, TaskID
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from geosane.data import IGNORE_INDEX
+from geosane.io import atomic_path
 from geosane.tasks.models import TaskKind
 
-__all__ = ["FitConfig", "FitResult", "TaskModule", "evaluate", "fit", "make_metric", "primary_metric_name"]
+__all__ = [
+    "EpochCheckpoint",
+    "FitConfig",
+    "FitProgress",
+    "FitResult",
+    "TaskModule",
+    "evaluate",
+    "fit",
+    "make_metric",
+    "primary_metric_name",
+]
 
 
 @dataclass
@@ -153,6 +170,12 @@ class TaskModule(L.LightningModule):
         else:
             self.history.append({"epoch": epoch, f"val_{self.metric_name}": value})
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["geosane_history"] = [dict(row) for row in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = [dict(row) for row in checkpoint.get("geosane_history", [])]
+
     def configure_optimizers(self) -> dict[str, Any]:
         backbone, head = _backbone_and_head(self.model)
         groups = [
@@ -178,6 +201,49 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class EpochCheckpoint(Checkpoint):
+    """Save a resumable Lightning checkpoint to ``path`` after every training epoch, atomically.
+
+    A :class:`Checkpoint` subclass, so Lightning calls it after the module's own epoch-end hook
+    (the epoch's history row is complete when it is saved).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with atomic_path(self.path) as tmp:
+            trainer.save_checkpoint(tmp)
+
+
+class FitProgress(Callback):
+    """Advance a Rich progress task by one per training batch; show epoch, loss and metric."""
+
+    def __init__(self, progress: Progress, task_id: TaskID) -> None:
+        super().__init__()
+        self.progress = progress
+        self.task_id = task_id
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        per_epoch = int(trainer.num_training_batches)
+        done = trainer.current_epoch * per_epoch
+        self.progress.update(self.task_id, total=trainer.max_epochs * per_epoch, completed=done)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.progress.advance(self.task_id)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        history = getattr(pl_module, "history", None)
+        if history:
+            row = history[-1]
+            parts = [f"epoch {int(row['epoch'])}/{trainer.max_epochs}"]
+            parts += [f"{k} {v:.3f}" for k, v in row.items() if k in ("train_loss",) or k.startswith("val_")]
+            self.progress.update(self.task_id, status=" ".join(parts))
+
+
 def _metric_input(task: TaskKind, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else logits.argmax(dim=1)
 
@@ -197,11 +263,15 @@ def fit(
     train: Dataset,
     val: Dataset | None = None,
     config: FitConfig | None = None,
+    checkpoint_path: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``model`` in place on ``train`` under ``config``; evaluate on ``val`` after every epoch.
 
     Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
-    given seed on CPU.
+    given seed on CPU. With ``checkpoint_path``, a checkpoint is written there after every epoch
+    and, when the file already exists, training resumes from it (weights, optimizer, schedule,
+    epoch and history); it is loaded with ``weights_only=True``.
     """
     config = config or FitConfig()
     _quiet_lightning()
@@ -227,13 +297,15 @@ def fit(
         devices=1,
         precision=config.precision,  # type: ignore[arg-type]
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpoint_path is not None,
+        callbacks=[*callbacks, *([EpochCheckpoint(checkpoint_path)] if checkpoint_path else [])],
         enable_model_summary=False,
         enable_progress_bar=config.progress,
         num_sanity_val_steps=0,
         deterministic=False,
     )
-    trainer.fit(module, train_loader, val_loader)
+    resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
     result = FitResult(history=module.history)
     if val is not None and module.history:
         key = f"val_{module.metric_name}"
