@@ -15,12 +15,14 @@ from geosane.zoo import ArchSpec, LoadedModel, Zoo
 
 @pytest.fixture
 def fake_eurosat(tmp_path: Path) -> Path:
+    pytest.importorskip("torchgeo")
     return write_fake_eurosat100(tmp_path / "eurosat100")
 
 
 @pytest.fixture
 def fake_bigearthnet(tmp_path: Path) -> Path:
     """TorchGeo's BigEarthNet (S2, v1.0) layout: split CSVs, per-patch band GeoTIFFs and label JSON."""
+    pytest.importorskip("torchgeo")
     from torchgeo.datasets import BigEarthNet
 
     root = tmp_path / "bigearthnet"

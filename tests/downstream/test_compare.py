@@ -9,7 +9,7 @@ import torch
 from downstream_fakes import ARCH, cli_in_process, write_generated_dir
 from safetensors.torch import load_file
 
-from geosane.downstream import load_compare_config, ties_merge
+from geosane.downstream import compare, load_compare_config, ties_merge
 from geosane.downstream.report import InitSummary, verdict
 from geosane.zoo import Zoo
 
@@ -150,9 +150,7 @@ def test_verdict_is_honest_whatever_the_numbers() -> None:
         [s("scratch", "scratch", 0.60), s("ties", "ties", 0.75), s("generated-1", "generated", 0.65)],
         "accuracy",
     )
-    assert (
-        "+5.0 points vs scratch" in losing and "does NOT meet" in losing and "does NOT beat TIES" in losing
-    )
+    assert "+5.0 points vs scratch" in losing and "does NOT meet" in losing and "does NOT beat TIES" in losing
     assert "Not compared: the zoo average, DARE, the prompt" in losing
     winning = verdict(
         [
@@ -169,3 +167,24 @@ def test_verdict_is_honest_whatever_the_numbers() -> None:
     )
     assert "No generated initialization" in verdict([s("scratch", "scratch", 0.5)], "accuracy")
     assert ARCH.name == "resnet10t"
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_same_results_as_one_process(
+    rsscn7_root: Path, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    overrides = [*TINY, "inits=[scratch, ties]", f"zoo.dir={tiny_zoo}", f"data.root={rsscn7_root}"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = compare(load_compare_config("compare_rsscn7", [*overrides, f"out={tmp_path / 'one'}"]))
+    finally:
+        torch.set_num_threads(previous)
+    two = compare(
+        load_compare_config(
+            "compare_rsscn7", [*overrides, f"out={tmp_path / 'two'}", "workers=2", "threads_per_worker=1"]
+        )
+    )
+    for name in ("scratch", "ties"):
+        assert [r.test for r in one.results[name]] == [r.test for r in two.results[name]]
+        assert [r.history for r in one.results[name]] == [r.history for r in two.results[name]]

@@ -51,11 +51,11 @@ def _files(path: Path) -> dict[str, int]:
 
 
 def test_finetune_cli_on_rsscn7_writes_metrics_history_weights_and_skips_a_rerun(
-    rsscn7_root: Path, tmp_path: Path
+    rsscn7_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
     args = ["finetune", "rsscn7", *TINY, "--data", str(rsscn7_root), "--init", "scratch", "--out", str(out)]
-    done = run_cli(*args, "--json")
+    done = run_cli(*args, "--json")  # the real entry point, in a fresh interpreter
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -80,24 +80,25 @@ def test_finetune_cli_on_rsscn7_writes_metrics_history_weights_and_skips_a_rerun
     assert evaluate(model, "classification", 7, data.test)["accuracy"] == pytest.approx(metrics["test"])
 
     before = _files(out)
-    again = run_cli(*args)
-    assert again.returncode == 0 and "already finished" in again.stderr
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 0 and "already finished" in err
     assert _files(out) == before
-    changed = run_cli(*[a if a != "train.epochs=2" else "train.epochs=3" for a in args])
-    assert changed.returncode == 2 and "other settings" in changed.stderr and "--overwrite" in changed.stderr
+    code, _, err = cli_in_process(capsys, *[a if a != "train.epochs=2" else "train.epochs=3" for a in args])
+    assert code == 2 and "other settings" in err and "--overwrite" in err
     assert _files(out) == before
 
 
 def test_finetune_cli_segments_csmask_chips_and_scores_miou_without_ignored_pixels(
-    mini_csmask: Path, tmp_path: Path
+    mini_csmask: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "seg"
-    done = run_cli(
+    code, _, err = cli_in_process(
+        capsys,
         "finetune", "csmask", "--data", str(mini_csmask), "--init", "scratch", "--out", str(out),
         "arch.name=resnet10t", "data.chip_size=32", "data.group_by=scene", "data.test_scenes=[]",
         "task.decoder_channels=8", "train.epochs=2", "train.batch_size=8", "train.lr=0.003",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "segmentation" and metrics["metric"] == "miou"
     data = load_task_data(DataConfig(kind="csmask", root=mini_csmask, chip_size=32, group_by="scene"))
@@ -247,7 +248,27 @@ def test_finetune_from_a_generated_candidate_loads_its_weights(
     model = build_task_model(init, data, TaskConfig())
     torch.testing.assert_close(model.conv1[0].weight, init.state_dict["conv1.0.weight"])
     assert model.get_classifier().out_features == 7
+    # a fitting head of the weights is replaced by a fresh one (seeded) unless reset_head is off
+    assert not torch.equal(model.fc.weight, init.state_dict["fc.weight"])
+    torch.manual_seed(5)
+    first = build_task_model(init, data, TaskConfig()).fc.weight
+    torch.manual_seed(5)
+    assert torch.equal(build_task_model(init, data, TaskConfig()).fc.weight, first)
+    kept = build_task_model(init, data, TaskConfig(reset_head=False))
+    assert torch.equal(kept.fc.weight, init.state_dict["fc.weight"])
     with pytest.raises(GeosaneError, match="weights do not fit"):
         bad = dict(init.state_dict)
         bad["conv1.0.weight"] = torch.zeros(3, 3, 5, 5)
         build_task_model(type(init)("x", "source", init.arch, bad, "x"), data, TaskConfig())
+
+
+def test_bench_finetune_reports_wall_time_per_run(
+    rsscn7_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "finetune", "rsscn7", "--data", str(rsscn7_root), "init=scratch", *TINY, "--json"]
+    code, out, err = cli_in_process(capsys, *args)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["sizes"] == {"train": 28, "select": 14, "test": 28} and len(record["run_s"]) == 1
+    assert record["run_s"][0] > 0 and record["train_images_per_s"] > 0 and "accuracy" in record["last_metric"]
+    assert not any(tmp_path.iterdir())  # a benchmark writes nothing

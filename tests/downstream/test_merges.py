@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+from downstream_fakes import cli_in_process
+from safetensors.torch import load_file
 
 from geosane.downstream.merges import average_merge, dare_merge, task_vectors, ties_merge
 from geosane.errors import GeosaneError
+from geosane.io import save_safetensors
 
 
 def _sd(w: list[float], **extra: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,3 +154,22 @@ def test_merges_of_a_real_timm_architecture_load_and_run() -> None:
         average_merge(members).state_dict["bn1.num_batches_tracked"].item()
         == members[0]["bn1.num_batches_tracked"].item()
     )
+
+
+def test_merge_command_writes_the_merge_and_refuses_ties_without_base(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    states = [timm.create_model("resnet10t", num_classes=3).state_dict() for _ in range(2)]
+    files = []
+    for i, state in enumerate(states):
+        files.append(str(tmp_path / f"m{i}.safetensors"))
+        save_safetensors(state, files[-1])
+    out = tmp_path / "avg.safetensors"
+    code, _, err = cli_in_process(capsys, "merge", *files, "--arch", "resnet10t", "--out", str(out))
+    assert code == 0, err
+    merged = load_file(out)
+    torch.testing.assert_close(merged["fc.weight"], (states[0]["fc.weight"] + states[1]["fc.weight"]) / 2)
+    bad = tmp_path / "ties.safetensors"
+    code, _, err = cli_in_process(capsys, "merge", *files, "--method", "ties", "--out", str(bad))
+    assert code == 2 and "needs --base" in err and not bad.exists()

@@ -109,6 +109,7 @@ def compare_command(
         "zoo.dir": zoo,
         "data.root": data,
         "data.test_data": test_data,
+        "workers": workers,
     }
     cfg = load_compare_config(config, _overrides(overrides, **flags))
     result = compare(cfg, overwrite=overwrite)
@@ -188,11 +189,13 @@ def merge_command(
 def bench_finetune_command(
     config: str = typer.Argument(..., help=_CONFIG_HELP),
     overrides: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
+    data: Path | None = typer.Option(None, "--data", help="Training data (data.root)."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs (different seeds)."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings as JSON on stdout."),
 ) -> None:
     """Wall time of one fine-tuning run (data loaded once; nothing written)."""
     import dataclasses
+    import os
     import time
 
     import torch
@@ -202,35 +205,32 @@ def bench_finetune_command(
     from geosane.downstream.finetune import build_task_model, initialization_from_source
     from geosane.tasks import evaluate, fit
 
-    cfg = load_finetune_config(config, overrides or [])
+    cfg = load_finetune_config(config, _overrides(overrides, **{"data.root": data}))
     start = time.perf_counter()
-    data = load_task_data(cfg.data, cfg.task.kind)
+    task_data = load_task_data(cfg.data, cfg.task.kind)
     load_s = time.perf_counter() - start
     init = initialization_from_source(cfg.init, cfg.arch)
-    timings = []
+    timings, cpu = [], []
     for seed in range(repeats):
         torch.manual_seed(seed)
-        start = time.perf_counter()
-        model = build_task_model(init, data, cfg.task)
-        fit(
-            model,
-            data.task,
-            data.num_classes,
-            data.train,
-            data.select,
-            dataclasses.replace(cfg.train, seed=seed),
-        )
-        metric = evaluate(model, data.task, data.num_classes, data.test)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        model = build_task_model(init, task_data, cfg.task)
+        train_config = dataclasses.replace(cfg.train, seed=seed)
+        fit(model, task_data.task, task_data.num_classes, task_data.train, task_data.select, train_config)
+        metric = evaluate(model, task_data.task, task_data.num_classes, task_data.test)
         timings.append(time.perf_counter() - start)
-    images = cfg.train.epochs * len(data.train)
+        cpu.append(time.process_time() - start_cpu)
+    images = cfg.train.epochs * len(task_data.train)
     record = {
         "arch": init.arch.name,
-        "sizes": data.sizes(),
+        "sizes": task_data.sizes(),
         "epochs": cfg.train.epochs,
         "image_size": cfg.data.image_size,
         "threads": torch.get_num_threads(),
         "data_load_s": load_s,
         "run_s": timings,
+        "run_cpu_s": cpu,
+        "load_average": os.getloadavg()[0],
         "train_images_per_s": images / min(timings),
         "last_metric": metric,
     }
@@ -238,9 +238,10 @@ def bench_finetune_command(
         print(json.dumps(record, indent=2))
     else:
         console.print(
-            f"{init.arch.name} at {cfg.data.image_size}px, {cfg.train.epochs} epochs on {len(data.train)} images: "
-            f"{min(timings):.1f} s per run (best of {repeats}; {record['train_images_per_s']:.0f} train images/s, "
-            f"{torch.get_num_threads()} threads); data loading {load_s:.1f} s; {metric}"
+            f"{init.arch.name} at {cfg.data.image_size}px, {cfg.train.epochs} epochs on {len(task_data.train)} images: "
+            f"{min(timings):.1f} s per run (best of {repeats}; {min(cpu):.1f} s CPU; "
+            f"{record['train_images_per_s']:.0f} train images/s, {torch.get_num_threads()} threads, "
+            f"load average {record['load_average']:.1f}); data loading {load_s:.1f} s; {metric}"
         )
 
 

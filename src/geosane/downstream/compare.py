@@ -33,6 +33,7 @@ from geosane.downstream.finetune import (
     RunPlan,
     build_task_model,
     csv_text,
+    output_dir,
     plan_run,
     run_finetune,
 )
@@ -169,11 +170,7 @@ def _notes(config: CompareConfig, inits: list[Initialization], data: TaskData) -
 
 def compare(config: CompareConfig, overwrite: bool = False, show_progress: bool = True) -> CompareResult:
     """Run (or resume) a comparison and write its outputs into ``config.out``."""
-    if config.out is None:
-        raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
-    out = Path(config.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise GeosaneError(f"output path {out} exists and is not a directory")
+    out = output_dir(config.out)
     data = load_task_data(config.data, config.task.kind)
     arch, inits = build_initializations(config)
     for init in inits:  # every init must load into the task model before anything runs
@@ -201,25 +198,113 @@ def compare(config: CompareConfig, overwrite: bool = False, show_progress: bool 
         f"compare: {len(inits)} initializations x {len(config.seeds)} seeds on {data.info.get('root')} "
         f"({todo} run(s) to do, {len(plans) - todo} finished) -> {out}"
     )
-    results: dict[str, list[FinetuneResult]] = {init.name: [] for init in inits}
-    with make_progress() as progress:
-        overall = progress.add_task("compare", total=len(plans), status="") if show_progress else None
-        for init in inits:
-            for seed in config.seeds:
-                fit_config = replace(config.train, seed=seed, progress=False)
-                result = run_finetune(
-                    init, data, config.task, fit_config, plans[(init.name, seed)],
-                    save_weights=False, progress=progress if show_progress else None,
-                    extra={"compare_out": str(out)},
-                )  # fmt: skip
-                results[init.name].append(result)
-                if overall is not None:
-                    progress.update(
-                        overall,
-                        advance=1,
-                        status=f"{init.name} seed {seed}: test {result.metric} {100 * result.test:.1f}",
-                    )
+    jobs = [(init, seed) for init in inits for seed in config.seeds]
+    if config.workers > 1:
+        finished = _run_parallel(config, data, jobs, plans, out, show_progress)
+    else:
+        finished = _run_sequential(config, data, jobs, plans, out, show_progress)
+    results = {init.name: [finished[(init.name, seed)] for seed in config.seeds] for init in inits}
     return _write_outputs(config, out, data, arch, inits, results)
+
+
+def _status(result: FinetuneResult) -> str:
+    return f"{result.init} seed {result.seed}: test {result.metric} {100 * result.test:.1f}"
+
+
+def _run_sequential(
+    config: CompareConfig,
+    data: TaskData,
+    jobs: list[tuple[Initialization, int]],
+    plans: dict[tuple[str, int], RunPlan],
+    out: Path,
+    show_progress: bool,
+) -> dict[tuple[str, int], FinetuneResult]:
+    finished = {}
+    with make_progress() as progress:
+        overall = progress.add_task("compare", total=len(jobs), status="") if show_progress else None
+        for init, seed in jobs:
+            fit_config = replace(config.train, seed=seed, progress=False)
+            result = run_finetune(
+                init, data, config.task, fit_config, plans[(init.name, seed)],
+                save_weights=False, progress=progress if show_progress else None,
+                extra={"compare_out": str(out)},
+            )  # fmt: skip
+            finished[(init.name, seed)] = result
+            if overall is not None:
+                progress.update(overall, advance=1, status=_status(result))
+    return finished
+
+
+def _worker_setup(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_run(
+    init: Initialization, data: TaskData, config: CompareConfig, seed: int, plan: RunPlan, out: str
+) -> FinetuneResult:
+    fit_config = replace(config.train, seed=seed, progress=False)
+    return run_finetune(
+        init, data, config.task, fit_config, plan, save_weights=False, extra={"compare_out": out}
+    )
+
+
+def _run_parallel(
+    config: CompareConfig,
+    data: TaskData,
+    jobs: list[tuple[Initialization, int]],
+    plans: dict[tuple[str, int], RunPlan],
+    out: Path,
+    show_progress: bool,
+) -> dict[tuple[str, int], FinetuneResult]:
+    """Runs in ``config.workers`` processes with ``threads_per_worker`` torch threads each.
+
+    Small CNNs scale poorly with intra-op threads (and OpenMP threads spin when cores are shared),
+    so several single-thread runs side by side use the cores better than one multi-thread run.
+    Workers are spawned (not forked: forking after torch started its thread pool can hang).
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // config.workers)
+    finished = {}
+    todo = []
+    for init, seed in jobs:
+        plan = plans[(init.name, seed)]
+        if plan.state == "done":
+            finished[(init.name, seed)] = run_finetune(init, data, config.task, config.train, plan)
+        else:
+            todo.append((init, seed))
+    context = multiprocessing.get_context("spawn")
+    with (
+        make_progress() as progress,
+        ProcessPoolExecutor(
+            config.workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
+        ) as pool,
+    ):
+        overall = progress.add_task(
+            f"compare ({config.workers} workers x {threads} thread(s))", total=len(jobs), status="",
+            completed=len(finished), visible=show_progress,
+        )  # fmt: skip
+        futures = {
+            pool.submit(_worker_run, init, data, config, seed, plans[(init.name, seed)], str(out)): (
+                init.name,
+                seed,
+            )
+            for init, seed in todo
+        }
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                finished[futures[future]] = result
+                progress.update(overall, advance=1, status=_status(result))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return finished
 
 
 def _write_outputs(

@@ -68,9 +68,14 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    """The task head: ``kind`` ``auto`` follows the data (folders: classification, csmask: segmentation)."""
+    """The task head: ``kind`` ``auto`` follows the data (folders: classification, csmask: segmentation).
+
+    ``reset_head``: every initialization starts from a fresh (seeded) classifier head, so that
+    comparisons measure the backbone; off keeps a head of the weights that already fits the classes.
+    """
 
     kind: Literal["auto", "classification", "multilabel", "segmentation"] = "auto"
+    reset_head: bool = True
     decoder: Literal["unet", "upernet", "linear"] = "unet"
     decoder_channels: int = 32
 
@@ -141,7 +146,11 @@ class GeneratedConfig:
 
 @dataclass
 class CompareConfig:
-    """``geosane compare``: the same architecture and budget from several initializations."""
+    """``geosane compare``: the same architecture and budget from several initializations.
+
+    ``workers`` > 1 runs that many fine-tunings at once in separate processes, each with
+    ``threads_per_worker`` torch threads (default: CPU cores / workers).
+    """
 
     arch: ArchConfig = field(default_factory=ArchConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,6 +163,8 @@ class CompareConfig:
     generated: GeneratedConfig = field(default_factory=GeneratedConfig)
     out: Path | None = None
     plots: bool = True
+    workers: int = 1
+    threads_per_worker: int | None = None
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -186,6 +197,8 @@ def load_compare_config(
     unknown = [i for i in config.inits if i not in INIT_KINDS]
     if unknown:
         raise ConfigError(f"unknown init(s) {unknown} in 'inits' (choose from {', '.join(INIT_KINDS)})")
+    if config.workers < 1 or (config.threads_per_worker is not None and config.threads_per_worker < 1):
+        raise ConfigError("'workers' and 'threads_per_worker' must be >= 1")
     if len(config.seeds) != len(set(config.seeds)) or not config.seeds:
         raise ConfigError(f"'seeds' must be a non-empty list of distinct integers, got {config.seeds}")
     return config

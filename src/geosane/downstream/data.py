@@ -143,6 +143,28 @@ def _normalization(config: DataConfig, train_images: torch.Tensor, in_chans: int
     return Normalization.from_images(train_images)
 
 
+def _in_memory_datasets(
+    config: DataConfig, parts: dict[str, Any], in_chans: int
+) -> tuple[dict[str, TensorImageDataset], Normalization]:
+    """Cap the selection/test parts (``max_samples``), normalise with training statistics, wrap.
+
+    ``parts`` hold ``ImageFolderData`` (labels) or ``SegmentationChips`` (masks) per split.
+    """
+    for n in ("select", "test"):
+        if n in config.max_samples:
+            parts[n] = parts[n].subset(
+                _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
+            )
+    norm = _normalization(config, parts["train"].images, in_chans)
+    datasets = {}
+    for n in SPLITS:
+        targets = parts[n].masks if isinstance(parts[n], SegmentationChips) else parts[n].labels
+        datasets[n] = TensorImageDataset(
+            parts[n].images, targets, norm, augment=config.augment and n == "train"
+        )
+    return datasets, norm
+
+
 def _root(config: DataConfig) -> Path:
     if config.root is None:
         raise ConfigError(
@@ -185,15 +207,7 @@ def _folder_task_data(config: DataConfig, task: str) -> TaskData:
         splits = {"train": np.arange(len(data))}
     splits["train"] = _cap(splits["train"], config.train_per_class, config.split_seed, labels, per_class=True)
     parts = {n: data.subset(splits[n]) for n in names} | separate
-    for n in ("select", "test"):
-        if n in config.max_samples:
-            idx = _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
-            parts[n] = parts[n].subset(idx)
-    norm = _normalization(config, parts["train"].images, data.num_bands)
-    datasets = {
-        n: TensorImageDataset(parts[n].images, parts[n].labels, norm, augment=config.augment and n == "train")
-        for n in SPLITS
-    }
+    datasets, norm = _in_memory_datasets(config, parts, data.num_bands)
     info = {
         "kind": "folder",
         "root": str(root),
@@ -254,11 +268,7 @@ def _chips_task_data(config: DataConfig, task: str) -> TaskData:
     else:
         splits = {"train": np.arange(len(pool))}
     parts = {n: pool.subset(splits[n]) for n in names} | separate
-    norm = _normalization(config, parts["train"].images, int(chips.images.shape[1]))
-    datasets = {
-        n: TensorImageDataset(parts[n].images, parts[n].masks, norm, augment=config.augment and n == "train")
-        for n in SPLITS
-    }
+    datasets, norm = _in_memory_datasets(config, parts, int(chips.images.shape[1]))
     info = {
         "kind": "csmask",
         "root": str(root),

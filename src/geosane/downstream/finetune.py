@@ -48,6 +48,7 @@ __all__ = [
     "build_task_model",
     "finetune",
     "initialization_from_source",
+    "output_dir",
     "plan_run",
     "run_finetune",
 ]
@@ -92,6 +93,8 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
     """The task model (classifier or segmenter) for ``data`` with ``init``'s backbone weights.
 
     A stem with another band count than the data is adapted (timm's ``adapt_input_conv`` rule).
+    The classifier head is re-initialised (seeded) unless ``task.reset_head`` is off and the
+    weights' head already fits the classes.
     """
     state_dict = init.state_dict
     arch = init.arch
@@ -111,7 +114,9 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
             in_chans=data.in_chans,
             decoder_channels=task.decoder_channels,
         )
-    return build_classifier(arch, data.num_classes, state_dict=state_dict, in_chans=data.in_chans)
+    return build_classifier(
+        arch, data.num_classes, state_dict=state_dict, in_chans=data.in_chans, reset_head=task.reset_head
+    )
 
 
 def initialization_from_source(source: str, arch_config: Any, name: str | None = None) -> Initialization:
@@ -294,17 +299,23 @@ def run_finetune(
     return FinetuneResult(init.name, fit_config.seed, metric, select, test, result.history, wall, out)
 
 
+def output_dir(path: Path | None) -> Path:
+    """The output directory named by ``out`` (it may exist; it must not be a file)."""
+    if path is None:
+        raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise GeosaneError(f"output path {out} exists and is not a directory")
+    return out
+
+
 def finetune(config: FinetuneConfig, overwrite: bool = False, show_progress: bool = True) -> FinetuneResult:
     """Fine-tune ``config.init`` on ``config.data`` and write the run into ``config.out``.
 
     Everything is validated (data, weights, architecture, output directory) before the first file
     is written.
     """
-    if config.out is None:
-        raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
-    out = Path(config.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise GeosaneError(f"output path {out} exists and is not a directory")
+    out = output_dir(config.out)
     data = load_task_data(config.data, config.task.kind)
     init = initialization_from_source(
         config.init, config.arch, name="scratch" if config.init == "scratch" else "init"

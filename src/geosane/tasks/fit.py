@@ -4,8 +4,10 @@
 seed) and records per-epoch curves; with ``checkpoint_path`` it saves a Lightning checkpoint
 (atomically) after every epoch and resumes from it when it exists. :func:`evaluate` computes the
 task metric on a dataset. :class:`FitProgress` shows a Rich progress bar per run.
-Metrics: overall accuracy (single-label), macro mAP (multi-label), mIoU with ``ignore_index``
-(segmentation, torchmetrics' confusion-matrix based Jaccard index).
+Metrics: overall accuracy (single-label), macro mAP over the labels present in the evaluated data
+(multi-label; a label without any positive has no defined AP and would count as 0 in
+torchmetrics' macro average), mIoU with ``ignore_index`` (segmentation, torchmetrics'
+confusion-matrix based Jaccard index).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "FitConfig",
     "FitProgress",
     "FitResult",
+    "PresentLabelAveragePrecision",
     "TaskModule",
     "evaluate",
     "fit",
@@ -74,6 +77,29 @@ def primary_metric_name(task: TaskKind) -> str:
     return {"classification": "accuracy", "multilabel": "map", "segmentation": "miou"}[task]
 
 
+class PresentLabelAveragePrecision(torchmetrics.classification.MultilabelAveragePrecision):
+    """Macro average precision over the labels with at least one positive target.
+
+    torchmetrics scores a label without positives as AP 0 (with a warning), which drags the macro
+    mean down on small or capped evaluation splits; such labels are left out here instead.
+    """
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__(num_labels=num_labels, average=None)
+        self.add_state("positives", torch.zeros(num_labels), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds, target)
+        self.positives += (target == 1).sum(dim=0).to(self.positives.dtype)
+
+    def compute(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*No positive samples.*")
+            per_label = super().compute()
+        present = self.positives > 0
+        return per_label[present].mean() if present.any() else torch.tensor(float("nan"))
+
+
 def make_metric(
     task: TaskKind, num_classes: int, ignore_index: int | None = IGNORE_INDEX
 ) -> torchmetrics.Metric:
@@ -81,7 +107,7 @@ def make_metric(
     if task == "classification":
         return torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="micro")
     if task == "multilabel":
-        return torchmetrics.AveragePrecision(task="multilabel", num_labels=num_classes, average="macro")
+        return PresentLabelAveragePrecision(num_labels=num_classes)
     return torchmetrics.JaccardIndex(
         task="multiclass", num_classes=num_classes, ignore_index=ignore_index, average="macro"
     )
