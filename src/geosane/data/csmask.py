@@ -28,13 +28,17 @@ _VALUE_TO_CLASS = {0: 2, 1: 0, 2: 0, 3: 0, 4: 1}
 
 @dataclass(frozen=True)
 class SegmentationChips:
-    """Chips ``images [N, C, h, w]`` float32, ``masks [N, h, w]`` int64, and the scene of each chip."""
+    """Chips ``images [N, C, h, w]`` float32, ``masks [N, h, w]`` int64, and the scene of each chip.
+
+    ``origins`` holds each chip's (top, left) pixel in its scene (empty when unknown).
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
     scenes: tuple[str, ...]
     classes: tuple[str, ...]
     bands: tuple[str, ...]
+    origins: tuple[tuple[int, int], ...] = ()
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -47,6 +51,7 @@ class SegmentationChips:
             tuple(self.scenes[i] for i in idx.tolist()),
             self.classes,
             self.bands,
+            tuple(self.origins[i] for i in idx.tolist()) if self.origins else (),
         )
 
     def scene_indices(self, scenes: list[str] | tuple[str, ...]) -> np.ndarray:
@@ -55,6 +60,20 @@ class SegmentationChips:
         if unknown:
             raise DataError(f"unknown scene(s) {unknown}; available: {sorted(set(self.scenes))}")
         return np.flatnonzero(np.isin(np.asarray(self.scenes), list(scenes)))
+
+    def block_groups(self, block_size: int) -> tuple[str, ...]:
+        """A group name per chip: its scene and the ``block_size`` spatial block holding its origin.
+
+        Splitting by these groups keeps nearby chips (same block) in one split.
+        """
+        if not self.origins:
+            raise DataError("these chips carry no origins; block groups need load_csmask chips")
+        if block_size <= 0:
+            raise DataError(f"block_size must be positive, got {block_size}")
+        return tuple(
+            f"{scene}/{top // block_size}-{left // block_size}"
+            for scene, (top, left) in zip(self.scenes, self.origins, strict=True)
+        )
 
 
 def _map_mask(msk: np.ndarray) -> np.ndarray:
@@ -75,7 +94,7 @@ def load_csmask(root: str | Path, chip_size: int = 64, stride: int | None = None
     if not files:
         raise DataError(f"no .npz scenes found in {root} (expected ukis-csmask style img/msk arrays)")
     stride = stride or chip_size
-    images, masks, scenes = [], [], []
+    images, masks, scenes, origins = [], [], [], []
     for file in files:
         try:
             with np.load(file, allow_pickle=False) as data:
@@ -94,10 +113,12 @@ def load_csmask(root: str | Path, chip_size: int = 64, stride: int | None = None
                 images.append(np.ascontiguousarray(img[window].transpose(2, 0, 1), dtype=np.float32))
                 masks.append(label[window])
                 scenes.append(file.stem)
+                origins.append((top, left))
     return SegmentationChips(
         images=torch.from_numpy(np.stack(images)),
         masks=torch.from_numpy(np.stack(masks)),
         scenes=tuple(scenes),
         classes=CSMASK_CLASSES,
         bands=CSMASK_BANDS,
+        origins=tuple(origins),
     )

@@ -25,6 +25,7 @@ from geosane.errors import DataError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderData",
+    "count_folder_images",
     "load_image_folder",
 ]
 
@@ -156,3 +157,17 @@ def load_image_folder(root: str | Path, image_size: int = 64) -> ImageFolderData
     if image_size <= 0:
         raise DataError(f"image_size must be positive, got {image_size}")
     return _load_cached(str(root_path), int(image_size), root_path.stat().st_mtime_ns)
+
+
+def count_folder_images(root: str | Path) -> int:
+    """Number of image files in the class sub-folders of ``root`` (without decoding them)."""
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    return sum(
+        1
+        for sub in root_path.iterdir()
+        if sub.is_dir() and not sub.name.startswith(".")
+        for p in sub.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+    )

@@ -13,7 +13,7 @@ import numpy as np
 
 from geosane.errors import DataError
 
-__all__ = ["DEFAULT_FRACTIONS", "stratified_split"]
+__all__ = ["DEFAULT_FRACTIONS", "group_split", "stratified_split"]
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.6, "select": 0.1, "test": 0.3}
 
@@ -56,3 +56,39 @@ def stratified_split(
         for name, part in zip(names, np.split(idx, np.cumsum(counts)[:-1]), strict=True):
             out[name].append(part)
     return {name: np.sort(np.concatenate(parts)) for name, parts in out.items()}
+
+
+def group_split(
+    groups: np.ndarray | list[str] | tuple[str, ...],
+    fractions: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Split sample indices so that all samples of a group (a scene, a spatial block) share a split.
+
+    The distinct groups are shuffled with ``seed`` and dealt to the splits by the cumulative
+    fractions of the *group count* (largest remainder rounding). Raises :class:`DataError` when
+    there are fewer groups than splits.
+    """
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if not fractions or any(f <= 0 for f in fractions.values()):
+        raise DataError(f"split fractions must all be positive, got {fractions}")
+    groups = np.asarray(groups)
+    unique = np.unique(groups)
+    names = list(fractions)
+    if unique.size < len(names):
+        raise DataError(
+            f"{unique.size} group(s) {unique.tolist()} cannot fill the {len(names)} splits {names} "
+            "without sharing a group between splits; add data or use smaller groups"
+        )
+    order = unique[np.random.default_rng(seed).permutation(unique.size)]
+    weights = np.array([fractions[n] for n in names]) / sum(fractions.values())
+    exact = weights * unique.size
+    counts = np.maximum(np.floor(exact).astype(int), 1)
+    while counts.sum() > unique.size:  # the max(., 1) above may overshoot: take from the largest
+        counts[np.argmax(counts)] -= 1
+    remainder = unique.size - counts.sum()
+    counts[np.argsort(-(exact - counts), kind="stable")[:remainder]] += 1
+    out: dict[str, np.ndarray] = {}
+    for name, part in zip(names, np.split(order, np.cumsum(counts)[:-1]), strict=True):
+        out[name] = np.sort(np.flatnonzero(np.isin(groups, part)))
+    return out

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "TensorImageDataset", "default_normalization"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Normalization",
+    "TensorImageDataset",
+    "default_normalization",
+    "flip_rotate",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,15 +92,24 @@ class TensorImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         image = self.normalization(self.images[index])
         target = self.targets[index]
         if self.augment:
-            dense = target.ndim >= 2
-            if torch.rand(()) < 0.5:
-                image = image.flip(-1)
-                target = target.flip(-1) if dense else target
-            if torch.rand(()) < 0.5:
-                image = image.flip(-2)
-                target = target.flip(-2) if dense else target
-            k = int(torch.randint(0, 4, ()))
-            if k:
-                image = torch.rot90(image, k, dims=(-2, -1))
-                target = torch.rot90(target, k, dims=(-2, -1)) if dense else target
+            image, target = flip_rotate(image, target)
         return image.contiguous(), target.contiguous() if target.ndim else target
+
+
+def flip_rotate(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal/vertical flip and multiple-of-90-degree rotation of ``image [C, H, W]``.
+
+    A dense ``target [H, W]`` (segmentation mask) gets the same transform; labels pass through.
+    """
+    dense = target.ndim >= 2
+    if torch.rand(()) < 0.5:
+        image = image.flip(-1)
+        target = target.flip(-1) if dense else target
+    if torch.rand(()) < 0.5:
+        image = image.flip(-2)
+        target = target.flip(-2) if dense else target
+    k = int(torch.randint(0, 4, ()))
+    if k:
+        image = torch.rot90(image, k, dims=(-2, -1))
+        target = torch.rot90(target, k, dims=(-2, -1)) if dense else target
+    return image, target

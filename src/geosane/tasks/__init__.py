@@ -2,7 +2,9 @@
 fine-tuning, probing and SatDiFuser."""
 
 from geosane.tasks.fit import (
+    EpochCheckpoint,
     FitConfig,
+    FitProgress,
     FitResult,
     TaskModule,
     evaluate,
@@ -21,7 +23,9 @@ from geosane.tasks.models import (
 
 __all__ = [
     "DECODERS",
+    "EpochCheckpoint",
     "FitConfig",
+    "FitProgress",
     "FitResult",
     "LinearSegHead",
     "SegmentationModel",

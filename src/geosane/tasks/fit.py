@@ -1,9 +1,13 @@
 """Train and evaluate task models with Lightning and torchmetrics.
 
 :func:`fit` trains a classifier or segmenter under a fixed budget (epochs, optimizer, schedule,
-seed) and records per-epoch curves; :func:`evaluate` computes the task metric on a dataset.
-Metrics: overall accuracy (single-label), macro mAP (multi-label), mIoU with ``ignore_index``
-(segmentation, torchmetrics' confusion-matrix based Jaccard index).
+seed) and records per-epoch curves; with ``checkpoint_path`` it saves a Lightning checkpoint
+(atomically) after every epoch and resumes from it when it exists. :func:`evaluate` computes the
+task metric on a dataset. :class:`FitProgress` shows a Rich progress bar per run.
+Metrics: overall accuracy (single-label), macro mAP over the labels present in the evaluated data
+(multi-label; a label without any positive has no defined AP and would count as 0 in
+torchmetrics' macro average), mIoU with ``ignore_index`` (segmentation, torchmetrics'
+confusion-matrix based Jaccard index).
 """
 
 from __future__ import annotations
@@ -13,19 +17,34 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from rich.progress import Progress, TaskID
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from geosane.data import IGNORE_INDEX
+from geosane.io import atomic_path
 from geosane.tasks.models import TaskKind
 
-__all__ = ["FitConfig", "FitResult", "TaskModule", "evaluate", "fit", "make_metric", "primary_metric_name"]
+__all__ = [
+    "EpochCheckpoint",
+    "FitConfig",
+    "FitProgress",
+    "FitResult",
+    "PresentLabelAveragePrecision",
+    "TaskModule",
+    "evaluate",
+    "fit",
+    "make_metric",
+    "primary_metric_name",
+]
 
 
 @dataclass
@@ -58,6 +77,29 @@ def primary_metric_name(task: TaskKind) -> str:
     return {"classification": "accuracy", "multilabel": "map", "segmentation": "miou"}[task]
 
 
+class PresentLabelAveragePrecision(torchmetrics.classification.MultilabelAveragePrecision):
+    """Macro average precision over the labels with at least one positive target.
+
+    torchmetrics scores a label without positives as AP 0 (with a warning), which drags the macro
+    mean down on small or capped evaluation splits; such labels are left out here instead.
+    """
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__(num_labels=num_labels, average=None)
+        self.add_state("positives", torch.zeros(num_labels), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds, target)
+        self.positives += (target == 1).sum(dim=0).to(self.positives.dtype)
+
+    def compute(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*No positive samples.*")
+            per_label = super().compute()
+        present = self.positives > 0
+        return per_label[present].mean() if present.any() else torch.tensor(float("nan"))
+
+
 def make_metric(
     task: TaskKind, num_classes: int, ignore_index: int | None = IGNORE_INDEX
 ) -> torchmetrics.Metric:
@@ -65,7 +107,7 @@ def make_metric(
     if task == "classification":
         return torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="micro")
     if task == "multilabel":
-        return torchmetrics.AveragePrecision(task="multilabel", num_labels=num_classes, average="macro")
+        return PresentLabelAveragePrecision(num_labels=num_classes)
     return torchmetrics.JaccardIndex(
         task="multiclass", num_classes=num_classes, ignore_index=ignore_index, average="macro"
     )
@@ -154,6 +196,12 @@ class TaskModule(L.LightningModule):
         else:
             self.history.append({"epoch": epoch, f"val_{self.metric_name}": value})
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["geosane_history"] = [dict(row) for row in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = [dict(row) for row in checkpoint.get("geosane_history", [])]
+
     def configure_optimizers(self) -> dict[str, Any]:
         backbone, head = _backbone_and_head(self.model)
         groups = [
@@ -179,6 +227,49 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class EpochCheckpoint(Checkpoint):
+    """Save a resumable Lightning checkpoint to ``path`` after every training epoch, atomically.
+
+    A :class:`Checkpoint` subclass, so Lightning calls it after the module's own epoch-end hook
+    (the epoch's history row is complete when it is saved).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with atomic_path(self.path) as tmp:
+            trainer.save_checkpoint(tmp)
+
+
+class FitProgress(Callback):
+    """Advance a Rich progress task by one per training batch; show epoch, loss and metric."""
+
+    def __init__(self, progress: Progress, task_id: TaskID) -> None:
+        super().__init__()
+        self.progress = progress
+        self.task_id = task_id
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        per_epoch = int(trainer.num_training_batches)
+        done = trainer.current_epoch * per_epoch
+        self.progress.update(self.task_id, total=trainer.max_epochs * per_epoch, completed=done)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.progress.advance(self.task_id)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        history = getattr(pl_module, "history", None)
+        if history:
+            row = history[-1]
+            parts = [f"epoch {int(row['epoch'])}/{trainer.max_epochs}"]
+            parts += [f"{k} {v:.3f}" for k, v in row.items() if k in ("train_loss",) or k.startswith("val_")]
+            self.progress.update(self.task_id, status=" ".join(parts))
+
+
 def _metric_input(task: TaskKind, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else logits.argmax(dim=1)
 
@@ -198,12 +289,16 @@ def fit(
     train: Dataset,
     val: Dataset | None = None,
     config: FitConfig | None = None,
-    callbacks: Sequence[L.Callback] = (),
+    checkpoint_path: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``model`` in place on ``train`` under ``config``; evaluate on ``val`` after every epoch.
 
     Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
-    given seed on CPU. ``callbacks`` are extra Lightning callbacks (e.g. a progress display).
+    given seed on CPU. ``callbacks`` are extra Lightning callbacks (e.g. a progress display). With
+    ``checkpoint_path``, a checkpoint is written there after every epoch and, when the file already
+    exists, training resumes from it (weights, optimizer, schedule, epoch and history); it is loaded
+    with ``weights_only=True``.
     """
     config = config or FitConfig()
     _quiet_lightning()
@@ -229,14 +324,15 @@ def fit(
         devices=1,
         precision=config.precision,  # type: ignore[arg-type]
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpoint_path is not None,
+        callbacks=[*callbacks, *([EpochCheckpoint(checkpoint_path)] if checkpoint_path else [])],
         enable_model_summary=False,
         enable_progress_bar=config.progress,
         num_sanity_val_steps=0,
         deterministic=False,
-        callbacks=list(callbacks),
     )
-    trainer.fit(module, train_loader, val_loader)
+    resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
     result = FitResult(history=module.history)
     if val is not None and module.history:
         key = f"val_{module.metric_name}"

@@ -86,13 +86,18 @@ def build_classifier(
     num_classes: int,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     in_chans: int | None = None,
+    reset_head: bool = False,
 ) -> nn.Module:
-    """A timm classifier with the given backbone weights and a fresh head for ``num_classes``."""
+    """A timm classifier with the given backbone weights and a head for ``num_classes``.
+
+    A head of the weights that already fits ``num_classes`` is kept unless ``reset_head`` is set
+    (comparisons of backbone initializations give every one the same fresh head).
+    """
     model = backbone_with_weights(arch, state_dict, in_chans)
     current = getattr(model, "num_classes", None)
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     head_fits = isinstance(head, nn.Linear) and head.out_features == num_classes
-    if current != num_classes or not head_fits:
+    if reset_head or current != num_classes or not head_fits:
         model.reset_classifier(num_classes)
     return model
 

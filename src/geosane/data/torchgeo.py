@@ -1,0 +1,229 @@
+"""Benchmark datasets through TorchGeo (the optional ``torchgeo`` extra).
+
+:func:`open_torchgeo` opens one split of a TorchGeo ``NonGeoDataset`` and turns TorchGeo's
+failures into one-line :class:`DataError`\\ s: data absent and ``download`` off, or a download that
+fails (offline). :class:`TorchGeoSamples` adapts a dataset (or a subset of it) to the
+``(image, target)`` pairs geosane's task models train on: resized, normalised, augmented.
+
+Known names (case-insensitive) map to TorchGeo classes and their task; any other TorchGeo
+``NonGeoDataset`` class can be named directly (its task is inferred from the first sample).
+Sen1Floods11 is not part of TorchGeo 0.8; ``flood_s1`` (Copernicus-Bench Flood-S1, Kuro Siwo) and
+``MMFlood`` are the flood-mapping datasets it ships.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from geosane.data.csmask import IGNORE_INDEX
+from geosane.data.tensors import Normalization, flip_rotate
+from geosane.errors import DataError
+
+__all__ = [
+    "TORCHGEO_DATASETS",
+    "TorchGeoDatasetInfo",
+    "TorchGeoSamples",
+    "dataset_classes",
+    "dataset_labels",
+    "infer_task",
+    "open_torchgeo",
+    "torchgeo_available",
+]
+
+# split names of geosane -> TorchGeo
+SPLIT_NAMES = {"train": "train", "select": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class TorchGeoDatasetInfo:
+    """A TorchGeo dataset geosane knows: class name, task, default constructor arguments."""
+
+    class_name: str
+    task: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
+    "eurosat": TorchGeoDatasetInfo("EuroSAT", "classification", "Sentinel-2, 13 bands, 10 classes, 64 px"),
+    "eurosat100": TorchGeoDatasetInfo("EuroSAT100", "classification", "100-image EuroSAT for tutorials"),
+    "eurosatspatial": TorchGeoDatasetInfo("EuroSATSpatial", "classification", "EuroSAT, longitude splits"),
+    "resisc45": TorchGeoDatasetInfo("RESISC45", "classification", "aerial RGB, 45 classes, 256 px"),
+    "ucmerced": TorchGeoDatasetInfo("UCMerced", "classification", "aerial RGB, 21 classes, 256 px"),
+    "bigearthnet": TorchGeoDatasetInfo(
+        "BigEarthNet",
+        "multilabel",
+        "Sentinel-2 (bands='s2') / Sentinel-1 patches, 19 or 43 labels",
+        {"bands": "s2", "num_classes": 19},
+    ),
+    "flood_s1": TorchGeoDatasetInfo(
+        "CopernicusBenchFloodS1", "segmentation", "Sentinel-1 flood mapping (Kuro Siwo), 3 classes"
+    ),
+}
+
+_NOT_IN_TORCHGEO = {
+    "sen1floods11": (
+        "Sen1Floods11 is not part of TorchGeo 0.8; use dataset=flood_s1 (Copernicus-Bench Flood-S1) or "
+        "MMFlood, or export Sen1Floods11 chips as .npz scenes for data.kind=csmask"
+    )
+}
+
+
+def torchgeo_available() -> bool:
+    """Whether the optional ``torchgeo`` extra is installed."""
+    return importlib.util.find_spec("torchgeo") is not None
+
+
+def _dataset_class(name: str) -> tuple[type, TorchGeoDatasetInfo | None]:
+    if not torchgeo_available():
+        raise DataError(
+            f"dataset '{name}' needs TorchGeo: pip install 'geosane[torchgeo]' "
+            "(or use an image folder with data.kind=folder)"
+        )
+    import torchgeo.datasets as tgd
+
+    key = name.lower().replace("-", "").replace(" ", "")
+    if key in _NOT_IN_TORCHGEO:
+        raise DataError(_NOT_IN_TORCHGEO[key])
+    info = TORCHGEO_DATASETS.get(key)
+    class_name = info.class_name if info else name
+    cls = getattr(tgd, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, tgd.NonGeoDataset):
+        known = ", ".join(sorted(TORCHGEO_DATASETS))
+        raise DataError(
+            f"unknown TorchGeo dataset '{name}' (known: {known}, or any torchgeo.datasets NonGeoDataset class)"
+        )
+    return cls, info
+
+
+def open_torchgeo(
+    name: str,
+    root: str | Path,
+    split: str,
+    download: bool = False,
+    kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """Open split ``split`` (``train`` / ``select`` / ``test``) of TorchGeo dataset ``name``.
+
+    ``select`` is TorchGeo's ``val`` split. With ``download=True`` TorchGeo fetches missing files
+    into ``root``; offline, or with ``download=False`` and no data under ``root``, a
+    :class:`DataError` says what to pass instead.
+    """
+    cls, info = _dataset_class(name)
+    from torchgeo.datasets import DatasetNotFoundError
+
+    arguments = {**(info.kwargs if info else {}), **(kwargs or {})}
+    root = Path(root).expanduser()
+    try:
+        return cls(root=str(root), split=SPLIT_NAMES.get(split, split), download=download, **arguments)
+    except DatasetNotFoundError:
+        raise DataError(
+            f"{cls.__name__} not found under {root}: pass data.download=true to fetch it (needs internet), "
+            f"or data.root=DIR holding a copy in TorchGeo's layout, or train on your own image folder "
+            "with data.kind=folder data.root=DIR"
+        ) from None
+    except OSError as exc:  # urllib's URLError and socket errors derive from OSError
+        if not download:
+            raise DataError(f"cannot read {cls.__name__} under {root}: {exc}") from None
+        raise DataError(
+            f"could not download {cls.__name__} into {root} ({type(exc).__name__}: {exc}); offline? "
+            f"download it on a connected machine (data.download=true) and pass data.root=DIR here, "
+            "or train on your own image folder with data.kind=folder data.root=DIR"
+        ) from None
+    except (TypeError, AssertionError, ValueError) as exc:
+        raise DataError(f"invalid arguments {arguments} for TorchGeo {cls.__name__}: {exc}") from None
+
+
+def infer_task(sample: dict[str, torch.Tensor]) -> str:
+    """``segmentation`` (a ``mask``), ``multilabel`` (a label vector) or ``classification``."""
+    if "mask" in sample:
+        return "segmentation"
+    label = sample.get("label")
+    if label is None:
+        raise DataError(f"TorchGeo sample has neither 'label' nor 'mask' (keys {sorted(sample)})")
+    return "multilabel" if torch.as_tensor(label).ndim == 1 else "classification"
+
+
+def dataset_classes(dataset: Any) -> tuple[str, ...]:
+    """Class names of a TorchGeo dataset (``classes`` or BigEarthNet's ``class_sets``)."""
+    class_sets = getattr(dataset, "class_sets", None)
+    if isinstance(class_sets, dict) and getattr(dataset, "num_classes", None) in class_sets:
+        return tuple(class_sets[dataset.num_classes])
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        raise DataError(f"TorchGeo {type(dataset).__name__} does not list its classes")
+    return tuple(str(c) for c in classes)
+
+
+def dataset_labels(dataset: Any) -> np.ndarray | None:
+    """Single-label targets without decoding images (ImageFolder-based datasets), else None."""
+    targets = getattr(dataset, "targets", None)
+    return np.asarray(targets) if targets is not None else None
+
+
+class TorchGeoSamples(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """``(image, target)`` pairs from a TorchGeo dataset: resized, normalised, optionally augmented.
+
+    Images are read lazily (benchmarks do not fit in memory); ``image_size`` resizes images
+    (bilinear) and masks (nearest); time series ``[T, C, H, W]`` are stacked as ``T * C`` bands. Mask
+    values outside 0..254 become ``ignore_index`` 255, which is
+    never scored.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        indices: Sequence[int] | np.ndarray,
+        normalization: Normalization,
+        image_size: int | None = None,
+        bands: Sequence[int] | None = None,
+        augment: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+        self.normalization = normalization
+        self.image_size = image_size
+        self.bands = list(bands) if bands is not None else None
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image (float, resized, selected bands; not normalised) and target of item ``index``."""
+        sample = self.dataset[self.indices[index]]
+        image = torch.as_tensor(sample["image"]).float()
+        if image.ndim == 2:
+            image = image[None]
+        elif image.ndim == 4:  # a time series [T, C, H, W] (e.g. pre/post-flood): times become bands
+            image = image.flatten(0, 1)
+        if self.bands is not None:
+            image = image[self.bands]
+        dense = "mask" in sample
+        target = torch.as_tensor(sample["mask"] if dense else sample["label"]).long()
+        if dense and target.ndim == 3:
+            target = target[0]
+        if self.image_size and tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+            if dense:
+                target = F.interpolate(target[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        if dense:
+            target = torch.where((target < 0) | (target > 254), IGNORE_INDEX, target)
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.raw(index)
+        image = self.normalization(image)
+        if self.augment:
+            image, target = flip_rotate(image, target)
+        return image.contiguous(), target.contiguous() if target.ndim else target

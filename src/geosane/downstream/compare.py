@@ -1,0 +1,350 @@
+"""``geosane compare``: one architecture, one budget, several initializations, several seeds.
+
+Initializations (``inits`` in the config, in this order): ``scratch``; ``prompt`` (the prompt
+model itself); ``zoo_average``, ``ties`` and ``dare`` over zoo members; ``generated`` (the top-k
+candidates of a ``geosane generate`` directory, ``generated-1`` .. ``generated-k`` by rank). Every
+one is fine-tuned with the same :class:`FitConfig` for every seed on the same splits.
+
+Output directory::
+
+    OUT/config.yaml               the resolved config
+    OUT/inits/<name>.safetensors  the merged initializations (zoo_average, ties, dare)
+    OUT/runs/<init>/seed<k>/      one finetune run each (metrics.json, history.csv)
+    OUT/results.csv               per init, seed and epoch
+    OUT/summary.json              mean ± std per init, the verdict, run metadata
+    OUT/report.md                 the table and an honest verdict
+    OUT/curves.png, OUT/final_metric.png
+
+Finished runs are skipped on rerun; an interrupted run resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from geosane.config import save_config, to_dict
+from geosane.console import console, make_progress
+from geosane.downstream.config import CompareConfig
+from geosane.downstream.data import TaskData, load_task_data
+from geosane.downstream.finetune import (
+    FinetuneResult,
+    RunPlan,
+    build_task_model,
+    csv_text,
+    output_dir,
+    plan_run,
+    run_finetune,
+)
+from geosane.downstream.inits import (
+    GeneratedDir,
+    Initialization,
+    arch_from_config,
+    load_source,
+    read_generated_dir,
+    same_architecture,
+    zoo_initializations,
+)
+from geosane.downstream.report import (
+    InitSummary,
+    plot_curves,
+    plot_final,
+    render_report,
+    results_rows,
+    summarize,
+    verdict,
+)
+from geosane.errors import ConfigError, GeosaneError
+from geosane.io import save_safetensors, write_json, write_text
+from geosane.zoo import ArchSpec, load_weights_file
+
+__all__ = ["CompareResult", "build_initializations", "compare"]
+
+
+@dataclass
+class CompareResult:
+    """Per-init runs and summaries, and where the outputs are."""
+
+    out_dir: Path
+    metric: str
+    results: dict[str, list[FinetuneResult]]
+    summaries: list[InitSummary]
+    verdict: str
+
+    @property
+    def report(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+def _generated(config: CompareConfig) -> GeneratedDir | None:
+    if "generated" not in config.inits:
+        return None
+    if config.generated.dir is None:
+        raise ConfigError("init 'generated' needs generated.dir (a `geosane generate` output directory)")
+    generated = read_generated_dir(config.generated.dir)
+    if config.generated.top_k < 1:
+        raise ConfigError(f"generated.top_k must be >= 1, got {config.generated.top_k}")
+    if config.generated.top_k > len(generated.candidates):
+        raise ConfigError(
+            f"generated.top_k={config.generated.top_k} but {generated.path} holds "
+            f"{len(generated.candidates)} candidate(s)"
+        )
+    return generated
+
+
+def _compared_arch(config: CompareConfig, generated: GeneratedDir | None) -> ArchSpec:
+    arch = arch_from_config(config.arch)
+    if generated is not None:
+        if arch is not None and not same_architecture(arch, generated.arch):
+            raise ConfigError(
+                f"arch.name={arch.name} {arch.kwargs} but the generated weights in {generated.path} are "
+                f"{generated.arch.name} {generated.arch.kwargs}; compare needs one architecture"
+            )
+        arch = arch or generated.arch
+    if arch is None and config.prompt and "prompt" in config.inits:
+        loaded = load_source(config.prompt)
+        arch = loaded.arch
+    if arch is None:
+        raise ConfigError("the compared architecture is unknown: set arch.name (or give a generated.dir)")
+    return arch
+
+
+def build_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initialization]]:
+    """Load (and merge) every initialization of ``config``; raises before anything is written."""
+    generated = _generated(config)
+    arch = _compared_arch(config, generated)
+    inits: list[Initialization] = []
+    if "scratch" in config.inits:
+        inits.append(Initialization("scratch", "scratch", arch, None, "random init"))
+    if "prompt" in config.inits:
+        prompt = config.prompt or (generated.prompt if generated else None)
+        if not prompt:
+            raise ConfigError(
+                "init 'prompt' needs prompt: SOURCE (or a generated.dir whose model card names it)"
+            )
+        loaded = load_source(prompt, arch)
+        inits.append(Initialization("prompt", "prompt", arch, loaded.state_dict, prompt))
+    inits += zoo_initializations(config.zoo, arch, config.inits)
+    if generated is not None:
+        for candidate in generated.candidates[: config.generated.top_k]:
+            score = (
+                f", proxy {candidate.proxy} {candidate.proxy_score:.3f}"
+                if candidate.proxy_score is not None
+                else ""
+            )
+            inits.append(
+                Initialization(
+                    f"generated-{candidate.rank}", "generated", arch, load_weights_file(candidate.file),
+                    f"{candidate.file.name} (rank {candidate.rank}{score})",
+                    {"rank": candidate.rank, "proxy_score": candidate.proxy_score},
+                )
+            )  # fmt: skip
+    order = {kind: i for i, kind in enumerate(config.inits)}
+    inits.sort(key=lambda init: order[init.kind])
+    return arch, inits
+
+
+def _notes(config: CompareConfig, inits: list[Initialization], data: TaskData) -> list[str]:
+    notes = []
+    generated = [i for i in inits if i.kind == "generated"]
+    if generated and config.generated.dir is not None:
+        card = read_generated_dir(config.generated.dir).card
+        if card.get("note"):
+            notes.append(f"Generated weights: {card['note']}")
+        notes.append(
+            f"Generated weights from {config.generated.dir} (prompt {card.get('prompt')}, AE {card.get('ae_checkpoint')}); "
+            "'generated' in the verdict is the rank-1 candidate by the generator's selection-split proxy."
+        )
+    for init in inits:
+        if init.kind in ("zoo_average", "ties", "dare"):
+            notes.append(
+                f"{init.name}: {init.source}; {init.info.get('selection')}; members {init.info.get('members')}"
+            )
+            break
+    scenes = data.info.get("scenes")
+    if scenes:
+        notes.append(f"Scenes per split: {scenes}")
+    return notes
+
+
+def compare(config: CompareConfig, overwrite: bool = False, show_progress: bool = True) -> CompareResult:
+    """Run (or resume) a comparison and write its outputs into ``config.out``."""
+    out = output_dir(config.out)
+    data = load_task_data(config.data, config.task.kind)
+    arch, inits = build_initializations(config)
+    for init in inits:  # every init must load into the task model before anything runs
+        try:
+            build_task_model(init, data, config.task)
+        except GeosaneError as exc:
+            raise GeosaneError(f"initialization '{init.name}' ({init.source}): {exc}") from None
+    plans: dict[tuple[str, int], RunPlan] = {}
+    for init in inits:
+        for seed in config.seeds:
+            fit_config = replace(config.train, seed=seed, progress=False)
+            run_dir = out / "runs" / init.name / f"seed{seed}"
+            plans[(init.name, seed)] = plan_run(
+                run_dir, init, data, config.task, fit_config, config.data, overwrite
+            )
+
+    save_config(config, out / "config.yaml")
+    for init in inits:
+        if init.kind in ("zoo_average", "ties", "dare") and init.state_dict is not None:
+            save_safetensors(
+                init.state_dict, out / "inits" / f"{init.name}.safetensors", metadata={"source": init.source}
+            )
+    todo = sum(plan.state != "done" for plan in plans.values())
+    console.print(
+        f"compare: {len(inits)} initializations x {len(config.seeds)} seeds on {data.info.get('root')} "
+        f"({todo} run(s) to do, {len(plans) - todo} finished) -> {out}"
+    )
+    jobs = [(init, seed) for init in inits for seed in config.seeds]
+    if config.workers > 1:
+        finished = _run_parallel(config, data, jobs, plans, out, show_progress)
+    else:
+        finished = _run_sequential(config, data, jobs, plans, out, show_progress)
+    results = {init.name: [finished[(init.name, seed)] for seed in config.seeds] for init in inits}
+    return _write_outputs(config, out, data, arch, inits, results)
+
+
+def _status(result: FinetuneResult) -> str:
+    return f"{result.init} seed {result.seed}: test {result.metric} {100 * result.test:.1f}"
+
+
+def _run_sequential(
+    config: CompareConfig,
+    data: TaskData,
+    jobs: list[tuple[Initialization, int]],
+    plans: dict[tuple[str, int], RunPlan],
+    out: Path,
+    show_progress: bool,
+) -> dict[tuple[str, int], FinetuneResult]:
+    finished = {}
+    with make_progress() as progress:
+        overall = progress.add_task("compare", total=len(jobs), status="") if show_progress else None
+        for init, seed in jobs:
+            fit_config = replace(config.train, seed=seed, progress=False)
+            result = run_finetune(
+                init, data, config.task, fit_config, plans[(init.name, seed)],
+                save_weights=False, progress=progress if show_progress else None,
+                extra={"compare_out": str(out)},
+            )  # fmt: skip
+            finished[(init.name, seed)] = result
+            if overall is not None:
+                progress.update(overall, advance=1, status=_status(result))
+    return finished
+
+
+def _worker_setup(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_run(
+    init: Initialization, data: TaskData, config: CompareConfig, seed: int, plan: RunPlan, out: str
+) -> FinetuneResult:
+    fit_config = replace(config.train, seed=seed, progress=False)
+    return run_finetune(
+        init, data, config.task, fit_config, plan, save_weights=False, extra={"compare_out": out}
+    )
+
+
+def _run_parallel(
+    config: CompareConfig,
+    data: TaskData,
+    jobs: list[tuple[Initialization, int]],
+    plans: dict[tuple[str, int], RunPlan],
+    out: Path,
+    show_progress: bool,
+) -> dict[tuple[str, int], FinetuneResult]:
+    """Runs in ``config.workers`` processes with ``threads_per_worker`` torch threads each.
+
+    Small CNNs scale poorly with intra-op threads (and OpenMP threads spin when cores are shared),
+    so several single-thread runs side by side use the cores better than one multi-thread run.
+    Workers are spawned (not forked: forking after torch started its thread pool can hang).
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // config.workers)
+    finished = {}
+    todo = []
+    for init, seed in jobs:
+        plan = plans[(init.name, seed)]
+        if plan.state == "done":
+            finished[(init.name, seed)] = run_finetune(init, data, config.task, config.train, plan)
+        else:
+            todo.append((init, seed))
+    context = multiprocessing.get_context("spawn")
+    with (
+        make_progress() as progress,
+        ProcessPoolExecutor(
+            config.workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
+        ) as pool,
+    ):
+        overall = progress.add_task(
+            f"compare ({config.workers} workers x {threads} thread(s))", total=len(jobs), status="",
+            completed=len(finished), visible=show_progress,
+        )  # fmt: skip
+        futures = {
+            pool.submit(_worker_run, init, data, config, seed, plans[(init.name, seed)], str(out)): (
+                init.name,
+                seed,
+            )
+            for init, seed in todo
+        }
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                finished[futures[future]] = result
+                progress.update(overall, advance=1, status=_status(result))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return finished
+
+
+def _write_outputs(
+    config: CompareConfig,
+    out: Path,
+    data: TaskData,
+    arch: ArchSpec,
+    inits: list[Initialization],
+    results: dict[str, list[FinetuneResult]],
+) -> CompareResult:
+    kinds = {i.name: i.kind for i in inits}
+    sources = {i.name: i.source for i in inits}
+    metric = next(iter(results.values()))[0].metric
+    summaries = summarize(results, kinds, sources)
+    text = verdict(summaries, metric)
+    train = config.train
+    meta: dict[str, Any] = {
+        "task": data.task,
+        "data": data.info.get("dataset") or data.info.get("root"),
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "arch": f"{arch.library}:{arch.name} {arch.kwargs or ''}".strip(),
+        "sizes": data.sizes(),
+        "budget": f"{train.epochs} epoch(s), batch {train.batch_size}, AdamW lr {train.lr} (backbone x{train.backbone_lr_scale}), "
+        f"weight decay {train.weight_decay}, warm-up {train.warmup_epochs} epoch(s), cosine",
+        "seeds": list(config.seeds),
+    }
+    write_text(out / "results.csv", csv_text(results_rows(results, kinds)))
+    write_json(
+        out / "summary.json",
+        {
+            "metric": metric,
+            "verdict": text,
+            "meta": meta,
+            "inits": [s.__dict__ for s in summaries],
+            "config": to_dict(config),
+        },
+    )
+    if config.plots:
+        plot_curves(results, metric, out / "curves.png")
+        plot_final(summaries, metric, out / "final_metric.png")
+    write_text(out / "report.md", render_report(summaries, metric, meta, _notes(config, inits, data)))
+    return CompareResult(out, metric, results, summaries, text)

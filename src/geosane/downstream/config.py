@@ -1,0 +1,204 @@
+"""Config schemas of ``geosane finetune`` and ``geosane compare`` (YAML through geosane.config).
+
+Packaged presets live in ``geosane/configs/downstream/`` (``rsscn7.yaml``, ``csmask.yaml``,
+``eurosat.yaml``, ``compare_rsscn7.yaml`` ...); a config file names them under ``base:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from geosane.config import PACKAGED_CONFIGS, load_config
+from geosane.data.splits import DEFAULT_FRACTIONS
+from geosane.errors import ConfigError
+from geosane.tasks import FitConfig
+
+__all__ = [
+    "INIT_KINDS",
+    "ArchConfig",
+    "CompareConfig",
+    "DareConfig",
+    "DataConfig",
+    "FinetuneConfig",
+    "GeneratedConfig",
+    "TaskConfig",
+    "TiesConfig",
+    "ZooInitConfig",
+    "load_compare_config",
+    "load_finetune_config",
+    "resolve_config_path",
+]
+
+INIT_KINDS = ("scratch", "prompt", "zoo_average", "ties", "dare", "generated")
+
+
+@dataclass
+class DataConfig:
+    """Where the task's images come from and how they are split.
+
+    ``kind``: ``folder`` (``root/<class>/<image>``), ``csmask`` (``.npz`` scenes cut into chips) or
+    ``torchgeo`` (``dataset`` names a TorchGeo dataset; ``root`` is its download folder).
+    ``test_data`` / ``select_data``: separate folders (same classes) used as the test / selection
+    split instead of a part of ``root``.
+    """
+
+    kind: Literal["folder", "csmask", "torchgeo"] = "folder"
+    root: Path | None = None
+    test_data: Path | None = None
+    select_data: Path | None = None
+    image_size: int = 64
+    bands: list[int] | None = None
+    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    split_seed: int = 0
+    train_per_class: int | None = None
+    max_samples: dict[str, int] = field(default_factory=dict)
+    normalization: Literal["dataset", "imagenet"] = "dataset"
+    augment: bool = True
+    chip_size: int = 64
+    group_by: Literal["scene", "block"] = "scene"
+    block_size: int = 128
+    test_scenes: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    download: bool = False
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """The task head: ``kind`` ``auto`` follows the data (folders: classification, csmask: segmentation).
+
+    ``reset_head``: every initialization starts from a fresh (seeded) classifier head, so that
+    comparisons measure the backbone; off keeps a head of the weights that already fits the classes.
+    """
+
+    kind: Literal["auto", "classification", "multilabel", "segmentation"] = "auto"
+    reset_head: bool = True
+    decoder: Literal["unet", "upernet", "linear"] = "unet"
+    decoder_channels: int = 32
+
+
+@dataclass
+class ArchConfig:
+    """The architecture every initialization is loaded into (``timm.create_model(name, **kwargs)``).
+
+    Empty ``name``: taken from the init source (a zoo entry, a generated model card, a timm prompt).
+    """
+
+    library: str = "timm"
+    name: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    """``geosane finetune``: one initialization, one task, one budget."""
+
+    init: str = "scratch"
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: FitConfig = field(default_factory=FitConfig)
+    out: Path | None = None
+    checkpoint: bool = True
+
+
+@dataclass
+class TiesConfig:
+    density: float = 0.2
+    lam: float = 1.0
+
+
+@dataclass
+class DareConfig:
+    drop_rate: float = 0.5
+    lam: float = 1.0
+    seed: int = 0
+    combine: Literal["mean", "sum"] = "mean"
+
+
+@dataclass
+class ZooInitConfig:
+    """Zoo members for the average / TIES / DARE baselines.
+
+    ``members`` empty: every zoo model of the compared architecture (minus ``exclude`` and the
+    base). ``base``: a zoo id or any model source; empty: the model the members' metadata
+    ``init_from`` names (it must be the same for all of them).
+    """
+
+    dir: Path | None = None
+    members: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    base: str | None = None
+    ties: TiesConfig = field(default_factory=TiesConfig)
+    dare: DareConfig = field(default_factory=DareConfig)
+
+
+@dataclass
+class GeneratedConfig:
+    """A ``geosane generate`` output directory (``model_card.json`` + ranked candidates)."""
+
+    dir: Path | None = None
+    top_k: int = 3
+
+
+@dataclass
+class CompareConfig:
+    """``geosane compare``: the same architecture and budget from several initializations.
+
+    ``workers`` > 1 runs that many fine-tunings at once in separate processes, each with
+    ``threads_per_worker`` torch threads (default: CPU cores / workers).
+    """
+
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: FitConfig = field(default_factory=FitConfig)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    inits: list[str] = field(default_factory=lambda: list(INIT_KINDS))
+    prompt: str | None = None
+    zoo: ZooInitConfig = field(default_factory=ZooInitConfig)
+    generated: GeneratedConfig = field(default_factory=GeneratedConfig)
+    out: Path | None = None
+    plots: bool = True
+    workers: int = 1
+    threads_per_worker: int | None = None
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file path, or the name of a packaged preset in ``configs/downstream``."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    for candidate in (
+        PACKAGED_CONFIGS / "downstream" / str(name),
+        PACKAGED_CONFIGS / "downstream" / f"{name}.yaml",
+    ):
+        if candidate.is_file():
+            return candidate
+    presets = sorted(p.stem for p in (PACKAGED_CONFIGS / "downstream").glob("*.yaml"))
+    raise ConfigError(f"config file not found: {name} (packaged presets: {', '.join(presets)})")
+
+
+def load_finetune_config(
+    path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> FinetuneConfig:
+    """Compose and validate a finetune config (``path`` may name a packaged preset)."""
+    return load_config(FinetuneConfig, resolve_config_path(path) if path else None, overrides)
+
+
+def load_compare_config(
+    path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> CompareConfig:
+    """Compose and validate a compare config (``path`` may name a packaged preset)."""
+    config = load_config(CompareConfig, resolve_config_path(path) if path else None, overrides)
+    unknown = [i for i in config.inits if i not in INIT_KINDS]
+    if unknown:
+        raise ConfigError(f"unknown init(s) {unknown} in 'inits' (choose from {', '.join(INIT_KINDS)})")
+    if config.workers < 1 or (config.threads_per_worker is not None and config.threads_per_worker < 1):
+        raise ConfigError("'workers' and 'threads_per_worker' must be >= 1")
+    if len(config.seeds) != len(set(config.seeds)) or not config.seeds:
+        raise ConfigError(f"'seeds' must be a non-empty list of distinct integers, got {config.seeds}")
+    return config

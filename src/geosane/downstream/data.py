@@ -1,0 +1,355 @@
+"""Task data for fine-tuning: train / selection / test datasets from folders, scenes or TorchGeo.
+
+:func:`load_task_data` turns a :class:`DataConfig` into a :class:`TaskData`. The split is a pure
+function of the data and ``split_seed``, so every initialization and every seed of a comparison
+sees the same three splits; only ``select`` may be used to choose anything, only ``test`` to
+report.
+
+- ``folder``: an image folder; stratified split by class.
+- ``csmask``: ``.npz`` scenes cut into chips; whole scenes (``group_by: scene``) or spatial blocks
+  (``group_by: block``) are dealt to the splits, so neighbouring chips never straddle two splits;
+  ``test_scenes`` holds named scenes out as the test split.
+- ``torchgeo``: a TorchGeo benchmark with its official ``train`` / ``val`` / ``test`` splits
+  (``val`` is the selection split).
+
+``test_data`` / ``select_data`` replace the test / selection part with a separate folder (same
+classes and bands, checked before anything runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geosane.data import (
+    ImageFolderData,
+    Normalization,
+    SegmentationChips,
+    TensorImageDataset,
+    count_folder_images,
+    load_csmask,
+    load_image_folder,
+    stratified_split,
+)
+from geosane.data.splits import group_split
+from geosane.downstream.config import DataConfig
+from geosane.errors import ConfigError, DataError
+from geosane.tasks import TaskKind
+
+__all__ = ["SPLITS", "TaskData", "check_same_classes", "check_selection_size", "load_task_data"]
+
+SPLITS = ("train", "select", "test")
+_NORM_SAMPLES = 256
+
+
+@dataclass
+class TaskData:
+    """The three splits of one task, ready for :func:`geosane.tasks.fit`."""
+
+    task: TaskKind
+    classes: tuple[str, ...]
+    in_chans: int
+    train: Dataset
+    select: Dataset
+    test: Dataset
+    normalization: Normalization
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLITS}  # type: ignore[arg-type]
+
+
+def check_same_classes(
+    train_classes: tuple[str, ...], other_classes: tuple[str, ...], what: str, root: Path, other: Path
+) -> None:
+    """Raise a :class:`DataError` naming the class folders that differ between two folders."""
+    if tuple(train_classes) == tuple(other_classes):
+        return
+    missing = sorted(set(train_classes) - set(other_classes))
+    extra = sorted(set(other_classes) - set(train_classes))
+    raise DataError(
+        f"class folders differ between training data {root} and {what} data {other}: "
+        f"missing from {what} {missing}, not in training {extra}"
+    )
+
+
+def check_selection_size(num_images: int, num_classes: int, where: str | Path) -> None:
+    """A selection set needs at least one image per class."""
+    if num_images < num_classes:
+        raise DataError(
+            f"selection data {where} has {num_images} image(s) for {num_classes} classes; "
+            "it needs at least one image per class"
+        )
+
+
+def _fractions(config: DataConfig, names: list[str]) -> dict[str, float]:
+    if set(config.fractions) != set(SPLITS):
+        raise ConfigError(
+            f"data.fractions needs exactly the splits {list(SPLITS)}, got {sorted(config.fractions)}"
+        )
+    total = sum(config.fractions[n] for n in names)
+    return {n: config.fractions[n] / total for n in names}
+
+
+def _needed_splits(config: DataConfig) -> list[str]:
+    """The splits that are cut from ``root`` (those without a separate folder)."""
+    return [
+        n
+        for n in SPLITS
+        if not (n == "test" and config.test_data) and not (n == "select" and config.select_data)
+    ]
+
+
+def _cap(
+    indices: np.ndarray,
+    limit: int | None,
+    seed: int,
+    labels: np.ndarray | None = None,
+    per_class: bool = False,
+) -> np.ndarray:
+    """At most ``limit`` indices (per class with ``per_class``), chosen with ``seed``."""
+    if limit is None:
+        return indices
+    if limit <= 0:
+        raise ConfigError(f"sample limits must be positive, got {limit}")
+    rng = np.random.default_rng(seed + 7919)
+    if per_class and labels is not None:
+        keep = []
+        for cls in np.unique(labels[indices]):
+            members = indices[labels[indices] == cls]
+            keep.append(members[rng.permutation(members.size)[:limit]])
+        return np.sort(np.concatenate(keep))
+    if indices.size <= limit:
+        return indices
+    return np.sort(indices[rng.permutation(indices.size)[:limit]])
+
+
+def _normalization(config: DataConfig, train_images: torch.Tensor, in_chans: int) -> Normalization:
+    if config.normalization == "imagenet":
+        if in_chans != 3:
+            raise ConfigError(
+                f"data.normalization=imagenet needs 3 RGB bands, the data has {in_chans}; use 'dataset'"
+            )
+        return Normalization.imagenet()
+    return Normalization.from_images(train_images)
+
+
+def _in_memory_datasets(
+    config: DataConfig, parts: dict[str, Any], in_chans: int
+) -> tuple[dict[str, TensorImageDataset], Normalization]:
+    """Cap the selection/test parts (``max_samples``), normalise with training statistics, wrap.
+
+    ``parts`` hold ``ImageFolderData`` (labels) or ``SegmentationChips`` (masks) per split.
+    """
+    for n in ("select", "test"):
+        if n in config.max_samples:
+            parts[n] = parts[n].subset(
+                _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
+            )
+    norm = _normalization(config, parts["train"].images, in_chans)
+    datasets = {}
+    for n in SPLITS:
+        targets = parts[n].masks if isinstance(parts[n], SegmentationChips) else parts[n].labels
+        datasets[n] = TensorImageDataset(
+            parts[n].images, targets, norm, augment=config.augment and n == "train"
+        )
+    return datasets, norm
+
+
+def _root(config: DataConfig) -> Path:
+    if config.root is None:
+        raise ConfigError(
+            "data.root is not set (an image folder, a folder of .npz scenes, or a TorchGeo root)"
+        )
+    return Path(config.root).expanduser()
+
+
+# ----------------------------------------------------------------------------------------------
+# image folders
+
+
+def _load_folder(path: Path, config: DataConfig) -> ImageFolderData:
+    return load_image_folder(path, config.image_size).select_bands(config.bands)
+
+
+def _folder_task_data(config: DataConfig, task: str) -> TaskData:
+    if task not in ("auto", "classification"):
+        raise ConfigError(f"image folders hold single-label classes; task '{task}' needs other data")
+    root = _root(config)
+    data = _load_folder(root, config)
+    separate: dict[str, ImageFolderData] = {}
+    if config.select_data is not None:
+        check_selection_size(count_folder_images(config.select_data), len(data.classes), config.select_data)
+    for name, path in (("test", config.test_data), ("select", config.select_data)):
+        if path is None:
+            continue
+        other = _load_folder(Path(path).expanduser(), config)
+        check_same_classes(data.classes, other.classes, name, root, Path(path))
+        if other.num_bands != data.num_bands:
+            raise DataError(
+                f"{name} data {path} has {other.num_bands} bands, training data {root} has {data.num_bands}"
+            )
+        separate[name] = other
+    names = _needed_splits(config)
+    labels = data.labels.numpy()
+    if len(names) > 1:
+        splits = stratified_split(labels, _fractions(config, names), seed=config.split_seed)
+    else:
+        splits = {"train": np.arange(len(data))}
+    splits["train"] = _cap(splits["train"], config.train_per_class, config.split_seed, labels, per_class=True)
+    parts = {n: data.subset(splits[n]) for n in names} | separate
+    datasets, norm = _in_memory_datasets(config, parts, data.num_bands)
+    info = {
+        "kind": "folder",
+        "root": str(root),
+        "test_data": str(config.test_data) if config.test_data else None,
+        "select_data": str(config.select_data) if config.select_data else None,
+        "image_size": config.image_size,
+    }
+    return TaskData("classification", data.classes, data.num_bands, **datasets, normalization=norm, info=info)
+
+
+# ----------------------------------------------------------------------------------------------
+# scene chips
+
+
+def _select_chip_bands(chips: SegmentationChips, bands: list[int] | None) -> SegmentationChips:
+    if bands is None:
+        return chips
+    bad = [b for b in bands if not 0 <= b < chips.images.shape[1]]
+    if bad:
+        raise DataError(f"band indices {bad} out of range for {chips.images.shape[1]}-band scenes")
+    return SegmentationChips(
+        chips.images[:, bands],
+        chips.masks,
+        chips.scenes,
+        chips.classes,
+        tuple(chips.bands[b] for b in bands),
+        chips.origins,
+    )
+
+
+def _chips_task_data(config: DataConfig, task: str) -> TaskData:
+    if task not in ("auto", "segmentation"):
+        raise ConfigError(f"scene chips carry segmentation masks; task '{task}' needs other data")
+    root = _root(config)
+    chips = _select_chip_bands(load_csmask(root, config.chip_size), config.bands)
+    separate: dict[str, SegmentationChips] = {}
+    for name, path in (("test", config.test_data), ("select", config.select_data)):
+        if path is not None:
+            separate[name] = _select_chip_bands(
+                load_csmask(Path(path).expanduser(), config.chip_size), config.bands
+            )
+    remaining = np.arange(len(chips))
+    if config.test_scenes:
+        if config.test_data:
+            raise ConfigError("set either data.test_scenes or data.test_data, not both")
+        test_idx = chips.scene_indices(config.test_scenes)
+        separate["test"] = chips.subset(test_idx)
+        remaining = np.setdiff1d(remaining, test_idx)
+    names = [n for n in SPLITS if n not in separate]
+    pool = chips.subset(remaining)
+    groups = pool.scenes if config.group_by == "scene" else pool.block_groups(config.block_size)
+    if len(names) > 1:
+        try:
+            splits = group_split(groups, _fractions(config, names), seed=config.split_seed)
+        except DataError as exc:
+            hint = "; try data.group_by=block" if config.group_by == "scene" else ""
+            raise DataError(f"cannot split the chips of {root} by {config.group_by}: {exc}{hint}") from None
+    else:
+        splits = {"train": np.arange(len(pool))}
+    parts = {n: pool.subset(splits[n]) for n in names} | separate
+    datasets, norm = _in_memory_datasets(config, parts, int(chips.images.shape[1]))
+    info = {
+        "kind": "csmask",
+        "root": str(root),
+        "chip_size": config.chip_size,
+        "group_by": config.group_by,
+        "scenes": {n: sorted(set(parts[n].scenes)) for n in SPLITS},
+    }
+    return TaskData(
+        "segmentation", chips.classes, int(chips.images.shape[1]), **datasets, normalization=norm, info=info
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# TorchGeo
+
+
+def _torchgeo_task_data(config: DataConfig, task: str) -> TaskData:
+    from geosane.data.torchgeo import (
+        TORCHGEO_DATASETS,
+        TorchGeoSamples,
+        dataset_classes,
+        dataset_labels,
+        infer_task,
+        open_torchgeo,
+    )
+
+    if not config.dataset:
+        raise ConfigError(
+            f"data.kind=torchgeo needs data.dataset (e.g. {', '.join(sorted(TORCHGEO_DATASETS))})"
+        )
+    if config.test_data or config.select_data:
+        raise ConfigError(
+            "data.test_data / data.select_data apply to folders and scenes; TorchGeo data has its own splits"
+        )
+    root = _root(config)
+    opened = {
+        n: open_torchgeo(config.dataset, root, n, config.download, config.dataset_kwargs) for n in SPLITS
+    }
+    first = opened["train"][0]
+    found = infer_task(first)
+    if task != "auto" and task != found:
+        raise ConfigError(f"TorchGeo {config.dataset} is a {found} dataset, not {task}")
+    classes = dataset_classes(opened["train"])
+    indices: dict[str, np.ndarray] = {}
+    for n in SPLITS:
+        idx = np.arange(len(opened[n]))
+        labels = dataset_labels(opened[n])
+        if n == "train" and config.train_per_class is not None:
+            if labels is None:
+                raise ConfigError(
+                    f"data.train_per_class needs single-label data; {config.dataset} is {found}"
+                )
+            idx = _cap(idx, config.train_per_class, config.split_seed, labels, per_class=True)
+        indices[n] = _cap(idx, config.max_samples.get(n), config.split_seed)
+        if indices[n].size == 0:
+            raise DataError(f"TorchGeo {config.dataset} split '{n}' under {root} is empty")
+    raw = TorchGeoSamples(
+        opened["train"], indices["train"], Normalization((0.0,), (1.0,)), config.image_size, config.bands
+    )
+    take = np.linspace(0, len(raw) - 1, num=min(len(raw), _NORM_SAMPLES)).astype(int)
+    sample_images = torch.stack([raw.raw(int(i))[0] for i in take])
+    in_chans = int(sample_images.shape[1])
+    norm = _normalization(config, sample_images, in_chans)
+    datasets = {
+        n: TorchGeoSamples(
+            opened[n],
+            indices[n],
+            norm,
+            config.image_size,
+            config.bands,
+            augment=config.augment and n == "train",
+        )
+        for n in SPLITS
+    }
+    info = {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "image_size": config.image_size}
+    return TaskData(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
+
+
+def load_task_data(config: DataConfig, task: str = "auto") -> TaskData:
+    """Load and split the task's data (raises :class:`DataError` / :class:`ConfigError` on bad input)."""
+    if config.image_size <= 0 or config.chip_size <= 0:
+        raise ConfigError("data.image_size and data.chip_size must be positive")
+    loaders = {"folder": _folder_task_data, "csmask": _chips_task_data, "torchgeo": _torchgeo_task_data}
+    return loaders[config.kind](config, task)

@@ -1,0 +1,336 @@
+"""Fine-tune one initialization on one task: ``geosane finetune`` and the runs of ``compare``.
+
+A run directory holds, once finished::
+
+    metrics.json          init, seed, metric, selection and test values, wall time, fingerprint
+    history.csv           per epoch: train_loss, lr, select_<metric>
+    weights.safetensors   the fine-tuned task model (metadata: arch, task, classes)
+
+While it trains, ``checkpoint.ckpt`` (a Lightning checkpoint, written atomically after every
+epoch) and ``run.json`` (the run's fingerprint) let an interrupted run resume; both are removed
+when the run finishes. A finished run whose fingerprint (weights, architecture, data, budget, seed)
+matches is skipped on rerun; a different one is refused unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from rich.progress import Progress
+from torch import nn
+
+from geosane.config import save_config, to_dict
+from geosane.console import console, make_progress
+from geosane.downstream.config import FinetuneConfig, TaskConfig
+from geosane.downstream.data import TaskData, load_task_data
+from geosane.downstream.inits import Initialization, arch_from_config, load_source
+from geosane.errors import ConfigError, GeosaneError
+from geosane.io import read_json, save_safetensors, write_json, write_text
+from geosane.tasks import FitConfig, FitProgress, build_classifier, build_segmenter, evaluate, fit
+from geosane.tasks.fit import primary_metric_name
+from geosane.zoo import LoadedModel
+
+__all__ = [
+    "FinetuneResult",
+    "RunPlan",
+    "build_task_model",
+    "finetune",
+    "initialization_from_source",
+    "output_dir",
+    "plan_run",
+    "run_finetune",
+]
+
+
+@dataclass
+class FinetuneResult:
+    """One finished run: metric values on the selection and test splits, and the curves."""
+
+    init: str
+    seed: int
+    metric: str
+    select: float
+    test: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    out_dir: Path | None = None
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "init": self.init,
+            "seed": self.seed,
+            "metric": self.metric,
+            "select": self.select,
+            "test": self.test,
+            "wall_s": self.wall_s,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+        }
+
+
+@dataclass
+class RunPlan:
+    """Where a run goes, its fingerprint, and what is there already."""
+
+    out_dir: Path
+    fingerprint: str
+    state: str  # "new" | "done" | "resume" | "redo"
+
+
+def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> nn.Module:
+    """The task model (classifier or segmenter) for ``data`` with ``init``'s backbone weights.
+
+    A stem with another band count than the data is adapted (timm's ``adapt_input_conv`` rule).
+    The classifier head is re-initialised (seeded) unless ``task.reset_head`` is off and the
+    weights' head already fits the classes.
+    """
+    state_dict = init.state_dict
+    arch = init.arch
+    if state_dict is not None:
+        from geosane.generation.stem import adapt_stem
+
+        loaded = LoadedModel(init.source, state_dict, arch)
+        with contextlib.suppress(GeosaneError):  # no stem record: weights load as they are
+            loaded = adapt_stem(loaded, data.in_chans)
+        state_dict, arch = loaded.state_dict, loaded.arch or arch
+    if data.task == "segmentation":
+        return build_segmenter(
+            arch,
+            data.num_classes,
+            decoder=task.decoder,
+            state_dict=state_dict,
+            in_chans=data.in_chans,
+            decoder_channels=task.decoder_channels,
+        )
+    return build_classifier(
+        arch, data.num_classes, state_dict=state_dict, in_chans=data.in_chans, reset_head=task.reset_head
+    )
+
+
+def initialization_from_source(source: str, arch_config: Any, name: str | None = None) -> Initialization:
+    """``scratch`` (needs ``arch.name``) or any source :func:`load_source` understands."""
+    arch = arch_from_config(arch_config)
+    if source == "scratch":
+        if arch is None:
+            raise ConfigError("init=scratch needs the architecture: set arch.name (e.g. arch.name=resnet18)")
+        return Initialization(name or "scratch", "scratch", arch, None, "random init")
+    loaded = load_source(source, arch)
+    assert loaded.arch is not None
+    return Initialization(name or "init", "source", loaded.arch, loaded.state_dict, source)
+
+
+def _fingerprint(
+    init: Initialization, data: TaskData, task: TaskConfig, fit_config: FitConfig, data_config: Any
+) -> str:
+    record = {
+        "weights": init.fingerprint(),
+        "arch": init.arch.to_dict(),
+        "task": to_dict(task),
+        "train": to_dict(dataclasses.replace(fit_config, progress=False, num_workers=0)),
+        "data": to_dict(data_config),
+        "sizes": data.sizes(),
+        "classes": list(data.classes),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_run(
+    out_dir: Path,
+    init: Initialization,
+    data: TaskData,
+    task: TaskConfig,
+    fit_config: FitConfig,
+    data_config: Any,
+    overwrite: bool = False,
+) -> RunPlan:
+    """Check ``out_dir`` against this run (before anything is written)."""
+    fingerprint = _fingerprint(init, data, task, fit_config, data_config)
+    metrics, started = out_dir / "metrics.json", out_dir / "run.json"
+    for path, state in ((metrics, "done"), (started, "resume")):
+        if path.is_file():
+            recorded = read_json(path).get("fingerprint")
+            if recorded == fingerprint:
+                return RunPlan(out_dir, fingerprint, state)
+            if not overwrite:
+                raise GeosaneError(
+                    f"{out_dir} holds a run of '{init.name}' with other settings (weights, data, budget or "
+                    "seed changed); choose another output directory or pass --overwrite"
+                )
+            return RunPlan(out_dir, fingerprint, "redo")
+    return RunPlan(out_dir, fingerprint, "new")
+
+
+def _history_rows(history: list[dict[str, float]], metric: str) -> list[dict[str, float]]:
+    rows = []
+    for row in history:
+        out = {"epoch": int(row.get("epoch", 0))}
+        out["train_loss"] = row.get("train_loss", float("nan"))
+        out["lr"] = row.get("lr", float("nan"))
+        out[f"select_{metric}"] = row.get(f"val_{metric}", float("nan"))
+        rows.append(out)
+    return rows
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _result_from_metrics(path: Path) -> FinetuneResult:
+    data = read_json(path / "metrics.json")
+    history = []
+    with open(path / "history.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            parsed = {k: float(v) for k, v in row.items()}
+            history.append(
+                {
+                    "epoch": parsed["epoch"],
+                    "train_loss": parsed["train_loss"],
+                    "lr": parsed["lr"],
+                    f"val_{data['metric']}": parsed[f"select_{data['metric']}"],
+                }
+            )
+    return FinetuneResult(
+        data["init"],
+        data["seed"],
+        data["metric"],
+        data["select"],
+        data["test"],
+        history,
+        data["wall_s"],
+        path,
+        True,
+    )
+
+
+def run_finetune(
+    init: Initialization,
+    data: TaskData,
+    task: TaskConfig,
+    fit_config: FitConfig,
+    plan: RunPlan,
+    save_weights: bool = True,
+    checkpoint: bool = True,
+    progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FinetuneResult:
+    """Fine-tune ``init`` on ``data`` into ``plan.out_dir`` (skips a finished run, resumes a started one).
+
+    ``callbacks`` are extra Lightning callbacks (logging, profiling) added to the training loop.
+    """
+    if plan.state == "done":
+        return _result_from_metrics(plan.out_dir)
+    out = plan.out_dir
+    if plan.state == "redo":
+        for name in ("metrics.json", "run.json", "checkpoint.ckpt", "history.csv", "weights.safetensors"):
+            (out / name).unlink(missing_ok=True)
+    metric = primary_metric_name(data.task)
+    torch.manual_seed(fit_config.seed)  # the fresh head (and scratch weights) depend on the seed only
+    model = build_task_model(init, data, task)
+    checkpoint_path = out / "checkpoint.ckpt" if checkpoint else None
+    if checkpoint:
+        write_json(
+            out / "run.json", {"init": init.name, "seed": fit_config.seed, "fingerprint": plan.fingerprint}
+        )
+    callbacks = list(callbacks)
+    task_id = None
+    if progress is not None:
+        task_id = progress.add_task(f"{init.name} seed {fit_config.seed}", total=None, status="")
+        callbacks.append(FitProgress(progress, task_id))
+    start = time.perf_counter()
+    result = fit(
+        model, data.task, data.num_classes, data.train, data.select, fit_config,
+        checkpoint_path=checkpoint_path, callbacks=callbacks,
+    )  # fmt: skip
+    test = evaluate(model, data.task, data.num_classes, data.test)[metric]
+    wall = time.perf_counter() - start
+    if progress is not None and task_id is not None:
+        progress.remove_task(task_id)
+    select = result.final.get(metric, float("nan"))
+    write_text(out / "history.csv", csv_text(_history_rows(result.history, metric)))
+    if save_weights:
+        meta = {
+            "arch": json.dumps(init.arch.to_dict()),
+            "task": data.task,
+            "classes": json.dumps(list(data.classes)),
+            "in_chans": str(data.in_chans),
+            "init": init.name,
+        }
+        if data.task == "segmentation":
+            meta["decoder"] = task.decoder
+        save_safetensors(model.state_dict(), out / "weights.safetensors", metadata=meta)
+    metrics = {
+        "init": init.name,
+        "init_kind": init.kind,
+        "source": init.source,
+        "seed": fit_config.seed,
+        "task": data.task,
+        "metric": metric,
+        "select": select,
+        "test": test,
+        "epochs": fit_config.epochs,
+        "wall_s": wall,
+        "arch": init.arch.to_dict(),
+        "classes": list(data.classes),
+        "sizes": data.sizes(),
+        "fingerprint": plan.fingerprint,
+        **(extra or {}),
+    }
+    write_json(out / "metrics.json", metrics)  # written last: its presence marks the run finished
+    for name in ("checkpoint.ckpt", "run.json"):
+        (out / name).unlink(missing_ok=True)
+    return FinetuneResult(init.name, fit_config.seed, metric, select, test, result.history, wall, out)
+
+
+def output_dir(path: Path | None) -> Path:
+    """The output directory named by ``out`` (it may exist; it must not be a file)."""
+    if path is None:
+        raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise GeosaneError(f"output path {out} exists and is not a directory")
+    return out
+
+
+def finetune(config: FinetuneConfig, overwrite: bool = False, show_progress: bool = True) -> FinetuneResult:
+    """Fine-tune ``config.init`` on ``config.data`` and write the run into ``config.out``.
+
+    Everything is validated (data, weights, architecture, output directory) before the first file
+    is written.
+    """
+    out = output_dir(config.out)
+    data = load_task_data(config.data, config.task.kind)
+    init = initialization_from_source(
+        config.init, config.arch, name="scratch" if config.init == "scratch" else "init"
+    )
+    build_task_model(init, data, config.task)  # fails now, not after writing, if weights do not fit
+    plan = plan_run(out, init, data, config.task, config.train, config.data, overwrite)
+    if plan.state == "done":
+        console.print(f"[green]already finished[/] {out} (same settings); nothing to do")
+        return _result_from_metrics(out)
+    if plan.state == "resume":
+        console.print(f"resuming the interrupted run in {out}")
+    save_config(config, out / "config.yaml")
+    if show_progress:
+        with make_progress() as progress:
+            return run_finetune(
+                init, data, config.task, config.train, plan, checkpoint=config.checkpoint, progress=progress
+            )
+    return run_finetune(init, data, config.task, config.train, plan, checkpoint=config.checkpoint)

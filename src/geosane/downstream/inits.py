@@ -1,0 +1,297 @@
+"""Initializations to fine-tune from: scratch, any model source, zoo merges, generated candidates.
+
+An :class:`Initialization` is a name, the architecture and a state dict of the *full* timm model
+(``None`` for scratch). :func:`load_source` understands every source the zoo does
+(:func:`geosane.zoo.resolve`), ``zoo:ZOO_DIR#ID`` entries, and ``geosane generate`` output: the
+directory (its rank-1 candidate) or one candidate file beside its ``model_card.json``.
+
+The ``geosane generate`` output contract (read by :func:`read_generated_dir`)::
+
+    DIR/model_card.json  {"prompt": str, "arch": {"library": "timm", "name": str, "kwargs": {}},
+                          "ae_checkpoint": str, "seed": int,
+                          "candidates": [{"rank": 1, "file": "candidate_1.safetensors",
+                                          "proxy_score": float, "proxy": "knn"}, ...],
+                          "generated_tensors": [...], "carried_tensors": [...], ...}
+    DIR/candidate_<k>.safetensors   full timm state dicts of that architecture
+
+Zoo baselines (:func:`zoo_initializations`): the members are the zoo models of the compared
+architecture (or those named); the base of TIES/DARE is ``zoo.base`` or the model that the
+members' metadata ``init_from`` names (a zoo id, ``zoo:DIR#ID`` or any model source).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geosane.downstream.config import ArchConfig, ZooInitConfig
+from geosane.downstream.merges import average_merge, dare_merge, ties_merge
+from geosane.errors import GeosaneError, SourceError
+from geosane.io import read_json, sha256_tensors
+from geosane.zoo import ArchSpec, LoadedModel, Zoo, ZooEntry, load_weights_file, resolve
+
+__all__ = [
+    "MODEL_CARD",
+    "GeneratedCandidate",
+    "GeneratedDir",
+    "Initialization",
+    "arch_from_config",
+    "load_source",
+    "read_generated_dir",
+    "same_architecture",
+    "zoo_initializations",
+]
+
+MODEL_CARD = "model_card.json"
+# kwargs that do not change the backbone: heads are re-initialised and stems adapted per task
+_TASK_KWARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate")
+
+
+@dataclass
+class Initialization:
+    """Starting weights for fine-tuning (``state_dict`` None means random init, i.e. scratch)."""
+
+    name: str
+    kind: str
+    arch: ArchSpec
+    state_dict: dict[str, torch.Tensor] | None
+    source: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (``scratch`` for random init)."""
+        return sha256_tensors(self.state_dict) if self.state_dict is not None else "scratch"
+
+
+@dataclass(frozen=True)
+class GeneratedCandidate:
+    rank: int
+    file: Path
+    proxy_score: float | None
+    proxy: str | None
+
+
+@dataclass
+class GeneratedDir:
+    """A parsed ``geosane generate`` output directory."""
+
+    path: Path
+    prompt: str
+    arch: ArchSpec
+    candidates: list[GeneratedCandidate]
+    card: dict[str, Any]
+
+
+def arch_from_config(arch: ArchConfig) -> ArchSpec | None:
+    return ArchSpec(arch.library, arch.name, dict(arch.kwargs)) if arch.name else None
+
+
+def same_architecture(a: ArchSpec, b: ArchSpec) -> bool:
+    """Same library, model name and backbone kwargs (head size, band count and dropout may differ)."""
+
+    def core(spec: ArchSpec) -> dict[str, Any]:
+        return {k: v for k, v in spec.kwargs.items() if k not in _TASK_KWARGS}
+
+    return a.library == b.library and a.name == b.name and core(a) == core(b)
+
+
+def read_generated_dir(path: str | Path) -> GeneratedDir:
+    """Parse and validate ``DIR/model_card.json`` and check every candidate file exists."""
+    path = Path(path).expanduser()
+    card_path = path / MODEL_CARD
+    if not card_path.is_file():
+        raise GeosaneError(f"{path} is not a `geosane generate` output directory (no {MODEL_CARD})")
+    try:
+        card = read_json(card_path)
+    except ValueError as exc:
+        raise GeosaneError(f"{card_path} is not valid JSON: {exc}") from None
+    problems = []
+    if not isinstance(card, dict):
+        raise GeosaneError(f"{card_path} must hold a JSON object")
+    arch = card.get("arch")
+    if not isinstance(arch, dict) or not arch.get("name") or not arch.get("library"):
+        problems.append("'arch' must be {library, name, kwargs}")
+    candidates = card.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        problems.append("'candidates' must be a non-empty list")
+    if problems:
+        raise GeosaneError(f"{card_path}: " + "; ".join(problems))
+    parsed = []
+    for i, row in enumerate(candidates):
+        if not isinstance(row, dict) or "file" not in row or "rank" not in row:
+            raise GeosaneError(f"{card_path}: candidates[{i}] needs 'rank' and 'file'")
+        file = path / str(row["file"])
+        if not file.is_file():
+            raise GeosaneError(f"{card_path}: candidate file {row['file']} is missing")
+        score = row.get("proxy_score")
+        parsed.append(
+            GeneratedCandidate(
+                int(row["rank"]), file, float(score) if score is not None else None, row.get("proxy")
+            )
+        )
+    parsed.sort(key=lambda c: c.rank)
+    return GeneratedDir(path, str(card.get("prompt", "")), ArchSpec.from_dict(arch), parsed, card)
+
+
+def _load_zoo_entry(source: str) -> LoadedModel:
+    location, sep, model_id = source.removeprefix("zoo:").rpartition("#")
+    if not sep or not location or not model_id:
+        raise SourceError(f"zoo source must look like zoo:ZOO_DIR#MODEL_ID, got '{source}'")
+    return Zoo(location).load(model_id)
+
+
+def load_source(source: str, arch: ArchSpec | None = None) -> LoadedModel:
+    """Resolve ``source`` (zoo scheme, generated output, model file, ``timm:``...) with its architecture.
+
+    ``arch`` supplies the architecture for bare weight files; when the source records its own,
+    the two must be the same architecture.
+    """
+    path = Path(source).expanduser()
+    if source.startswith("zoo:"):
+        loaded = _load_zoo_entry(source)
+    elif path.is_dir() and (path / MODEL_CARD).is_file():
+        generated = read_generated_dir(path)
+        best = generated.candidates[0]
+        loaded = LoadedModel(
+            str(best.file), load_weights_file(best.file), generated.arch, {"rank": best.rank}
+        )
+    elif path.is_file() and (path.parent / MODEL_CARD).is_file():
+        generated = read_generated_dir(path.parent)
+        loaded = LoadedModel(str(path), load_weights_file(path), generated.arch, {})
+    else:
+        loaded = resolve(source)
+    if loaded.arch is None:
+        if arch is None:
+            raise SourceError(
+                f"{source}: the architecture of these weights is unknown; set arch.name (e.g. arch.name=resnet18)"
+            )
+        loaded = dataclasses.replace(loaded, arch=arch)
+    elif arch is not None and not same_architecture(loaded.arch, arch):
+        raise SourceError(
+            f"{source} is {loaded.arch.library}:{loaded.arch.name} {loaded.arch.kwargs}, "
+            f"not the compared architecture {arch.library}:{arch.name} {arch.kwargs}"
+        )
+    return loaded
+
+
+# ----------------------------------------------------------------------------------------------
+# zoo baselines
+
+
+def _base_id(value: str, zoo: Zoo) -> str | None:
+    """The zoo id an ``init_from`` value names, if it names a model of this zoo."""
+    if value in zoo.ids:
+        return value
+    if value.startswith("zoo:") and "#" in value:
+        location, _, model_id = value.removeprefix("zoo:").rpartition("#")
+        same_zoo = Path(location).expanduser().resolve() == zoo.path.resolve()
+        if same_zoo and model_id in zoo.ids:
+            return model_id
+    return None
+
+
+def _load_member(zoo: Zoo, entry: ZooEntry) -> dict[str, torch.Tensor]:
+    return zoo.load_state_dict(entry.id)
+
+
+def _select_members(
+    config: ZooInitConfig, zoo: Zoo, arch: ArchSpec
+) -> tuple[list[ZooEntry], str | None, str]:
+    """(members, base source or None, a note on how they were chosen)."""
+    for model_id in [*config.members, *config.exclude]:
+        zoo.get(model_id)  # unknown ids: clear error
+    base = config.base
+    base_id = _base_id(base, zoo) if base else None
+    if config.members:
+        members = [zoo.get(m) for m in config.members]
+        wrong = [e.id for e in members if e.arch_spec is None or not same_architecture(e.arch_spec, arch)]
+        if wrong:
+            raise GeosaneError(
+                f"zoo members {wrong} are not {arch.library}:{arch.name}; compare needs one architecture"
+            )
+        how = "named in the config"
+    else:
+        members = [
+            e
+            for e in zoo
+            if e.arch_spec is not None
+            and same_architecture(e.arch_spec, arch)
+            and e.id not in config.exclude
+            and e.id != base_id
+        ]
+        how = f"every {arch.name} model of the zoo" + (f" except {config.exclude}" if config.exclude else "")
+    if base is None:
+        recorded = [e.metadata.get("init_from") for e in members if e.metadata.get("init_from")]
+        if recorded:
+            base, _ = Counter(recorded).most_common(1)[0]
+            base_id = _base_id(base, zoo)
+            if not config.members:
+                members = [e for e in members if e.metadata.get("init_from") == base and e.id != base_id]
+                how += f" fine-tuned from '{base}' (metadata init_from)"
+    note = f"{len(members)} members: {how}"
+    if not members:
+        raise GeosaneError(
+            f"zoo {zoo.path} has no {arch.library}:{arch.name} members to merge (after exclusions); "
+            "name them with zoo.members or add models of that architecture"
+        )
+    return members, base, note
+
+
+def zoo_initializations(config: ZooInitConfig, arch: ArchSpec, kinds: list[str]) -> list[Initialization]:
+    """The requested zoo baselines among ``zoo_average``, ``ties`` and ``dare``."""
+    wanted = [k for k in ("zoo_average", "ties", "dare") if k in kinds]
+    if not wanted:
+        return []
+    if config.dir is None:
+        raise GeosaneError(f"initialization(s) {wanted} need a zoo: set zoo.dir (or remove them from inits)")
+    zoo = Zoo(config.dir)
+    members, base_source, note = _select_members(config, zoo, arch)
+    names = [e.id for e in members]
+    states = [_load_member(zoo, e) for e in members]
+    out = []
+    info = {"members": names, "selection": note}
+    if "zoo_average" in wanted:
+        merged = average_merge(states, names)
+        out.append(
+            Initialization(
+                "zoo_average",
+                "zoo_average",
+                arch,
+                merged.state_dict,
+                f"mean of {len(names)} zoo models",
+                {**info, **merged.summary()},
+            )
+        )
+    task_merges = [k for k in wanted if k != "zoo_average"]
+    if task_merges:
+        if base_source is None:
+            raise GeosaneError(
+                f"TIES/DARE need the shared base the zoo members were fine-tuned from: set zoo.base "
+                f"(a zoo id or model source), or record metadata init_from in the zoo {zoo.path}"
+            )
+        base_id = _base_id(base_source, zoo)
+        base_state = zoo.load_state_dict(base_id) if base_id else load_source(base_source, arch).state_dict
+        merge_info = {**info, "base": base_source}
+        if "ties" in task_merges:
+            merged = ties_merge(base_state, states, config.ties.density, config.ties.lam, names)
+            source = f"TIES over {base_source} (density {config.ties.density}, lambda {config.ties.lam})"
+            out.append(
+                Initialization(
+                    "ties", "ties", arch, merged.state_dict, source, {**merge_info, **merged.summary()}
+                )
+            )
+        if "dare" in task_merges:
+            dare = config.dare
+            merged = dare_merge(base_state, states, dare.drop_rate, dare.lam, dare.seed, dare.combine, names)
+            source = f"DARE over {base_source} (p {dare.drop_rate}, lambda {dare.lam}, {dare.combine})"
+            out.append(
+                Initialization(
+                    "dare", "dare", arch, merged.state_dict, source, {**merge_info, **merged.summary()}
+                )
+            )
+    return out

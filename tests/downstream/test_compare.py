@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from downstream_fakes import ARCH, cli_in_process, write_generated_dir
+from safetensors.torch import load_file
+
+from geosane.downstream import compare, load_compare_config, ties_merge
+from geosane.downstream.report import InitSummary, verdict
+from geosane.zoo import Zoo
+
+TINY = [
+    "seeds=[0, 1]",
+    "data.image_size=16",
+    "data.train_per_class=3",
+    "data.max_samples.select=14",
+    "data.max_samples.test=28",
+    "train.epochs=1",
+    "train.batch_size=21",
+    "arch.name=resnet10t",
+    "generated.top_k=2",
+]
+
+
+def _setup(tmp_path: Path, tiny_zoo: Path) -> Path:
+    return write_generated_dir(tmp_path / "generated", prompt=f"zoo:{tiny_zoo}#base")
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
+
+
+def test_compare_runs_every_initialization_and_writes_report_csv_plots(
+    rsscn7_root: Path, tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generated = _setup(tmp_path, tiny_zoo)
+    out = tmp_path / "cmp"
+    args = ["compare", "compare_rsscn7", *TINY, "--data", str(rsscn7_root), "--zoo", str(tiny_zoo)]
+    args += ["--generated", str(generated), "--out", str(out)]
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 0, err
+    names = ["scratch", "prompt", "zoo_average", "ties", "dare", "generated-1", "generated-2"]
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["init"], r["seed"]) for r in rows] == [(n, str(s)) for n in names for s in (0, 1)]
+    assert all(r["test_accuracy"] and r["select_accuracy"] for r in rows)  # one epoch: last row of each run
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/seed*/metrics.json"))]
+    assert len(runs) == 14 and len({(r["epochs"], json.dumps(r["sizes"])) for r in runs}) == 1  # same budget
+    report = (out / "report.md").read_text()
+    for name in names:
+        assert f"| {name} |" in report
+    assert "## Verdict" in report and "target" in report and "test fixture" in report
+    for png in ("curves.png", "final_metric.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the TIES initialization really is the TIES merge of the zoo members over the recorded base
+    zoo = Zoo(tiny_zoo)
+    expected = ties_merge(
+        zoo.load_state_dict("base"), [zoo.load_state_dict(f"member-{i}") for i in range(3)], density=0.2
+    ).state_dict
+    saved = load_file(out / "inits" / "ties.safetensors")
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"].startswith("Generated weights (rank-1 candidate)")
+    assert [s["name"] for s in summary["inits"]] == names
+
+    before = _mtimes(out)
+    code, _, err = cli_in_process(capsys, *args)  # rerun: every finished run is skipped
+    assert code == 0 and "0 run(s) to do, 14 finished" in " ".join(err.split())
+    assert _mtimes(out) == before
+    code, _, err = cli_in_process(capsys, *[a if a != "train.epochs=1" else "train.epochs=2" for a in args])
+    assert code == 2 and "other settings" in err and _mtimes(out) == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["generated.top_k=5"], "generated.top_k=5 but"),
+        (["zoo.dir=null"], "need a zoo: set zoo.dir"),
+        (["arch.name=resnet14t"], "compare needs one architecture"),
+        (["inits=[scratch, ties, soup]"], "unknown init(s) ['soup']"),
+        (["seeds=[0, 0]"], "distinct integers"),
+        (["zoo.members=[member-0, other-arch]"], "are not timm:resnet10t"),
+        (["zoo.exclude=[nobody]"], "no model 'nobody' in zoo"),
+    ],
+)
+def test_compare_bad_input_fails_clearly_and_writes_nothing(
+    tmp_path: Path, tiny_zoo: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
+) -> None:
+    generated = _setup(tmp_path, tiny_zoo)
+    train = tmp_path / "train"
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (train / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(train / cls / f"{i}.png")
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        "compare_rsscn7",
+        "data.image_size=16",
+        "arch.name=resnet10t",
+        "train.epochs=1",
+        *overrides,
+    ]
+    args += ["--data", str(train), "--generated", str(generated), "--out", str(out)]
+    if "zoo.dir=null" not in overrides:
+        args += ["--zoo", str(tiny_zoo)]
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 2, err
+    assert message in " ".join(err.split())
+    assert not out.exists()
+
+
+def test_ties_and_dare_need_a_base(tmp_path: Path, tiny_zoo: Path) -> None:
+    zoo = Zoo(tiny_zoo)
+    for entry in zoo.entries:
+        entry.metadata.pop("init_from", None)
+    zoo.save()
+    config = load_compare_config(
+        "compare_rsscn7",
+        [
+            "inits=[zoo_average, ties]",
+            "arch.name=resnet10t",
+            f"zoo.dir={tiny_zoo}",
+            "data.root=/nonexistent",
+            f"out={tmp_path / 'o'}",
+        ],
+    )
+    from geosane.downstream import build_initializations
+    from geosane.errors import GeosaneError
+
+    with pytest.raises(GeosaneError, match="TIES/DARE need the shared base"):
+        build_initializations(config)
+    config.zoo.base = "base"
+    _, inits = build_initializations(config)
+    assert [i.name for i in inits] == ["zoo_average", "ties"]
+    assert inits[1].info["members"] == ["member-0", "member-1", "member-2"]  # base and other-arch excluded
+
+
+def test_verdict_is_honest_whatever_the_numbers() -> None:
+    def s(name: str, kind: str, mean: float, std: float = 0.01) -> InitSummary:
+        return InitSummary(name, kind, "", mean, std, mean, std, [mean], 1.0)
+
+    losing = verdict(
+        [s("scratch", "scratch", 0.60), s("ties", "ties", 0.75), s("generated-1", "generated", 0.65)],
+        "accuracy",
+    )
+    assert "+5.0 points vs scratch" in losing and "does NOT meet" in losing and "does NOT beat TIES" in losing
+    assert "Not compared: the zoo average, DARE, the prompt" in losing
+    winning = verdict(
+        [
+            s("scratch", "scratch", 0.50),
+            s("zoo_average", "zoo_average", 0.70),
+            s("generated-1", "generated", 0.72, 0.05),
+        ],
+        "accuracy",
+    )
+    assert (
+        "+22.0 points vs scratch" in winning
+        and "which meets" in winning
+        and "beats the zoo average (70.0, +2.0) within seed noise" in winning
+    )
+    assert "No generated initialization" in verdict([s("scratch", "scratch", 0.5)], "accuracy")
+    assert ARCH.name == "resnet10t"
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_same_results_as_one_process(
+    rsscn7_root: Path, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    overrides = [*TINY, "inits=[scratch, ties]", f"zoo.dir={tiny_zoo}", f"data.root={rsscn7_root}"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = compare(load_compare_config("compare_rsscn7", [*overrides, f"out={tmp_path / 'one'}"]))
+    finally:
+        torch.set_num_threads(previous)
+    two = compare(
+        load_compare_config(
+            "compare_rsscn7", [*overrides, f"out={tmp_path / 'two'}", "workers=2", "threads_per_worker=1"]
+        )
+    )
+    for name in ("scratch", "ties"):
+        assert [r.test for r in one.results[name]] == [r.test for r in two.results[name]]
+        assert [r.history for r in one.results[name]] == [r.history for r in two.results[name]]
