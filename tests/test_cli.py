@@ -3,7 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

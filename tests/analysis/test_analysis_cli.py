@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
 from geosane.cli import main
+from tests.conftest import REPO_ROOT
 
 from .conftest import TINY_VIT, tiny_vit_spec
 

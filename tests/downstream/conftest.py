@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from downstream_fakes import ARCH, perturbed, write_fake_eurosat100, write_generated_dir, write_tif
 
 from geosane.zoo import ArchSpec, LoadedModel, Zoo
+
+from .downstream_fakes import ARCH, perturbed, write_fake_eurosat100, write_generated_dir, write_tif
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from downstream_fakes import ARCH, cli_in_process, write_generated_dir
 from safetensors.torch import load_file
 
 from geosane.downstream import compare, load_compare_config, ties_merge
 from geosane.downstream.report import InitSummary, verdict
 from geosane.zoo import Zoo
+
+from .downstream_fakes import ARCH, cli_in_process, write_generated_dir
 
 TINY = [
     "seeds=[0, 1]",

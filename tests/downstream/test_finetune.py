@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from downstream_fakes import REPO_ROOT, cli_in_process
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -26,6 +25,8 @@ from geosane.downstream import (
 from geosane.downstream.finetune import initialization_from_source, plan_run, run_finetune
 from geosane.errors import GeosaneError
 from geosane.tasks import FitConfig, evaluate
+
+from .downstream_fakes import REPO_ROOT, cli_in_process
 
 TINY = [
     "arch.name=resnet10t",

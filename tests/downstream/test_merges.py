@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from downstream_fakes import cli_in_process
 from safetensors.torch import load_file
 
 from geosane.downstream.merges import average_merge, dare_merge, task_vectors, ties_merge
 from geosane.errors import GeosaneError
 from geosane.io import save_safetensors
+
+from .downstream_fakes import cli_in_process
 
 
 def _sd(w: list[float], **extra: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from downstream_fakes import EUROSAT_CLASSES, write_fake_eurosat100
 
 from geosane.downstream import DataConfig, load_task_data
 from geosane.errors import DataError
+
+from .downstream_fakes import EUROSAT_CLASSES, write_fake_eurosat100
 
 # rasterio (inside TorchGeo readers) warns about its own Affine `*` operator
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")

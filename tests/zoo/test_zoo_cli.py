@@ -14,8 +14,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import REPO_ROOT
 from geosane.cli import main
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
