@@ -133,7 +133,8 @@ class AutoencoderModule(L.LightningModule):
             torch.manual_seed(_mix(cfg.train.seed, int(sample.reshape(-1)[0]), 1))  # dropout masks
             recon, z = self._forward(inputs, positions, layer_type, valid_all)
             rec = reconstruction_loss(
-                recon, targets, masks, valid_all, cfg.loss.normalize, positions[..., 1], cfg.loss.std_floor
+                recon, targets, masks, valid_all, cfg.loss.normalize, positions[..., 1], cfg.loss.std_floor,
+                self.model.token_scale**2,
             )
             if contrastive:
                 proj = self.model.project(z, valid_all)
@@ -169,7 +170,7 @@ class AutoencoderModule(L.LightningModule):
         recon, _ = self._forward(tokens, batch["positions"], batch["layer_type"], valid)
         rec = reconstruction_loss(
             recon, tokens, mask, valid, self.config.loss.normalize, batch["positions"][..., 1],
-            self.config.loss.std_floor,
+            self.config.loss.std_floor, self.model.token_scale**2,
         )
         real = mask & valid[..., None]
         self.val_r2.update(recon[real].float(), tokens[real].float())
