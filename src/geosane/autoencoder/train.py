@@ -6,7 +6,7 @@ Run directory (``train.out``)::
     OUT/checkpoints/step-0000200.ckpt    Lightning checkpoints (model, optimizer, scheduler, loops, RNG)
     OUT/logs/metrics.csv                 train/loss, train/rec, train/con, train/lr per step; val/r2, val/rec
     OUT/tensorboard/                     the same for TensorBoard (when installed)
-    OUT/autoencoder.safetensors          the trained weights (+ config JSON in the metadata)
+    OUT/autoencoder.safetensors          the trained weights (+ model config and tokenizer settings as JSON metadata)
     OUT/summary.json                     split, steps, held-out reconstruction R^2, timings
 
 Everything a run could reject (store, window, token size, resume/init checkpoints, an existing run
@@ -16,6 +16,7 @@ in ``OUT``) is checked before anything is written.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 import warnings
@@ -304,7 +305,9 @@ def train(
         "parameters": module.model.num_parameters(),
     }
     if trainer.is_global_zero:
-        save_autoencoder(module.model, export, extra={"steps": str(trainer.global_step)})
+        # the tokenizer settings travel with the weights: generation re-tokenizes prompts with them
+        extra = {"steps": str(trainer.global_step), "tokenizer": json.dumps(datamodule.store.settings)}
+        save_autoencoder(module.model, export, extra=extra)
         model = module.model.float().eval()
         if datamodule.val_ids:
             summary["val"] = reconstruction_metrics(model, datamodule.store, datamodule.val_ids)
