@@ -77,6 +77,8 @@ def test_bench_train_prints_one_json_line(capsys: pytest.CaptureFixture[str]) ->
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["tokens_per_s"] > 0 and result["peak_rss_bytes"] > 0
+    assert 0 < result["optimizer_seconds"] < result["step_seconds"]
+    assert result["tokens_per_s"] == pytest.approx(8 * 32 / result["step_seconds"])
     assert result["config"]["model"]["window"] == 32 and result["config"]["batch_size"] == 8
 
 
