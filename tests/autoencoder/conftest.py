@@ -69,14 +69,21 @@ def _add_random_models(zoo: Zoo) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_zoo_store(tmp_path_factory: pytest.TempPathFactory, rsscn7_root: Path) -> Path:
-    """``geosane zoo build`` with the packaged tiny recipe on rsscn7 (one short epoch), tokenized at 32."""
-    from geosane.zoo.build import build_zoo
-
+    """``geosane zoo build`` (packaged tiny recipe, one short epoch on rsscn7), then ``geosane tokenize`` at 32."""
     root = tmp_path_factory.mktemp("ae-tiny-zoo")
     with one_thread():
-        zoo = build_zoo("tiny", root / "zoo", [f"dataset={rsscn7_root}", "defaults.epochs=1", "limit_per_class=12"])
-        tokenize_zoo(zoo, root / "store", token_size=32)
+        _cli("zoo", "build", "tiny", f"dataset={rsscn7_root}", "defaults.epochs=1", "limit_per_class=12",
+             "--zoo", str(root / "zoo"))
+        _cli("tokenize", "--zoo", str(root / "zoo"), "--out", str(root / "store"), "--token-size", "32")
     return root / "store"
+
+
+def _cli(*args: str) -> None:
+    """Run a ``geosane`` command in-process; fail the fixture on a non-zero exit."""
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        assert not exc.code, f"geosane {' '.join(args)} exited with {exc.code}"
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +92,6 @@ def trained_tiny(tiny_zoo_store: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("ae-tiny") / "run"
     started = time.perf_counter()
     with one_thread():
-        try:
-            main(["train", "tiny", f"data.store={tiny_zoo_store}", f"train.out={out}", "data.val_fraction=0",
-                  "train.progress=false"])
-        except SystemExit as exc:
-            assert not exc.code
+        _cli("train", "tiny", f"data.store={tiny_zoo_store}", f"train.out={out}", "data.val_fraction=0",
+             "train.progress=false")
     return out, time.perf_counter() - started

@@ -30,6 +30,21 @@ def test_tiny_autoencoder_reconstructs_its_training_models(trained_tiny: tuple[P
     assert (out / "autoencoder.safetensors").is_file() and (out / "logs" / "metrics.csv").is_file()
 
 
+def test_export_records_the_stores_tokenizer_settings(trained_tiny: tuple[Path, float], tiny_zoo_store: Path) -> None:
+    from geosane.autoencoder import load_autoencoder
+    from geosane.generation.pipeline import tokenizer_settings
+    from geosane.tokens import TokenStore
+
+    out, _ = trained_tiny
+    ae, metadata = load_autoencoder(out / "autoencoder.safetensors")
+    store = TokenStore(tiny_zoo_store)
+    assert json.loads(metadata["tokenizer"]) == store.settings
+    assert metadata["steps"] == "400" and json.loads(metadata["config"])["d_t"] == 32
+    settings = tokenizer_settings(ae, metadata)  # what generation re-tokenizes prompts with
+    assert settings["token_size"] == 32 and settings["mode"] == store.mode
+    assert settings.get("buffers") == store.settings.get("buffers")
+
+
 def test_embed_and_probe_accuracy(trained_tiny: tuple[Path, float], tiny_zoo_store: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = trained_tiny
@@ -62,6 +77,8 @@ def test_bench_train_prints_one_json_line(capsys: pytest.CaptureFixture[str]) ->
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["tokens_per_s"] > 0 and result["peak_rss_bytes"] > 0
+    assert 0 < result["optimizer_seconds"] < result["step_seconds"]
+    assert result["tokens_per_s"] == pytest.approx(8 * 32 / result["step_seconds"])
     assert result["config"]["model"]["window"] == 32 and result["config"]["batch_size"] == 8
 
 

@@ -64,6 +64,24 @@ def test_modes_normalise_by_run_time_statistics() -> None:
     assert batch < 5e-3 and layer > 0.1 and token > 0.1
 
 
+@pytest.mark.parametrize("mode", ["token", "layer"])
+def test_fixed_reference_variance_makes_the_loss_a_mean_over_windows(mode: str) -> None:
+    d = _data()
+    d["target"][0, 2] = 1.0  # a constant token (an untrained norm scale): its variance is floored
+    d["mask"][2, -1, 1:] = False  # a token with one real entry: no spread of its own
+    halves = [{k: v[:2] for k, v in d.items()}, {k: v[2:] for k, v in d.items()}]
+
+    def loss(part: dict[str, torch.Tensor], reference: float | None) -> torch.Tensor:
+        return reconstruction_loss(part["pred"], part["target"], part["mask"], part["valid"], mode, part["layer"],
+                                   1e-4, reference)
+
+    whole = loss(d, 0.5)
+    assert torch.allclose(whole, (loss(halves[0], 0.5) + loss(halves[1], 0.5)) / 2, rtol=1e-6)
+    # with the batch's own variance as reference the floored tokens depend on the other windows
+    split = (loss(halves[0], None) + loss(halves[1], None)) / 2
+    assert not torch.allclose(loss(d, None), split, rtol=1e-3)
+
+
 def _nt_xent_reference(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     z = [F.normalize(v, dim=0) for v in torch.cat([a, b])]
     n = a.shape[0]

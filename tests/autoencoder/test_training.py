@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from geosane.autoencoder import load_autoencoder_config
-from geosane.autoencoder.train import read_metrics, train
+from geosane.autoencoder.module import AutoencoderModule, make_optimizer
+from geosane.autoencoder.train import read_metrics, resolve_strategy, train
 from geosane.errors import ConfigError, GeosaneError
 
 
@@ -128,6 +129,46 @@ def test_fine_tune_from_a_pretrained_autoencoder(random_store: Path, tiny_zoo_st
     fresh = _config(tiny_zoo_store, tmp_path / "fresh", "train.max_steps=1", "train.lr=1e-9")
     train(fresh)
     assert not torch.allclose(_weights(tmp_path / "fresh")["encoder.input.weight"], pre["encoder.input.weight"])
+
+
+class _Wrapped(torch.nn.Module):
+    """Names parameters the way FSDP's wrapper does (``_fsdp_wrapped_module.<name>``)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self._fsdp_wrapped_module = inner
+
+
+def test_weight_decay_groups_survive_fsdp_flattening() -> None:
+    cfg = load_autoencoder_config("tiny")
+    module = AutoencoderModule(cfg)
+    matrices = {id(p) for p in module.model.parameters() if p.ndim >= 2}
+    vectors = {id(p) for p in module.model.parameters() if p.ndim < 2}
+    assert matrices and vectors
+    wrapped = _Wrapped(module.model)
+    for param in wrapped.parameters():  # FULL_SHARD hands the optimizer flat 1-D shards
+        param.data = param.data.reshape(-1)
+    optimizer, _ = make_optimizer(wrapped, cfg, module.decay)
+    decayed, plain = optimizer.param_groups
+    assert {id(p) for p in decayed["params"]} == matrices and decayed["weight_decay"] == cfg.train.weight_decay
+    assert {id(p) for p in plain["params"]} == vectors and plain["weight_decay"] == 0.0
+    by_shape, _ = make_optimizer(wrapped, cfg)  # what deciding by shape would do here: decay nothing
+    assert not by_shape.param_groups[0]["params"]
+
+
+def test_fsdp_strategy_shards_per_transformer_block() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from geosane.autoencoder.model import Block
+
+    strategy = resolve_strategy("fsdp")
+    assert isinstance(strategy, FSDPStrategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    module = AutoencoderModule(load_autoencoder_config("tiny"))
+    wrapped = list(policy._run_policy(module.model, set(), {}))  # the modules FSDP would wrap
+    assert wrapped and all(isinstance(m, Block) for m in wrapped)
+    assert len(wrapped) == 2 * module.config.model.n_layers  # every encoder and decoder block
+    assert resolve_strategy("ddp") == "ddp"
 
 
 # ---------------------------------------------------------------------------------------------- bad input

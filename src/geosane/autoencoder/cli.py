@@ -97,6 +97,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         console.print(
             f"[bold]{config or 'small'}[/] ({result['parameters']:,} parameters, window {cfg.model.window}, "
             f"batch {cfg.data.batch_size}, {result['device']}, {result['threads']} threads): "
-            f"{result['tokens_per_s']:,.0f} tokens/s, {result['step_seconds'] * 1000:.1f} ms/step, "
+            f"{result['tokens_per_s']:,.0f} tokens/s, {result['step_seconds'] * 1000:.1f} ms/step "
+            f"(optimizer {result['optimizer_seconds'] * 1000:.1f} ms), "
             f"peak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB"
         )

@@ -72,7 +72,7 @@ class LossConfig:
     gamma: float = 0.05  # total = gamma * contrastive + (1 - gamma) * reconstruction
     temperature: float = 0.1
     normalize: Literal["batch", "token", "layer"] = "batch"  # groups whose mean/std normalise the loss
-    std_floor: float = 1e-4  # a group's variance is at least std_floor * the batch variance
+    std_floor: float = 1e-4  # a group's variance is at least std_floor * the training store's variance
     multiplicative_noise: float = 0.1  # view = x * (1 + m * eps) + a * eps'
     additive_noise: float = 1e-3
     permutation_variants: int = 0  # >0: the second view comes from one of K permuted copies of the model

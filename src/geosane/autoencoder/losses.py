@@ -47,6 +47,7 @@ def reconstruction_loss(
     mode: NormalizeMode = "batch",
     layer: torch.Tensor | None = None,
     std_floor: float = 1e-4,
+    reference_var: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Masked MSE between ``pred`` and ``target`` ``[B, W, d_t]`` after run-time standardisation.
 
@@ -55,9 +56,11 @@ def reconstruction_loss(
     accumulation is exact); ``batch`` statistics, like NT-Xent's negatives, depend on the batch.
 
     ``mask`` marks real entries, ``valid`` real tokens, ``layer`` ``[B, W]`` the layer index (for
-    ``mode='layer'``). A group's variance is floored at ``std_floor`` times the batch variance (a
+    ``mode='layer'``). A group's variance is floored at ``std_floor`` times ``reference_var`` (a
     layer of identical values, e.g. untrained norm scales, cannot blow up the loss), and a group
-    with a single real entry uses the batch statistics.
+    with a single real entry uses ``reference_var``. ``reference_var`` defaults to the variance of
+    the batch's real entries; training passes a fixed one (the training store's variance), which
+    keeps ``token``/``layer`` losses independent of which windows share a batch.
     """
     weight = mask.to(pred.dtype)
     if valid is not None:
@@ -70,6 +73,7 @@ def reconstruction_loss(
         return pred.sum() * 0.0
     batch_mean = (target * weight).sum() / count
     batch_var = (((target - batch_mean) ** 2) * weight).sum() / count
+    reference = batch_var if reference_var is None else torch.as_tensor(reference_var, device=pred.device).float()
     groups = _group_ids(mode, weight, layer).reshape(-1)
     num_groups = int(groups.max()) + 1
     per_token = weight.sum(-1).reshape(-1)
@@ -79,8 +83,8 @@ def reconstruction_loss(
     centred = (target - g_mean[groups].view(*target.shape[:2], 1)) ** 2 * weight
     g_var = torch.zeros(num_groups, device=pred.device).index_add_(0, groups, centred.sum(-1).reshape(-1))
     g_var = g_var / g_count.clamp_min(1.0)
-    g_var = torch.where(g_count >= 2, g_var, batch_var)  # a lone entry has no spread: use the batch's
-    g_std = torch.maximum(g_var, std_floor * batch_var).clamp_min(1e-12).sqrt()
+    g_var = torch.where(g_count >= 2, g_var, reference)  # a lone entry has no spread: use the reference
+    g_std = torch.maximum(g_var, std_floor * reference).clamp_min(1e-12).sqrt()
     mean = g_mean[groups].view(*target.shape[:2], 1)
     std = g_std[groups].view(*target.shape[:2], 1)
     error = ((pred - mean) / std - (target - mean) / std) ** 2

@@ -56,15 +56,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((r["version"], tuple(r["internal"]), r["gauss_next"]))
 
 
+# prefixes FSDP and activation checkpointing insert into parameter names when they wrap modules
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _plain_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 def make_optimizer(
-    model: torch.nn.Module, config: AutoencoderConfig
+    model: torch.nn.Module, config: AutoencoderConfig, decay: set[str] | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
-    """AdamW (weight decay on >= 2-D parameters only) and a per-step OneCycleLR."""
+    """AdamW (weight decay on >= 2-D parameters only) and a per-step OneCycleLR.
+
+    ``decay`` names the parameters to decay, recorded before any wrapping: FSDP hands the optimizer
+    flattened 1-D shards, whose shape no longer tells a matrix from a bias. Default: ``ndim >= 2``.
+    """
     train = config.train
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(_plain_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    decayed = {n for n, p in named if p.ndim >= 2} if decay is None else decay
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for n, p in named if n in decayed], "weight_decay": train.weight_decay},
+        {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
     ]
     kwargs: dict[str, Any] = {}
     choice = train.fused_optimizer
@@ -97,6 +113,7 @@ class AutoencoderModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = WeightAutoencoder(config.model)
+        self.decay = {n for n, p in self.model.named_parameters() if p.ndim >= 2}  # before any FSDP wrapping
         # not registered as a submodule: the compiled wrapper shares ``self.model``'s parameters
         object.__setattr__(self, "_forward", torch.compile(self.model) if config.train.compile else self.model)
         self.val_r2 = torchmetrics.R2Score()
@@ -133,7 +150,8 @@ class AutoencoderModule(L.LightningModule):
             torch.manual_seed(_mix(cfg.train.seed, int(sample.reshape(-1)[0]), 1))  # dropout masks
             recon, z = self._forward(inputs, positions, layer_type, valid_all)
             rec = reconstruction_loss(
-                recon, targets, masks, valid_all, cfg.loss.normalize, positions[..., 1], cfg.loss.std_floor
+                recon, targets, masks, valid_all, cfg.loss.normalize, positions[..., 1], cfg.loss.std_floor,
+                self.model.token_scale**2,
             )
             if contrastive:
                 proj = self.model.project(z, valid_all)
@@ -169,7 +187,7 @@ class AutoencoderModule(L.LightningModule):
         recon, _ = self._forward(tokens, batch["positions"], batch["layer_type"], valid)
         rec = reconstruction_loss(
             recon, tokens, mask, valid, self.config.loss.normalize, batch["positions"][..., 1],
-            self.config.loss.std_floor,
+            self.config.loss.std_floor, self.model.token_scale**2,
         )
         real = mask & valid[..., None]
         self.val_r2.update(recon[real].float(), tokens[real].float())
@@ -178,7 +196,7 @@ class AutoencoderModule(L.LightningModule):
         self.log("val/rec", self.val_rec, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer, scheduler = make_optimizer(self.model, self.config)
+        optimizer, scheduler = make_optimizer(self.model, self.config, self.decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

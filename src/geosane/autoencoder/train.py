@@ -6,7 +6,7 @@ Run directory (``train.out``)::
     OUT/checkpoints/step-0000200.ckpt    Lightning checkpoints (model, optimizer, scheduler, loops, RNG)
     OUT/logs/metrics.csv                 train/loss, train/rec, train/con, train/lr per step; val/r2, val/rec
     OUT/tensorboard/                     the same for TensorBoard (when installed)
-    OUT/autoencoder.safetensors          the trained weights (+ config JSON in the metadata)
+    OUT/autoencoder.safetensors          the trained weights (+ model config and tokenizer settings as JSON metadata)
     OUT/summary.json                     split, steps, held-out reconstruction R^2, timings
 
 Everything a run could reject (store, window, token size, resume/init checkpoints, an existing run
@@ -16,6 +16,7 @@ in ``OUT``) is checked before anything is written.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 import warnings
@@ -39,7 +40,15 @@ from geosane.console import console
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import save_torch, write_json
 
-__all__ = ["RESUMABLE_KEYS", "TrainResult", "checkpoints", "read_metrics", "resolve_precision", "train"]
+__all__ = [
+    "RESUMABLE_KEYS",
+    "TrainResult",
+    "checkpoints",
+    "read_metrics",
+    "resolve_precision",
+    "resolve_strategy",
+    "train",
+]
 
 # keys that may differ between a checkpoint's config and the config resuming it
 RESUMABLE_KEYS = frozenset(
@@ -86,7 +95,8 @@ class StepCheckpoint(Callback):
     def _save(self, trainer: L.Trainer) -> None:
         step = trainer.global_step
         path = self.directory / f"step-{step:07d}.ckpt"
-        if path.exists():
+        # every rank must take the same branch: saving is collective (FSDP gathers, all ranks barrier)
+        if trainer.strategy.broadcast(path.exists(), src=0):
             return
         trainer.save_checkpoint(path)
         if trainer.is_global_zero and self.keep > 0:
@@ -118,6 +128,22 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def resolve_strategy(name: str) -> Any:
+    """A Lightning strategy from ``train.strategy``; ``fsdp`` shards per transformer block.
+
+    Lightning's plain ``"fsdp"`` wraps only the root module, which gathers every parameter at once;
+    wrapping each :class:`~geosane.autoencoder.model.Block` lets FSDP gather one block at a time.
+    Other names (``auto``, ``ddp``, ``deepspeed_stage_2``, ...) go to Lightning unchanged.
+    """
+    if name != "fsdp":
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from geosane.autoencoder.model import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -272,7 +298,7 @@ def train(
         accelerator=accelerator,
         devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes,
-        strategy=cfg.train.strategy,
+        strategy=resolve_strategy(cfg.train.strategy),
         precision=resolve_precision(cfg.train.precision, accelerator),  # type: ignore[arg-type]
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.clip_grad_norm,
@@ -304,7 +330,9 @@ def train(
         "parameters": module.model.num_parameters(),
     }
     if trainer.is_global_zero:
-        save_autoencoder(module.model, export, extra={"steps": str(trainer.global_step)})
+        # the tokenizer settings travel with the weights: generation re-tokenizes prompts with them
+        extra = {"steps": str(trainer.global_step), "tokenizer": json.dumps(datamodule.store.settings)}
+        save_autoencoder(module.model, export, extra=extra)
         model = module.model.float().eval()
         if datamodule.val_ids:
             summary["val"] = reconstruction_metrics(model, datamodule.store, datamodule.val_ids)
