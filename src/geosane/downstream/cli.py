@@ -19,17 +19,10 @@ _OVERRIDES_HELP = "Dotted overrides key=value, e.g. train.epochs=5 data.image_si
 def _overrides(overrides: list[str] | None, **flags: object) -> dict[str, Any]:
     """Positional ``key=value`` overrides, then the command-line flags (taken verbatim, not as YAML)."""
     from geosane.config import merge, parse_overrides
+    from geosane.downstream.config import dotted_overrides
 
-    nested: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        node = nested
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = str(value)
-    return merge(parse_overrides(overrides or []), nested)
+    flag_values = {key: str(value) for key, value in flags.items() if value is not None}
+    return merge(parse_overrides(overrides or []), dotted_overrides(flag_values))
 
 
 def finetune_command(
