@@ -116,6 +116,9 @@ def compare_command(
                     "metric": result.metric,
                     "verdict": result.verdict,
                     "inits": [s.__dict__ for s in result.summaries],
+                    "report": str(result.report),
+                    "wall_s": result.wall_s,
+                    "runs_wall_s": result.runs_wall_s,
                 },
                 indent=2,
             )
@@ -124,17 +127,21 @@ def compare_command(
     from rich.table import Table
 
     table = Table(title=f"test {result.metric} (%), mean ± std over {len(cfg.seeds)} seeds")
-    for column in ("initialization", "test", "selection"):
+    for column in ("initialization", "test", "selection", "s/run"):
         table.add_column(column)
     for s in result.summaries:
         table.add_row(
             s.name,
             f"{100 * s.test_mean:.1f} ± {100 * s.test_std:.1f}",
             f"{100 * s.select_mean:.1f} ± {100 * s.select_std:.1f}",
+            f"{s.wall_s_mean:.1f}",
         )
     console.print(table)
     console.print(result.verdict, highlight=False)
-    console.print(f"report: {result.report}")
+    console.print(
+        f"report: {result.report} ({result.wall_s / 60:.1f} min this call, "
+        f"{result.runs_wall_s / 60:.1f} min of fine-tuning runs in all)"
+    )
 
 
 def merge_command(
