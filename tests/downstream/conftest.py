@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,26 +49,36 @@ def fake_bigearthnet(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_zoo(tmp_path: Path) -> Path:
-    """A zoo of resnet10t models: a base and three members whose metadata records init_from the base."""
+def tiny_zoo(tiny_zoo_template: Path, tmp_path: Path) -> Path:
+    """A zoo of test_resnet models: a base and three members whose metadata records init_from the base.
+
+    A copy of one built zoo per session (tests may edit it); building it takes about a second.
+    """
+    return Path(shutil.copytree(tiny_zoo_template, tmp_path / "zoo"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import timm
 
     torch.manual_seed(0)
-    base = LoadedModel("timm:resnet10t", timm.create_model("resnet10t", num_classes=7).state_dict(), ARCH)
-    zoo = Zoo.create(tmp_path / "zoo")
+    base = LoadedModel("timm:test_resnet", timm.create_model("test_resnet", num_classes=7).state_dict(), ARCH)
+    zoo = Zoo.create(tmp_path_factory.mktemp("tiny-zoo") / "zoo")
     zoo.add(base, model_id="base", metadata={"accuracy": 0.5})
     for i in range(3):
         member = LoadedModel(f"member-{i}", perturbed(base.state_dict, i, 0.02), ARCH)
         zoo.add(member, model_id=f"member-{i}", metadata={"init_from": "base", "accuracy": 0.6})
-    other_arch = ArchSpec("timm", "resnet14t", {})
-    other = LoadedModel("timm:resnet14t", timm.create_model("resnet14t").state_dict(), other_arch)
+    other_arch = ArchSpec("timm", "test_efficientnet", {})
+    other = LoadedModel(
+        "timm:test_efficientnet", timm.create_model("test_efficientnet").state_dict(), other_arch
+    )
     zoo.add(other, model_id="other-arch")
     return zoo.path
 
 
 @pytest.fixture
 def generated_dir(tmp_path: Path) -> Path:
-    return write_generated_dir(tmp_path / "generated", prompt="timm:resnet10t")
+    return write_generated_dir(tmp_path / "generated", prompt="timm:test_resnet")
 
 
 @pytest.fixture

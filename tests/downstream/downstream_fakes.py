@@ -13,7 +13,7 @@ from geosane.zoo import ArchSpec
 
 EUROSAT_CLASSES = ("AnnualCrop", "Forest", "River")
 EUROSAT_DIR = ("ds", "images", "remote_sensing", "otherDatasets", "sentinel_2", "tif")
-ARCH = ArchSpec("timm", "resnet10t", {"num_classes": 7})
+ARCH = ArchSpec("timm", "test_resnet", {"num_classes": 7})
 
 
 def write_tif(path: Path, array: np.ndarray) -> None:
@@ -57,7 +57,7 @@ def perturbed(state: dict[str, torch.Tensor], seed: int, scale: float) -> dict[s
 
 
 def write_generated_dir(path: Path, num_candidates: int = 3, arch: ArchSpec = ARCH, prompt: str = "") -> Path:
-    """A directory in the `geosane generate` output contract, candidates are real resnet10t weights."""
+    """A directory in the `geosane generate` output contract, candidates are real test_resnet weights."""
     import timm
 
     torch.manual_seed(1)

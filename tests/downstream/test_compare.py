@@ -4,11 +4,12 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from geosane.downstream import compare, load_compare_config, ties_merge
+from geosane.downstream import compare, load_compare_config, run_compare, ties_merge
 from geosane.downstream.report import InitSummary, verdict
 from geosane.zoo import Zoo
 
@@ -22,7 +23,7 @@ TINY = [
     "data.max_samples.test=28",
     "train.epochs=1",
     "train.batch_size=21",
-    "arch.name=resnet10t",
+    "arch.name=test_resnet",
     "generated.top_k=2",
 ]
 
@@ -76,44 +77,98 @@ def test_compare_runs_every_initialization_and_writes_report_csv_plots(
     assert code == 2 and "other settings" in err and _mtimes(out) == before
 
 
+class _InterruptSecondRun(L.Callback):
+    """Simulates a killed `compare` in the second epoch of its second run."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.runs += 1
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.runs == 2 and trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_interrupted_compare_resumes_and_records_wall_time(
+    rsscn7_root: Path, tiny_zoo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    overrides = {
+        "seeds": [0], "inits": ["scratch", "zoo_average"], "arch.name": "test_resnet", "zoo.dir": tiny_zoo,
+        "data.root": rsscn7_root, "data.image_size": 16, "data.train_per_class": 2,
+        "data.max_samples": {"select": 7, "test": 14}, "train.epochs": 2, "train.batch_size": 7, "out": out,
+    }  # fmt: skip
+    config = load_compare_config("compare_rsscn7", overrides)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        compare(config, show_progress=False, callbacks=[_InterruptSecondRun()])
+    first, second = out / "runs" / "scratch" / "seed0", out / "runs" / "zoo_average" / "seed0"
+    assert (first / "metrics.json").is_file() and not (second / "metrics.json").exists()
+    checkpoint = torch.load(second / "checkpoint.ckpt", weights_only=True)
+    assert len(checkpoint["geosane_history"]) == 1 and not (out / "report.md").exists()
+    elapsed_before = next(v for v in checkpoint["callbacks"].values() if "elapsed_s" in v)["elapsed_s"]
+    before = _mtimes(out)
+
+    result = run_compare("compare_rsscn7", overrides, show_progress=False)  # the demo's entry point
+    finished = str(first.relative_to(out) / "metrics.json")
+    assert _mtimes(out)[finished] == before[finished]  # the finished run was not redone
+    resumed = result.results["zoo_average"][0]
+    assert [row["epoch"] for row in resumed.history] == [1.0, 2.0]
+    assert resumed.history[0] == checkpoint["geosane_history"][0]  # epoch 1 was not redone
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["resumed"] and metrics["wall_s"] > elapsed_before > 0 and metrics["threads"] == 1
+    assert not (second / "checkpoint.ckpt").exists() and result.report == out / "report.md"
+    recorded = [json.loads(p.read_text())["wall_s"] for p in out.glob("runs/*/seed0/metrics.json")]
+    assert result.report.is_file() and len(result.plots) == 2
+    assert result.runs_wall_s == pytest.approx(sum(recorded))
+    assert "s/run" in result.report.read_text() and "2 fine-tuning runs" in result.report.read_text()
+
+
+def _folder(root: Path, classes: tuple[str, ...]) -> Path:
+    from PIL import Image
+
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+    return root
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["generated.top_k=5"], "generated.top_k=5 but"),
         (["zoo.dir=null"], "need a zoo: set zoo.dir"),
-        (["arch.name=resnet14t"], "compare needs one architecture"),
+        (["arch.name=test_efficientnet"], "compare needs one architecture"),
         (["inits=[scratch, ties, soup]"], "unknown init(s) ['soup']"),
         (["seeds=[0, 0]"], "distinct integers"),
-        (["zoo.members=[member-0, other-arch]"], "are not timm:resnet10t"),
+        (["zoo.members=[member-0, other-arch]"], "are not timm:test_resnet"),
         (["zoo.exclude=[nobody]"], "no model 'nobody' in zoo"),
+        (["--workers", "0"], "'workers' and 'threads_per_worker' must be >= 1"),
+        (["--test-data", "{tmp}/test"], "class folders differ between training data"),
+        (["--generated", "{tmp}/train"], "is not a `geosane generate` output directory"),
+        (["--zoo", "{tmp}/train"], "is not a zoo (no manifest.json)"),
     ],
 )
 def test_compare_bad_input_fails_clearly_and_writes_nothing(
     tmp_path: Path, tiny_zoo: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
 ) -> None:
     generated = _setup(tmp_path, tiny_zoo)
-    train = tmp_path / "train"
-    from PIL import Image
-
-    for cls in ("a", "b"):
-        (train / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(train / cls / f"{i}.png")
+    train = _folder(tmp_path / "train", ("a", "b"))
+    _folder(tmp_path / "test", ("a", "c"))
     out = tmp_path / "cmp"
-    args = [
-        "compare",
-        "compare_rsscn7",
-        "data.image_size=16",
-        "arch.name=resnet10t",
-        "train.epochs=1",
-        *overrides,
-    ]
-    args += ["--data", str(train), "--generated", str(generated), "--out", str(out)]
-    if "zoo.dir=null" not in overrides:
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    args = ["compare", "compare_rsscn7", "data.image_size=16", "arch.name=test_resnet", "train.epochs=1"]
+    args += ["--data", str(train), "--out", str(out)]
+    if "--generated" not in overrides:
+        args += ["--generated", str(generated)]
+    if "zoo.dir=null" not in overrides and "--zoo" not in overrides:
         args += ["--zoo", str(tiny_zoo)]
-    code, _, err = cli_in_process(capsys, *args)
+    code, _, err = cli_in_process(capsys, *args, *overrides)
     assert code == 2, err
-    assert message in " ".join(err.split())
+    assert message in " ".join(err.split()) and "Traceback" not in err
     assert not out.exists()
 
 
@@ -126,7 +181,7 @@ def test_ties_and_dare_need_a_base(tmp_path: Path, tiny_zoo: Path) -> None:
         "compare_rsscn7",
         [
             "inits=[zoo_average, ties]",
-            "arch.name=resnet10t",
+            "arch.name=test_resnet",
             f"zoo.dir={tiny_zoo}",
             "data.root=/nonexistent",
             f"out={tmp_path / 'o'}",
@@ -167,7 +222,7 @@ def test_verdict_is_honest_whatever_the_numbers() -> None:
         and "beats the zoo average (70.0, +2.0) within seed noise" in winning
     )
     assert "No generated initialization" in verdict([s("scratch", "scratch", 0.5)], "accuracy")
-    assert ARCH.name == "resnet10t"
+    assert ARCH.name == "test_resnet"
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from geosane.tasks import FitConfig, evaluate
 from .downstream_fakes import REPO_ROOT, cli_in_process
 
 TINY = [
-    "arch.name=resnet10t",
+    "arch.name=test_resnet",
     "data.image_size=32",
     "data.train_per_class=4",
     "data.max_samples.select=14",
@@ -68,9 +68,9 @@ def test_finetune_cli_on_rsscn7_writes_metrics_history_weights_and_skips_a_rerun
     # the saved weights are the fine-tuned classifier: they reproduce the reported test accuracy
     with safe_open(out / "weights.safetensors", "pt") as f:
         meta = f.metadata()
-    assert json.loads(meta["classes"])[0] == "aGrass" and json.loads(meta["arch"])["name"] == "resnet10t"
+    assert json.loads(meta["classes"])[0] == "aGrass" and json.loads(meta["arch"])["name"] == "test_resnet"
     config = FinetuneConfig(
-        arch=ArchConfig(name="resnet10t"),
+        arch=ArchConfig(name="test_resnet"),
         data=DataConfig(
             root=rsscn7_root, image_size=32, train_per_class=4, max_samples={"select": 14, "test": 28}
         ),
@@ -96,7 +96,7 @@ def test_finetune_cli_segments_csmask_chips_and_scores_miou_without_ignored_pixe
     code, _, err = cli_in_process(
         capsys,
         "finetune", "csmask", "--data", str(mini_csmask), "--init", "scratch", "--out", str(out),
-        "arch.name=resnet10t", "data.chip_size=32", "data.group_by=scene", "data.test_scenes=[]",
+        "arch.name=test_resnet", "data.chip_size=32", "data.group_by=scene", "data.test_scenes=[]",
         "task.decoder_channels=8", "train.epochs=2", "train.batch_size=8", "train.lr=0.003",
     )  # fmt: skip
     assert code == 0, err
@@ -104,7 +104,7 @@ def test_finetune_cli_segments_csmask_chips_and_scores_miou_without_ignored_pixe
     assert metrics["task"] == "segmentation" and metrics["metric"] == "miou"
     data = load_task_data(DataConfig(kind="csmask", root=mini_csmask, chip_size=32, group_by="scene"))
     assert len({tuple(v) for v in data.info["scenes"].values()}) == 3  # one scene per split
-    init = initialization_from_source("scratch", ArchConfig(name="resnet10t"))
+    init = initialization_from_source("scratch", ArchConfig(name="test_resnet"))
     model = build_task_model(init, data, TaskConfig(decoder_channels=8))
     model.load_state_dict(load_file(out / "weights.safetensors"))
     model.eval()
@@ -143,7 +143,7 @@ class _Interrupt(L.Callback):
 def test_interrupted_finetune_resumes_from_its_checkpoint(rsscn7_root: Path, tmp_path: Path) -> None:
     config = FinetuneConfig(
         init="scratch",
-        arch=ArchConfig(name="resnet10t"),
+        arch=ArchConfig(name="test_resnet"),
         data=DataConfig(
             root=rsscn7_root, image_size=32, train_per_class=3, max_samples={"select": 7, "test": 14}
         ),
@@ -205,12 +205,16 @@ def test_finetune_bad_input_fails_clearly_and_writes_nothing(
         "--data",
         str(train),
         "data.image_size=16",
-        "arch.name=resnet10t",
+        "arch.name=test_resnet",
     ]
     extra = {
         "test_classes": ["--test-data", str(_image_folder(tmp_path / "test", {"a": 2, "b": 2, "x": 2}))],
         "select_small": ["--select-data", str(_image_folder(tmp_path / "sel", {"a": 1, "b": 1}))],
-        "arch_mismatch": ["--init", str(request.getfixturevalue("generated_dir")), "arch.name=resnet14t"]
+        "arch_mismatch": [
+            "--init",
+            str(request.getfixturevalue("generated_dir")),
+            "arch.name=test_efficientnet",
+        ]
         if case == "arch_mismatch"
         else [],
         "missing_init": ["--init", str(tmp_path / "nope.safetensors")],
@@ -231,7 +235,7 @@ def test_finetune_bad_input_fails_clearly_and_writes_nothing(
     if case == "scratch_no_arch":
         config = tmp_path / "no_arch.yaml"
         config.write_text("data: {kind: folder}\n")
-        args = [a if a != "rsscn7" else str(config) for a in args if a != "arch.name=resnet10t"]
+        args = [a if a != "rsscn7" else str(config) for a in args if a != "arch.name=test_resnet"]
     code, _, err = cli_in_process(capsys, *args, *extra)
     assert code == 2, err
     assert message in " ".join(err.split()) and "Traceback" not in err
@@ -242,7 +246,7 @@ def test_finetune_from_a_generated_candidate_loads_its_weights(
     rsscn7_root: Path, generated_dir: Path
 ) -> None:
     init = initialization_from_source(str(generated_dir / "candidate_2.safetensors"), ArchConfig())
-    assert init.arch.name == "resnet10t" and init.state_dict is not None
+    assert init.arch.name == "test_resnet" and init.state_dict is not None
     data = load_task_data(
         DataConfig(root=rsscn7_root, image_size=32, train_per_class=1, max_samples={"select": 7, "test": 7})
     )

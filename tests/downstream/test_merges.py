@@ -124,7 +124,7 @@ def test_shape_mismatch_is_skipped_and_missing_keys_are_errors() -> None:
 
 def test_merges_of_a_real_timm_architecture_load_and_run() -> None:
     torch.manual_seed(0)
-    base_model = timm.create_model("resnet10t", num_classes=5)
+    base_model = timm.create_model("test_resnet", num_classes=5)
     base = base_model.state_dict()
     members = []
     for seed in range(3):
@@ -144,7 +144,7 @@ def test_merges_of_a_real_timm_architecture_load_and_run() -> None:
     ):
         assert list(result.state_dict) == list(base) and not result.skipped
         assert all(result.state_dict[k].dtype == base[k].dtype for k in base)
-        model = timm.create_model("resnet10t", num_classes=5)
+        model = timm.create_model("test_resnet", num_classes=5)
         model.load_state_dict(result.state_dict, strict=True)
         assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
         assert not torch.equal(result.state_dict["fc.weight"], base["fc.weight"])
@@ -161,13 +161,13 @@ def test_merge_command_writes_the_merge_and_refuses_ties_without_base(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     torch.manual_seed(0)
-    states = [timm.create_model("resnet10t", num_classes=3).state_dict() for _ in range(2)]
+    states = [timm.create_model("test_resnet", num_classes=3).state_dict() for _ in range(2)]
     files = []
     for i, state in enumerate(states):
         files.append(str(tmp_path / f"m{i}.safetensors"))
         save_safetensors(state, files[-1])
     out = tmp_path / "avg.safetensors"
-    code, _, err = cli_in_process(capsys, "merge", *files, "--arch", "resnet10t", "--out", str(out))
+    code, _, err = cli_in_process(capsys, "merge", *files, "--arch", "test_resnet", "--out", str(out))
     assert code == 0, err
     merged = load_file(out)
     torch.testing.assert_close(merged["fc.weight"], (states[0]["fc.weight"] + states[1]["fc.weight"]) / 2)

@@ -31,7 +31,7 @@ def test_finetune_multilabel_bigearthnet_layout(fake_bigearthnet: Path, tmp_path
     pytest.importorskip("torchgeo")
     config = FinetuneConfig(
         init="scratch",
-        arch=ArchConfig(name="resnet10t"),
+        arch=ArchConfig(name="test_resnet"),
         data=DataConfig(kind="torchgeo", dataset="bigearthnet", root=fake_bigearthnet, image_size=32),
         task=TaskConfig(kind="multilabel"),
         train=FitConfig(epochs=1, batch_size=6),

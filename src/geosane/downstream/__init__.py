@@ -2,14 +2,15 @@
 
 - :func:`finetune`: one initialization (scratch, any model source, a generated candidate) on one
   task; metrics JSON, per-epoch history CSV, fine-tuned safetensors; resumable.
-- :func:`compare`: scratch / prompt / zoo average / TIES / DARE / generated top-k under one
-  budget and several seeds; results.csv, report.md, PNG plots; resumable.
+- :func:`compare` / :func:`run_compare` (config file or preset + overrides): scratch / prompt /
+  zoo average / TIES / DARE / generated top-k under one budget and several seeds; results.csv,
+  report.md, PNG plots; resumable; per-run wall time recorded.
 - :mod:`geosane.downstream.merges`: :func:`average_merge`, :func:`ties_merge`, :func:`dare_merge`.
 - :func:`load_task_data`: image folders, csmask scene chips, TorchGeo benchmarks, split into
   train / selection / test.
 """
 
-from geosane.downstream.compare import CompareResult, build_initializations, compare
+from geosane.downstream.compare import CompareResult, build_initializations, compare, run_compare
 from geosane.downstream.config import (
     ArchConfig,
     CompareConfig,
@@ -60,6 +61,7 @@ __all__ = [
     "load_source",
     "load_task_data",
     "read_generated_dir",
+    "run_compare",
     "task_vectors",
     "ties_merge",
     "zoo_initializations",

@@ -19,17 +19,10 @@ _OVERRIDES_HELP = "Dotted overrides key=value, e.g. train.epochs=5 data.image_si
 def _overrides(overrides: list[str] | None, **flags: object) -> dict[str, Any]:
     """Positional ``key=value`` overrides, then the command-line flags (taken verbatim, not as YAML)."""
     from geosane.config import merge, parse_overrides
+    from geosane.downstream.config import dotted_overrides
 
-    nested: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        node = nested
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = str(value)
-    return merge(parse_overrides(overrides or []), nested)
+    flag_values = {key: str(value) for key, value in flags.items() if value is not None}
+    return merge(parse_overrides(overrides or []), dotted_overrides(flag_values))
 
 
 def finetune_command(
@@ -123,6 +116,9 @@ def compare_command(
                     "metric": result.metric,
                     "verdict": result.verdict,
                     "inits": [s.__dict__ for s in result.summaries],
+                    "report": str(result.report),
+                    "wall_s": result.wall_s,
+                    "runs_wall_s": result.runs_wall_s,
                 },
                 indent=2,
             )
@@ -131,17 +127,21 @@ def compare_command(
     from rich.table import Table
 
     table = Table(title=f"test {result.metric} (%), mean ± std over {len(cfg.seeds)} seeds")
-    for column in ("initialization", "test", "selection"):
+    for column in ("initialization", "test", "selection", "s/run"):
         table.add_column(column)
     for s in result.summaries:
         table.add_row(
             s.name,
             f"{100 * s.test_mean:.1f} ± {100 * s.test_std:.1f}",
             f"{100 * s.select_mean:.1f} ± {100 * s.select_std:.1f}",
+            f"{s.wall_s_mean:.1f}",
         )
     console.print(table)
     console.print(result.verdict, highlight=False)
-    console.print(f"report: {result.report}")
+    console.print(
+        f"report: {result.report} ({result.wall_s / 60:.1f} min this call, "
+        f"{result.runs_wall_s / 60:.1f} min of fine-tuning runs in all)"
+    )
 
 
 def merge_command(

@@ -20,13 +20,17 @@ Finished runs are skipped on rerun; an interrupted run resumes from its checkpoi
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
+
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
-from geosane.downstream.config import CompareConfig
+from geosane.downstream.config import CompareConfig, check_compare_config, load_compare_config
 from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.finetune import (
     FinetuneResult,
@@ -59,7 +63,7 @@ from geosane.errors import ConfigError, GeosaneError
 from geosane.io import save_safetensors, write_json, write_text
 from geosane.zoo import ArchSpec, load_weights_file
 
-__all__ = ["CompareResult", "build_initializations", "compare"]
+__all__ = ["CompareResult", "build_initializations", "compare", "run_compare"]
 
 
 @dataclass
@@ -71,10 +75,24 @@ class CompareResult:
     results: dict[str, list[FinetuneResult]]
     summaries: list[InitSummary]
     verdict: str
+    wall_s: float = 0.0  # this invocation (finished runs that were skipped cost nothing)
 
     @property
     def report(self) -> Path:
         return self.out_dir / "report.md"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.out_dir / "results.csv"
+
+    @property
+    def plots(self) -> list[Path]:
+        return [p for p in (self.out_dir / "curves.png", self.out_dir / "final_metric.png") if p.is_file()]
+
+    @property
+    def runs_wall_s(self) -> float:
+        """Summed wall time of every fine-tuning run (as recorded by each run, resumed or not)."""
+        return sum(r.wall_s for runs in self.results.values() for r in runs)
 
 
 def _generated(config: CompareConfig) -> GeneratedDir | None:
@@ -123,6 +141,11 @@ def build_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initial
             raise ConfigError(
                 "init 'prompt' needs prompt: SOURCE (or a generated.dir whose model card names it)"
             )
+        if not config.prompt and generated is not None and generated.prompt_is_random_init:
+            raise ConfigError(
+                f"the prompt of {generated.path} is {prompt} with random weights (no pretrained ones), so "
+                "a 'prompt' run would only be another scratch run: remove 'prompt' from inits or pass --prompt SOURCE"
+            )
         loaded = load_source(prompt, arch)
         inits.append(Initialization("prompt", "prompt", arch, loaded.state_dict, prompt))
     inits += zoo_initializations(config.zoo, arch, config.inits)
@@ -168,8 +191,40 @@ def _notes(config: CompareConfig, inits: list[Initialization], data: TaskData) -
     return notes
 
 
-def compare(config: CompareConfig, overwrite: bool = False, show_progress: bool = True) -> CompareResult:
-    """Run (or resume) a comparison and write its outputs into ``config.out``."""
+def run_compare(
+    config: CompareConfig | str | Path = "compare_rsscn7",
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> CompareResult:
+    """Compose a compare config and run (or resume) it; ``result.report`` is the report.md.
+
+    ``config``: a :class:`CompareConfig`, a YAML file or a packaged preset name; ``overrides``:
+    ``key=value`` strings or a mapping with dotted keys, e.g.
+    ``run_compare("compare_rsscn7", {"data.root": DATA, "zoo.dir": ZOO, "generated.dir": GEN,
+    "out": OUT, "train.epochs": 3})``. A rerun skips finished runs and resumes an interrupted one.
+    """
+    if overrides or not isinstance(config, CompareConfig):
+        config = load_compare_config(config, overrides)
+    else:
+        check_compare_config(config)
+    return compare(config, overwrite=overwrite, show_progress=show_progress)
+
+
+def compare(
+    config: CompareConfig,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> CompareResult:
+    """Run (or resume) a comparison and write its outputs into ``config.out``.
+
+    ``callbacks``: extra Lightning callbacks for every run (one process only, ``workers=1``).
+    """
+    started = time.perf_counter()
+    if callbacks and config.workers > 1:
+        raise ConfigError("Lightning callbacks cannot be sent to worker processes: use workers=1")
     out = output_dir(config.out)
     data = load_task_data(config.data, config.task.kind)
     arch, inits = build_initializations(config)
@@ -202,9 +257,11 @@ def compare(config: CompareConfig, overwrite: bool = False, show_progress: bool 
     if config.workers > 1:
         finished = _run_parallel(config, data, jobs, plans, out, show_progress)
     else:
-        finished = _run_sequential(config, data, jobs, plans, out, show_progress)
+        finished = _run_sequential(config, data, jobs, plans, out, show_progress, callbacks)
     results = {init.name: [finished[(init.name, seed)] for seed in config.seeds] for init in inits}
-    return _write_outputs(config, out, data, arch, inits, results)
+    result = _write_outputs(config, out, data, arch, inits, results)
+    result.wall_s = time.perf_counter() - started
+    return result
 
 
 def _status(result: FinetuneResult) -> str:
@@ -218,6 +275,7 @@ def _run_sequential(
     plans: dict[tuple[str, int], RunPlan],
     out: Path,
     show_progress: bool,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[tuple[str, int], FinetuneResult]:
     finished = {}
     with make_progress() as progress:
@@ -227,7 +285,7 @@ def _run_sequential(
             result = run_finetune(
                 init, data, config.task, fit_config, plans[(init.name, seed)],
                 save_weights=False, progress=progress if show_progress else None,
-                extra={"compare_out": str(out)},
+                extra={"compare_out": str(out)}, callbacks=callbacks,
             )  # fmt: skip
             finished[(init.name, seed)] = result
             if overall is not None:
@@ -331,6 +389,9 @@ def _write_outputs(
         "budget": f"{train.epochs} epoch(s), batch {train.batch_size}, AdamW lr {train.lr} (backbone x{train.backbone_lr_scale}), "
         f"weight decay {train.weight_decay}, warm-up {train.warmup_epochs} epoch(s), cosine",
         "seeds": list(config.seeds),
+        "runs": sum(len(r) for r in results.values()),
+        "runs_wall_s": sum(r.wall_s for runs in results.values() for r in runs),
+        "workers": config.workers,
     }
     write_text(out / "results.csv", csv_text(results_rows(results, kinds)))
     write_json(

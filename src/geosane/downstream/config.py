@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from geosane.config import PACKAGED_CONFIGS, load_config
+from geosane.config import PACKAGED_CONFIGS, load_config, to_dict
 from geosane.data.splits import DEFAULT_FRACTIONS
 from geosane.errors import ConfigError
 from geosane.tasks import FitConfig
@@ -27,6 +27,8 @@ __all__ = [
     "TaskConfig",
     "TiesConfig",
     "ZooInitConfig",
+    "check_compare_config",
+    "dotted_overrides",
     "load_compare_config",
     "load_finetune_config",
     "resolve_config_path",
@@ -189,11 +191,22 @@ def load_finetune_config(
     return load_config(FinetuneConfig, resolve_config_path(path) if path else None, overrides)
 
 
-def load_compare_config(
-    path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()
-) -> CompareConfig:
-    """Compose and validate a compare config (``path`` may name a packaged preset)."""
-    config = load_config(CompareConfig, resolve_config_path(path) if path else None, overrides)
+def dotted_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"data.root": x, "train.epochs": 3}`` -> nested dicts (values taken verbatim, ``None`` dropped)."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        node = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
+def check_compare_config(config: CompareConfig) -> CompareConfig:
+    """Checks beyond the schema: known inits, worker counts, distinct seeds."""
     unknown = [i for i in config.inits if i not in INIT_KINDS]
     if unknown:
         raise ConfigError(f"unknown init(s) {unknown} in 'inits' (choose from {', '.join(INIT_KINDS)})")
@@ -202,3 +215,21 @@ def load_compare_config(
     if len(config.seeds) != len(set(config.seeds)) or not config.seeds:
         raise ConfigError(f"'seeds' must be a non-empty list of distinct integers, got {config.seeds}")
     return config
+
+
+def load_compare_config(
+    path: str | Path | CompareConfig | None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> CompareConfig:
+    """Compose and validate a compare config.
+
+    ``path``: a YAML file, a packaged preset name, or a :class:`CompareConfig` to apply
+    ``overrides`` to. ``overrides``: ``key=value`` strings (YAML values) or a mapping, nested or
+    with dotted keys (values verbatim).
+    """
+    if isinstance(overrides, Mapping):
+        overrides = dotted_overrides(overrides)
+    if isinstance(path, CompareConfig):
+        config = load_config(CompareConfig, None, overrides, defaults=to_dict(path))
+    else:
+        config = load_config(CompareConfig, resolve_config_path(path) if path else None, overrides)
+    return check_compare_config(config)

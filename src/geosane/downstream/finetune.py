@@ -2,7 +2,8 @@
 
 A run directory holds, once finished::
 
-    metrics.json          init, seed, metric, selection and test values, wall time, fingerprint
+    metrics.json          init, seed, metric, selection and test values, wall time (summed over
+                          resumed attempts), torch threads, fingerprint
     history.csv           per epoch: train_loss, lr, select_<metric>
     weights.safetensors   the fine-tuned task model (metadata: arch, task, classes)
 
@@ -45,6 +46,7 @@ from geosane.zoo import LoadedModel
 __all__ = [
     "FinetuneResult",
     "RunPlan",
+    "WallClock",
     "build_task_model",
     "finetune",
     "initialization_from_source",
@@ -219,6 +221,27 @@ def _result_from_metrics(path: Path) -> FinetuneResult:
     )
 
 
+class WallClock(Callback):
+    """Wall time of a run across interruptions: the time spent up to each checkpoint travels in it.
+
+    Work after the last checkpoint of an interrupted attempt is lost and not counted.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.previous_s = 0.0
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.previous_s + time.perf_counter() - self.start
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.elapsed_s}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_s = float(state_dict.get("elapsed_s", 0.0))
+
+
 def run_finetune(
     init: Initialization,
     data: TaskData,
@@ -242,6 +265,7 @@ def run_finetune(
         for name in ("metrics.json", "run.json", "checkpoint.ckpt", "history.csv", "weights.safetensors"):
             (out / name).unlink(missing_ok=True)
     metric = primary_metric_name(data.task)
+    clock = WallClock()
     torch.manual_seed(fit_config.seed)  # the fresh head (and scratch weights) depend on the seed only
     model = build_task_model(init, data, task)
     checkpoint_path = out / "checkpoint.ckpt" if checkpoint else None
@@ -249,18 +273,17 @@ def run_finetune(
         write_json(
             out / "run.json", {"init": init.name, "seed": fit_config.seed, "fingerprint": plan.fingerprint}
         )
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, clock]
     task_id = None
     if progress is not None:
         task_id = progress.add_task(f"{init.name} seed {fit_config.seed}", total=None, status="")
         callbacks.append(FitProgress(progress, task_id))
-    start = time.perf_counter()
     result = fit(
         model, data.task, data.num_classes, data.train, data.select, fit_config,
         checkpoint_path=checkpoint_path, callbacks=callbacks,
     )  # fmt: skip
     test = evaluate(model, data.task, data.num_classes, data.test)[metric]
-    wall = time.perf_counter() - start
+    wall = clock.elapsed_s  # build, training (over every resumed attempt) and test evaluation
     if progress is not None and task_id is not None:
         progress.remove_task(task_id)
     select = result.final.get(metric, float("nan"))
@@ -287,6 +310,8 @@ def run_finetune(
         "test": test,
         "epochs": fit_config.epochs,
         "wall_s": wall,
+        "resumed": clock.previous_s > 0,
+        "threads": torch.get_num_threads(),
         "arch": init.arch.to_dict(),
         "classes": list(data.classes),
         "sizes": data.sizes(),

@@ -5,14 +5,18 @@ An :class:`Initialization` is a name, the architecture and a state dict of the *
 (:func:`geosane.zoo.resolve`), ``zoo:ZOO_DIR#ID`` entries, and ``geosane generate`` output: the
 directory (its rank-1 candidate) or one candidate file beside its ``model_card.json``.
 
-The ``geosane generate`` output contract (read by :func:`read_generated_dir`)::
+The ``geosane generate`` output contract (written by
+:func:`geosane.generation.pipeline.generate`, read by :func:`read_generated_dir`)::
 
-    DIR/model_card.json  {"prompt": str, "arch": {"library": "timm", "name": str, "kwargs": {}},
-                          "ae_checkpoint": str, "seed": int,
+    DIR/model_card.json  {"format": "geosane-generated", "prompt": str,
+                          "arch": {"library": "timm", "name": str, "kwargs": {}},
+                          "ae_checkpoint": str, "seed": int, "proxy": "knn",
                           "candidates": [{"rank": 1, "file": "candidate_1.safetensors",
-                                          "proxy_score": float, "proxy": "knn"}, ...],
-                          "generated_tensors": [...], "carried_tensors": [...], ...}
-    DIR/candidate_<k>.safetensors   full timm state dicts of that architecture
+                                          "proxy_score": float (NaN without selection data),
+                                          "proxy": "knn", ...}, ...],
+                          "generated_tensors": [...], "carried_tensors": [...], "note": str?, ...}
+    DIR/candidate_<k>.safetensors   full timm state dicts of ``arch`` (ranked by the proxy)
+    DIR/load_generated.py           stand-alone loader (timm + safetensors only)
 
 Zoo baselines (:func:`zoo_initializations`): the members are the zoo models of the compared
 architecture (or those named); the base of TIES/DARE is ``zoo.base`` or the model that the
@@ -22,6 +26,7 @@ members' metadata ``init_from`` names (a zoo id, ``zoo:DIR#ID`` or any model sou
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,7 @@ from geosane.io import read_json, sha256_tensors
 from geosane.zoo import ArchSpec, LoadedModel, Zoo, ZooEntry, load_weights_file, resolve
 
 __all__ = [
+    "CARD_FORMAT",
     "MODEL_CARD",
     "GeneratedCandidate",
     "GeneratedDir",
@@ -48,6 +54,7 @@ __all__ = [
 ]
 
 MODEL_CARD = "model_card.json"
+CARD_FORMAT = "geosane-generated"
 # kwargs that do not change the backbone: heads are re-initialised and stems adapted per task
 _TASK_KWARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate")
 
@@ -85,6 +92,13 @@ class GeneratedDir:
     arch: ArchSpec
     candidates: list[GeneratedCandidate]
     card: dict[str, Any]
+    generated_tensors: list[str] = field(default_factory=list)
+    carried_tensors: list[str] = field(default_factory=list)
+
+    @property
+    def prompt_is_random_init(self) -> bool:
+        """The prompt was a timm architecture without pretrained weights (``--random-init``)."""
+        return self.card.get("prompt_info", {}).get("pretrained") is False
 
 
 def arch_from_config(arch: ArchConfig) -> ArchSpec | None:
@@ -110,9 +124,11 @@ def read_generated_dir(path: str | Path) -> GeneratedDir:
         card = read_json(card_path)
     except ValueError as exc:
         raise GeosaneError(f"{card_path} is not valid JSON: {exc}") from None
-    problems = []
     if not isinstance(card, dict):
         raise GeosaneError(f"{card_path} must hold a JSON object")
+    if card.get("format", CARD_FORMAT) != CARD_FORMAT:
+        raise GeosaneError(f"{card_path} is not a `geosane generate` model card (format {card['format']!r})")
+    problems = []
     arch = card.get("arch")
     if not isinstance(arch, dict) or not arch.get("name") or not arch.get("library"):
         problems.append("'arch' must be {library, name, kwargs}")
@@ -129,13 +145,25 @@ def read_generated_dir(path: str | Path) -> GeneratedDir:
         if not file.is_file():
             raise GeosaneError(f"{card_path}: candidate file {row['file']} is missing")
         score = row.get("proxy_score")
+        score = float(score) if score is not None else None
         parsed.append(
             GeneratedCandidate(
-                int(row["rank"]), file, float(score) if score is not None else None, row.get("proxy")
+                int(row["rank"]),
+                file,
+                None if score is None or math.isnan(score) else score,  # NaN: no selection data
+                row.get("proxy") or card.get("proxy"),
             )
         )
     parsed.sort(key=lambda c: c.rank)
-    return GeneratedDir(path, str(card.get("prompt", "")), ArchSpec.from_dict(arch), parsed, card)
+    return GeneratedDir(
+        path,
+        str(card.get("prompt") or ""),
+        ArchSpec.from_dict(arch),
+        parsed,
+        card,
+        list(card.get("generated_tensors") or []),
+        list(card.get("carried_tensors") or []),
+    )
 
 
 def _load_zoo_entry(source: str) -> LoadedModel:

@@ -155,6 +155,9 @@ def render_report(
         "(the selection split is only used for per-epoch curves and any choice; results are on the test split)",
         f"- Budget (identical for every initialization and seed): {meta['budget']}",
         f"- Seeds: {', '.join(str(s) for s in seeds)}",
+        f"- Compute: {meta['runs']} fine-tuning runs, {meta['runs_wall_s'] / 60:.1f} min of run wall time in all "
+        f"({meta['workers']} worker(s)); s/run below is the mean wall time of one run (build, training "
+        "over any resumed attempts, test evaluation)",
         "",
         f"| initialization | source | test {metric} (%) mean ± std | selection {metric} (%) | per seed (test %) | s/run |",
         "|---|---|---|---|---|---|",
