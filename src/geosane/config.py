@@ -32,6 +32,7 @@ from geosane.io import write_text
 __all__ = [
     "PACKAGED_CONFIGS",
     "compose",
+    "find_config",
     "from_dict",
     "load_config",
     "merge",
@@ -71,6 +72,23 @@ def _find_base(name: str, including: Path) -> Path:
     raise ConfigError(
         f"base config '{name}' named in {including} not found next to it or in {PACKAGED_CONFIGS}"
     )
+
+
+def find_config(name: str | Path, folder: str) -> Path:
+    """A config file path, else a config shipped with geosane.
+
+    ``name`` may be an existing file, or name a packaged config relative to ``configs/<folder>``
+    or to ``configs`` itself, with or without ``.yaml`` (``rsscn7_gw``, ``difuser/rsscn7_gw.yaml``).
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    for root in (PACKAGED_CONFIGS / folder, PACKAGED_CONFIGS):
+        for candidate in (root / str(name), root / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    shipped = sorted(p.stem for p in (PACKAGED_CONFIGS / folder).glob("*.yaml"))
+    raise ConfigError(f"config file not found: {name} (packaged {folder} configs: {', '.join(shipped)})")
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

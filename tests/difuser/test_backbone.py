@@ -76,6 +76,27 @@ def test_inversion_is_deterministic_and_differs_from_generation(pixel_model_dir:
     assert not torch.allclose(a[1]["up1_res0"], a[41]["up1_res0"])
 
 
+def test_modes_feed_the_unet_the_documented_samples(pixel_model_dir: Path) -> None:
+    """inversion: the UNet call at each DDIM-inversion step; generation: one seeded noising per timestep."""
+    x = images(2)
+    inv = make_backbone(pixel_model_dir, save_timesteps=[1, 41], layer_idxs=["up1_res1"])
+    feats = inv.extract(x)
+    # inversion walks 1 -> 21 -> 41 with diffusers' DDIMInverseScheduler, starting at the clean image
+    sample, manual = x, {}
+    for t in (1, 21, 41):
+        captured, eps = inv._run_hooked(sample, t)
+        manual[t] = captured["up1_res1"]
+        sample = inv.inverse_scheduler.step(eps, t, sample).prev_sample
+    assert torch.allclose(feats[1]["up1_res1"], manual[1]) and torch.allclose(feats[41]["up1_res1"], manual[41])
+    assert not torch.allclose(manual[21], manual[41])
+    gen = make_backbone(pixel_model_dir, save_timesteps=[1, 41], layer_idxs=["up1_res1"], diffusion_mode="generation")
+    noise = torch.stack([torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (5, 6)])
+    noisy = gen.scheduler.add_noise(x, noise, torch.tensor([41, 41]))
+    expected = gen._run_hooked(noisy, 41)[0]["up1_res1"]
+    assert torch.allclose(gen.extract(x, noise_seeds=[5, 6])[41]["up1_res1"], expected, atol=1e-6)
+    assert not torch.allclose(feats[41]["up1_res1"], expected, atol=1e-3)
+
+
 def test_generation_noise_is_per_image(pixel_model_dir: Path) -> None:
     gen = make_backbone(pixel_model_dir, diffusion_mode="generation")
     x = images(3)

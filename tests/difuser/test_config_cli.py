@@ -8,7 +8,8 @@ import pytest
 
 from geosane.cli import main
 from geosane.config import PACKAGED_CONFIGS
-from geosane.difuser import load_difuse_config
+from geosane.difuser import load_difuse_config, load_pretrain_config
+from geosane.errors import ConfigError
 
 
 def test_composition_order_bases_then_experiment_then_overrides(tmp_path: Path) -> None:
@@ -35,6 +36,15 @@ def test_packaged_experiments_compose() -> None:
     assert (seg.decoder.name, seg.decoder.channels, seg.task.dataset) == ("upernet", 512, "csmask")
     for name in ("rsscn7_gw", "rsscn7_lw", "diffusionsat_rsscn7_gw"):
         assert load_difuse_config(PACKAGED_CONFIGS / "difuser" / f"{name}.yaml").task.root is not None
+
+
+def test_packaged_config_names_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the repository root: names must resolve to the shipped files
+    by_path = load_difuse_config(PACKAGED_CONFIGS / "difuser" / "rsscn7_lw.yaml")
+    assert load_difuse_config("difuser/rsscn7_lw.yaml") == by_path == load_difuse_config("rsscn7_lw")
+    with pytest.raises(ConfigError, match=r"config file not found: rsscn7_xx \(packaged difuser configs: .*rsscn7_gw"):
+        load_difuse_config("rsscn7_xx")
+    assert load_pretrain_config("difuser/pretrain/ddpm_rsscn7.yaml").image_size == 32
 
 
 def _experiment(tmp_path: Path, model_dir: Path, folder: Path) -> Path:

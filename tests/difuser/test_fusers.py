@@ -165,6 +165,26 @@ def test_moe_load_balancing_term_changes_the_gradient() -> None:
     assert not torch.allclose(g0, g1)
 
 
+def test_training_step_adds_the_load_balancing_loss() -> None:
+    """The reference computed this term and dropped it; here the loss the optimizer sees includes it."""
+
+    def step(weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = DifuserModel(moe(balance_weight=weight), ClassificationHead(16, 3))
+        module = DifuserModule(model, "classification", 3, FitConfig())
+        batch = features(batch=8)
+        loss = module.training_step((batch, torch.arange(8) % 3), 0)
+        task_loss = torch.nn.functional.cross_entropy(model(batch), torch.arange(8) % 3)
+        loss.backward()
+        return loss.detach(), task_loss.detach() + model.aux_loss().detach(), model.fuser.gates[1].weight.grad.clone()
+
+    loss0, expected0, grad0 = step(0.0)
+    loss1, expected1, grad1 = step(0.5)
+    assert torch.isclose(loss0, expected0) and torch.isclose(loss1, expected1)
+    assert loss1 > loss0  # same weights and data: the difference is the balance term
+    assert not torch.allclose(grad0, grad1)
+
+
 def test_top_k_larger_than_experts_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"top_k \(9\) is larger than fuser.num_experts \(8\)"):
         from_dict(FuserConfig, {"name": "moe", "num_experts": 8, "top_k": 9})

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from geosane.config import load_config
+from geosane.config import find_config, load_config
 from geosane.errors import ConfigError
 
 __all__ = [
@@ -243,8 +243,12 @@ def apply_threads(num_threads: int | None) -> None:
 
 
 def load_difuse_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DifuseConfig:
-    """Compose and validate an experiment config (``base:`` files, then the file, then overrides)."""
-    cfg = load_config(DifuseConfig, path, overrides)
+    """Compose and validate an experiment config (``base:`` files, then the file, then overrides).
+
+    ``path`` is a file, or a config shipped in ``geosane/configs``: ``difuser/rsscn7_gw.yaml``,
+    ``rsscn7_gw``.
+    """
+    cfg = load_config(DifuseConfig, find_config(path, "difuser") if path else None, overrides)
     if cfg.backbone.model_dir is None:
         raise ConfigError("backbone.model_dir is not set (a diffusers model directory)")
     if cfg.task.root is None:
@@ -255,8 +259,8 @@ def load_difuse_config(path: str | Path | None, overrides: list[str] | tuple[str
 def load_pretrain_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> PretrainConfig:
-    """Compose and validate a DDPM pretraining config."""
-    cfg = load_config(PretrainConfig, path, overrides)
+    """Compose and validate a DDPM pretraining config (a file, or ``difuser/pretrain/ddpm_rsscn7.yaml``)."""
+    cfg = load_config(PretrainConfig, find_config(path, "difuser/pretrain") if path else None, overrides)
     if cfg.data_root is None:
         raise ConfigError("data_root is not set (an image folder of unlabeled training images)")
     return cfg

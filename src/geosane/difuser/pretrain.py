@@ -219,7 +219,9 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
         raise GeosaneError(f"--resume: no checkpoint at {last}")
     if not resume and last.is_file():
         raise GeosaneError(f"{out} already holds a training run; pass --resume or choose another output_dir")
-    images = load_training_images(str(config.data_root), config.image_size, config.split, config.fractions, config.seed)
+    images = load_training_images(
+        str(config.data_root), config.image_size, config.split, config.fractions, config.split_seed
+    )
     if images.shape[1] != 3:
         raise GeosaneError(f"DDPM pretraining expects RGB images, {config.data_root} has {images.shape[1]} bands")
     console.print(
