@@ -254,7 +254,7 @@ def _generate(cfg: DemoConfig, spec: DemoGenerate, name: str, ae: Path, data: Pa
             top_k=spec.top_k, select_data=data, split_seed=cfg.split_seed, image_size=cfg.image_size,
             kde_mode=spec.kde_mode, bandwidth=spec.bandwidth, seed=cfg.seed, random_init=spec.random_init,
             store=store if spec.anchors else None, anchors=spec.anchors, overwrite=True,
-        )  # fmt: skip
+        )
     )
     return out
 
