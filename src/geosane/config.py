@@ -32,6 +32,7 @@ from geosane.io import write_text
 __all__ = [
     "PACKAGED_CONFIGS",
     "compose",
+    "expand_dotted",
     "find_config",
     "from_dict",
     "load_config",
@@ -287,6 +288,18 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def expand_dotted(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "a.c": 2, "d": 3}`` -> ``{"a": {"b": 1, "c": 2}, "d": 3}`` (top-level keys only,
+    merged in order, so later keys win)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        head, *rest = str(key).split(".")
+        for part in reversed(rest):
+            value = {part: value}
+        out = merge(out, {head: value})
+    return out
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
@@ -297,7 +310,7 @@ def load_config(
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
         data = merge(data, compose(path))
-    extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else expand_dotted(overrides)
     data = merge(data, extra)
     return from_dict(cls, data)
 

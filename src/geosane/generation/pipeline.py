@@ -235,7 +235,9 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     num_classes = cfg.num_classes if cfg.num_classes is not None else (
         len(select_images.classes) if select_images is not None else None
     )
-    prompt = prepare_prompt(cfg.prompt, num_classes, cfg.in_chans, cfg.random_init)
+    with torch.random.fork_rng():  # a random-init prompt or a new head: reproducible under --seed
+        torch.manual_seed(cfg.seed)
+        prompt = prepare_prompt(cfg.prompt, num_classes, cfg.in_chans, cfg.random_init)
     in_chans = int(prompt.info.get("in_chans") or 3)
     if select_images is not None and select_images.num_bands != in_chans:
         raise DataError(

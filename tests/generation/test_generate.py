@@ -1,0 +1,155 @@
+"""``geosane generate`` end to end on real (small) timm architectures, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from geosane.autoencoder import ModelConfig, WeightAutoencoder, save_autoencoder
+from geosane.cli import main
+from geosane.errors import GeosaneError
+from geosane.generation import generate
+from geosane.generation.pipeline import config_from_kwargs
+from geosane.io import save_safetensors, write_json
+from geosane.tokens.store import tokenize_zoo
+from geosane.zoo import ArchSpec, LoadedModel, Zoo
+
+PROMPT = "timm:test_resnet"  # a real ResNet (with BatchNorm) small enough for tests
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread: None) -> Iterator[None]:
+    yield
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A zoo of three test_resnet models (3 classes), its token store and an autoencoder export."""
+    root = tmp_path_factory.mktemp("gen")
+    zoo = Zoo.create(root / "zoo")
+    arch = ArchSpec("timm", "test_resnet", {"num_classes": 3})
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = timm.create_model("test_resnet", num_classes=3)
+        zoo.add(LoadedModel("timm:test_resnet", model.state_dict(), arch), model_id=f"resnet-{seed}")
+    store = tokenize_zoo(zoo, root / "store", token_size=32)
+    torch.manual_seed(0)
+    ae = WeightAutoencoder(ModelConfig(d_t=32, d_model=32, n_heads=2, n_layers=1, lat_dim=16, window=16,
+                                       max_layers=256, max_chunks=256, proj_hidden=16, proj_dim=8))  # fmt: skip
+    save_autoencoder(ae, root / "ae.safetensors", extra={"tokenizer": json.dumps(store.settings)})
+    return {"root": root, "zoo": root / "zoo", "store": root / "store", "ae": root / "ae.safetensors"}
+
+
+def _cfg(setup: dict[str, Path], out: Path, select: Path | None, **kwargs: object) -> object:
+    defaults = dict(ae=setup["ae"], prompt=PROMPT, out=out, random_init=True, num_candidates=3, top_k=2,
+                    select_data=select, select_split="all", image_size=32)  # fmt: skip
+    return config_from_kwargs(**{**defaults, **kwargs})
+
+
+def test_generate_writes_ranked_candidates_card_and_loader(
+    setup: dict[str, Path], tiny_image_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gen"
+    result = generate(_cfg(setup, out, tiny_image_folder, store=setup["store"], anchors=2))
+    card = json.loads((out / "model_card.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "candidate_1.safetensors", "candidate_2.safetensors", "load_generated.py", "model_card.json",
+    ]  # fmt: skip
+    assert card == result.card and card["prompt"] == PROMPT and card["seed"] == 0
+    assert card["arch"] == {"library": "timm", "name": "test_resnet", "kwargs": {"num_classes": 3}}
+    assert len(card["all_proxy_scores"]) == 3 and len(card["kde"]["anchors"]) == 2
+    scores = [c["proxy_score"] for c in card["candidates"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] == max(card["all_proxy_scores"])
+    # tokenized tensors are generated; BN running stats are carried, and recalibrated on the images
+    assert "conv1.0.weight" in card["generated_tensors"] and "bn1.weight" in card["generated_tensors"]
+    assert "bn1.running_mean" in card["carried_tensors"] and "recalibrated" in card["carried_note"]
+    assert card["candidates"][0]["bn_recalibrated_on"] == 24
+    prompt = timm.create_model("test_resnet", num_classes=3).state_dict()
+    weights = load_file(str(out / "candidate_1.safetensors"))
+    assert sorted(weights) == sorted(prompt) and weights["conv1.0.weight"].shape == prompt["conv1.0.weight"].shape
+    assert not torch.equal(weights["bn1.running_mean"], torch.zeros_like(prompt["bn1.running_mean"]))
+    # the stand-alone helper builds the timm model and loads the weights
+    helper = runpy.run_path(str(out / "load_generated.py"))
+    model = helper["load"](rank=1)
+    assert isinstance(model, torch.nn.Module) and helper["card"]() == card
+    torch.testing.assert_close(model.state_dict()["conv1.0.weight"], weights["conv1.0.weight"])
+
+
+def test_generate_is_seeded_and_adapts_the_stem(setup: dict[str, Path], tmp_path: Path) -> None:
+    a = generate(_cfg(setup, tmp_path / "a", None, top_k=1, num_candidates=2, seed=5))
+    b = generate(_cfg(setup, tmp_path / "b", None, top_k=1, num_candidates=2, seed=5))
+    wa, wb = (load_file(str(r.files[0])) for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    six = generate(_cfg(setup, tmp_path / "six", None, top_k=1, num_candidates=1, in_chans=6))
+    assert load_file(str(six.files[0]))["conv1.0.weight"].shape[1] == 6
+    assert six.card["arch"]["kwargs"]["in_chans"] == 6
+
+
+def _cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return int(exit_info.value.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--top-k", "4", "--num-candidates", "3"], "--top-k 4 must be between 1 and --num-candidates"),
+        (["--token-size", "64"], "was trained on tokens of size 32, not --token-size 64"),
+        (["--prompt", "timm:no_such_architecture_xyz"], "unknown timm model 'no_such_architecture_xyz'"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(
+    setup: dict[str, Path], tiny_image_folder: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], extra: list[str], message: str,
+) -> None:  # fmt: skip
+    out = tmp_path / "never"
+    args = ["generate", "--ae", str(setup["ae"]), "--prompt", PROMPT, "--out", str(out), "--random-init",
+            "--select-data", str(tiny_image_folder), "--select-split", "all", "--image-size", "32", *extra]  # fmt: skip
+    assert _cli(args) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tiny_folder"]
+
+
+def test_prompt_whose_architecture_cannot_be_instantiated(setup: dict[str, Path], tmp_path: Path) -> None:
+    bare = tmp_path / "bare.safetensors"  # weights without an architecture record
+    save_safetensors(timm.create_model("test_resnet").state_dict(), bare)
+    with pytest.raises(GeosaneError, match="architecture is unknown"):
+        generate(_cfg(setup, tmp_path / "out1", None, prompt=str(bare)))
+    hub = tmp_path / "hub"  # a hub-style folder whose config.json names an architecture timm lacks
+    save_safetensors(timm.create_model("test_resnet").state_dict(), hub / "model.safetensors")
+    write_json(hub / "config.json", {"architecture": "no_such_net_xyz", "num_classes": 1000})
+    with pytest.raises(GeosaneError, match="architecture is unknown"):
+        generate(_cfg(setup, tmp_path / "out2", None, prompt=str(hub)))
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def test_selection_folder_with_fewer_images_than_classes(setup: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "few"
+    for c in "abc":
+        (folder / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / c / "0.png")
+    with pytest.raises(GeosaneError, match="has 3 images for 4 classes"):
+        generate(_cfg(setup, tmp_path / "out", folder, num_classes=4))
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_kept_unless_overwrite(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(GeosaneError, match="exists and is not empty"):
+        generate(_cfg(setup, out, None, top_k=1, num_candidates=1))
+    assert (out / "keep.txt").read_text() == "mine"
+    generate(_cfg(setup, out, None, top_k=1, num_candidates=1, overwrite=True))
+    assert not (out / "keep.txt").exists() and (out / "candidate_1.safetensors").exists()
