@@ -14,10 +14,10 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # torch loads inside the functions so that `geosane --help` stays fast
+    import torch
 
 __all__ = [
     "atomic_path",
@@ -75,7 +75,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.dtype):
+    if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":
         return str(obj).removeprefix("torch.")
     if hasattr(obj, "item"):
         return obj.item()
@@ -90,6 +90,8 @@ def save_safetensors(
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Atomically save ``tensors`` as a safetensors file (contiguous copies where needed)."""
+    from safetensors.torch import save_file
+
     prepared = {k: v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(prepared, str(tmp), metadata=dict(metadata) if metadata else None)
@@ -101,6 +103,8 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> Path:
 
     Such files load back with ``torch.load(weights_only=True)``; anything else should not be saved.
     """
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
@@ -121,6 +125,8 @@ def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     Two state dicts with bitwise identical tensors under the same names get the same digest,
     whatever file format they came from.
     """
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in tensors.items():
         t = tensor.detach().contiguous().cpu()

@@ -197,7 +197,7 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path):
 @pytest.mark.slow
 def test_add_hf_repo_from_cache_with_offline_env(tmp_path, weights):
     """HF_HUB_OFFLINE=1 and HF_HUB_CACHE, as a user sets them: the cached repo is added."""
-    from test_zoo_sources import _fake_hf_cache
+    from .test_zoo_sources import _fake_hf_cache
 
     sd = torch.load(weights, weights_only=True)
     save_file(sd, str(tmp_path / "m.safetensors"))

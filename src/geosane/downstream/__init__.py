@@ -10,28 +10,40 @@
   train / selection / test.
 """
 
-from geosane.downstream.compare import CompareResult, build_initializations, compare, run_compare
-from geosane.downstream.config import (
-    ArchConfig,
-    CompareConfig,
-    DataConfig,
-    FinetuneConfig,
-    GeneratedConfig,
-    TaskConfig,
-    ZooInitConfig,
-    load_compare_config,
-    load_finetune_config,
-)
-from geosane.downstream.data import TaskData, check_same_classes, check_selection_size, load_task_data
-from geosane.downstream.finetune import FinetuneResult, build_task_model, finetune, initialization_from_source
-from geosane.downstream.inits import (
-    GeneratedDir,
-    Initialization,
-    load_source,
-    read_generated_dir,
-    zoo_initializations,
-)
-from geosane.downstream.merges import MergeResult, average_merge, dare_merge, task_vectors, ties_merge
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from geosane.downstream.compare import CompareResult, build_initializations, compare, run_compare
+    from geosane.downstream.config import (
+        ArchConfig,
+        CompareConfig,
+        DataConfig,
+        FinetuneConfig,
+        GeneratedConfig,
+        TaskConfig,
+        ZooInitConfig,
+        load_compare_config,
+        load_finetune_config,
+    )
+    from geosane.downstream.data import TaskData, check_same_classes, check_selection_size, load_task_data
+    from geosane.downstream.finetune import (
+        FinetuneResult,
+        build_task_model,
+        finetune,
+        initialization_from_source,
+    )
+    from geosane.downstream.inits import (
+        GeneratedDir,
+        Initialization,
+        load_source,
+        read_generated_dir,
+        zoo_initializations,
+    )
+    from geosane.downstream.merges import MergeResult, average_merge, dare_merge, task_vectors, ties_merge
 
 __all__ = [
     "ArchConfig",
@@ -66,3 +78,32 @@ __all__ = [
     "ties_merge",
     "zoo_initializations",
 ]
+
+# Names load on first use (PEP 562) so that `geosane --help` does not import torch.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "compare": ("CompareResult", "build_initializations", "compare", "run_compare"),
+        "config": (
+            "ArchConfig",
+            "CompareConfig",
+            "DataConfig",
+            "FinetuneConfig",
+            "GeneratedConfig",
+            "TaskConfig",
+            "ZooInitConfig",
+            "load_compare_config",
+            "load_finetune_config",
+        ),
+        "data": ("TaskData", "check_same_classes", "check_selection_size", "load_task_data"),
+        "finetune": ("FinetuneResult", "build_task_model", "finetune", "initialization_from_source"),
+        "inits": (
+            "GeneratedDir",
+            "Initialization",
+            "load_source",
+            "read_generated_dir",
+            "zoo_initializations",
+        ),
+        "merges": ("MergeResult", "average_merge", "dare_merge", "task_vectors", "ties_merge"),
+    },
+)
