@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from downstream_fakes import perturbed
 from safetensors.torch import load_file
 
 from geosane.autoencoder import WeightAutoencoder, save_autoencoder
@@ -18,6 +17,8 @@ from geosane.downstream import build_initializations, load_compare_config, read_
 from geosane.errors import GeosaneError
 from geosane.generation.pipeline import config_from_kwargs, generate
 from geosane.zoo import ArchSpec, LoadedModel, Zoo
+
+from .downstream_fakes import perturbed
 
 ARCH = ArchSpec("timm", "test_resnet", {"num_classes": 7})
 
