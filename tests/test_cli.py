@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
@@ -32,3 +34,17 @@ def test_help_does_not_import_torch() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["zoo", "tokens", "autoencoder", "generation", "downstream", "analysis", "difuser"],
+)
+def test_every_public_name_of_a_stage_resolves_to_what_it_names(package: str) -> None:
+    """Lazy exports give the function or class, never a same-named submodule."""
+    import importlib
+    import types
+
+    module = importlib.import_module(f"geosane.{package}")
+    for name in module.__all__:
+        assert not isinstance(getattr(module, name), types.ModuleType), f"geosane.{package}.{name}"

@@ -219,7 +219,7 @@ def _tokens(cfg: DemoConfig, zoo: Path) -> Path:
 
 def _autoencoder(cfg: DemoConfig, store: Path) -> Path:
     from geosane.autoencoder import load_autoencoder_config
-    from geosane.autoencoder.train import checkpoints, train
+    from geosane.autoencoder.training import checkpoints, train
 
     out = cfg.out / "autoencoder"
     overrides = {"model.d_t": cfg.tokens.token_size, **cfg.autoencoder.overrides,

@@ -108,7 +108,7 @@ def test_permuted_views_reach_training_as_function_preserving_variants(random_st
     to models that compute the same function; training pairs each window with a variant's window."""
     from geosane.autoencoder import load_autoencoder_config
     from geosane.autoencoder.data import TokenWindowDataModule
-    from geosane.autoencoder.train import train
+    from geosane.autoencoder.training import train
     from geosane.tokens import detokenize
     from geosane.tokens.store import TokenStore
     from geosane.zoo import ArchSpec, build_architecture

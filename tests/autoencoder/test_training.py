@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from geosane.autoencoder import load_autoencoder_config
 from geosane.autoencoder.module import AutoencoderModule, make_optimizer
-from geosane.autoencoder.train import read_metrics, resolve_strategy, train
+from geosane.autoencoder.training import read_metrics, resolve_strategy, train
 from geosane.errors import ConfigError, GeosaneError
 
 

@@ -22,7 +22,7 @@ from geosane.downstream import (
     finetune,
     load_task_data,
 )
-from geosane.downstream.finetune import initialization_from_source, plan_run, run_finetune
+from geosane.downstream.finetuning import initialization_from_source, plan_run, run_finetune
 from geosane.errors import GeosaneError
 from geosane.tasks import FitConfig, evaluate
 

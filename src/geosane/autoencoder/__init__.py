@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         permute_state_dict,
         random_permutations,
     )
-    from geosane.autoencoder.train import TrainResult, train
+    from geosane.autoencoder.training import TrainResult, train
     from geosane.autoencoder.windows import decode_sequence, encode_sequence, halo_windows
 
 __all__ = [
@@ -90,7 +90,7 @@ __getattr__, __dir__ = lazy_exports(
         "windows": ("decode_sequence", "encode_sequence", "halo_windows"),
         "module": ("AutoencoderModule",),
         "data": ("TokenWindowDataModule",),
-        "train": ("TrainResult", "train"),
+        "training": ("TrainResult", "train"),
         "embed": ("Embeddings", "embed_store", "probe_property"),
         "bench": ("benchmark_training",),
         "evaluate": ("reconstruction_metrics",),

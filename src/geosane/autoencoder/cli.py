@@ -21,7 +21,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Train the weight-space autoencoder on a token store (Lightning; checkpoints; resumable)."""
         from geosane.autoencoder.config import load_autoencoder_config
-        from geosane.autoencoder.train import train
+        from geosane.autoencoder.training import train
 
         cfg = load_autoencoder_config(config, overrides or [])
         result = train(cfg, resume=resume)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from geosane.downstream.compare import CompareResult, build_initializations, compare, run_compare
+    from geosane.downstream.comparison import CompareResult, build_initializations, compare, run_compare
     from geosane.downstream.config import (
         ArchConfig,
         CompareConfig,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         load_finetune_config,
     )
     from geosane.downstream.data import TaskData, check_same_classes, check_selection_size, load_task_data
-    from geosane.downstream.finetune import (
+    from geosane.downstream.finetuning import (
         FinetuneResult,
         build_task_model,
         finetune,
@@ -83,7 +83,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "compare": ("CompareResult", "build_initializations", "compare", "run_compare"),
+        "comparison": ("CompareResult", "build_initializations", "compare", "run_compare"),
         "config": (
             "ArchConfig",
             "CompareConfig",
@@ -96,7 +96,7 @@ __getattr__, __dir__ = lazy_exports(
             "load_finetune_config",
         ),
         "data": ("TaskData", "check_same_classes", "check_selection_size", "load_task_data"),
-        "finetune": ("FinetuneResult", "build_task_model", "finetune", "initialization_from_source"),
+        "finetuning": ("FinetuneResult", "build_task_model", "finetune", "initialization_from_source"),
         "inits": (
             "GeneratedDir",
             "Initialization",

@@ -48,7 +48,7 @@ def finetune_command(
 ) -> None:
     """Fine-tune one initialization on a task; writes metrics.json, history.csv and weights.safetensors."""
     from geosane.downstream.config import load_finetune_config
-    from geosane.downstream.finetune import finetune
+    from geosane.downstream.finetuning import finetune
 
     cfg = load_finetune_config(
         config,
@@ -95,7 +95,7 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Fine-tune one architecture from several initializations (same budget, >= 3 seeds) and report."""
-    from geosane.downstream.compare import compare
+    from geosane.downstream.comparison import compare
     from geosane.downstream.config import load_compare_config
 
     flags = {
@@ -205,7 +205,7 @@ def bench_finetune_command(
 
     from geosane.downstream.config import load_finetune_config
     from geosane.downstream.data import load_task_data
-    from geosane.downstream.finetune import build_task_model, initialization_from_source
+    from geosane.downstream.finetuning import build_task_model, initialization_from_source
     from geosane.tasks import evaluate, fit
 
     cfg = load_finetune_config(config, _overrides(overrides, **{"data.root": data}))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geosane.downstream.finetune import FinetuneResult
+from geosane.downstream.finetuning import FinetuneResult
 from geosane.io import atomic_path
 
 __all__ = [

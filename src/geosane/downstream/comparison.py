@@ -32,7 +32,7 @@ from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.downstream.config import CompareConfig, check_compare_config, load_compare_config
 from geosane.downstream.data import TaskData, load_task_data
-from geosane.downstream.finetune import (
+from geosane.downstream.finetuning import (
     FinetuneResult,
     RunPlan,
     build_task_model,
