@@ -17,7 +17,7 @@ from geosane.cli import main
 from geosane.errors import GeosaneError
 from geosane.generation import generate
 from geosane.generation.pipeline import config_from_kwargs
-from geosane.io import save_safetensors, write_json
+from geosane.io import save_safetensors, sha256_file, write_json
 from geosane.tokens.store import tokenize_zoo
 from geosane.zoo import ArchSpec, LoadedModel, Zoo
 
@@ -141,7 +141,23 @@ def test_selection_folder_with_fewer_images_than_classes(setup: dict[str, Path],
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / c / "0.png")
     with pytest.raises(GeosaneError, match="has 3 images for 4 classes"):
         generate(_cfg(setup, tmp_path / "out", folder, num_classes=4))
+    with pytest.raises(GeosaneError, match="--proxy linear needs at least 2 per class"):
+        generate(_cfg(setup, tmp_path / "out", folder, proxy="linear"))
+    with pytest.raises(GeosaneError, match="--proxy must be one of knn, linear, got 'nope'"):
+        generate(_cfg(setup, tmp_path / "out", folder, proxy="nope"))
     assert not (tmp_path / "out").exists()
+
+
+def test_run_directory_as_ae_and_a_card_without_selection_data_is_strict_json(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "autoencoder.safetensors").write_bytes(setup["ae"].read_bytes())
+    result = generate(_cfg(setup, tmp_path / "out", None, ae=run, top_k=1, num_candidates=1))
+    text = (tmp_path / "out" / "model_card.json").read_text()
+    assert "NaN" not in text and result.card["candidates"][0]["proxy_score"] is None
+    assert result.card["ae_sha256"] == sha256_file(setup["ae"])
 
 
 def test_existing_output_is_kept_unless_overwrite(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ The ``geosane generate`` output contract (written by
                           "arch": {"library": "timm", "name": str, "kwargs": {}},
                           "ae_checkpoint": str, "seed": int, "proxy": "knn",
                           "candidates": [{"rank": 1, "file": "candidate_1.safetensors",
-                                          "proxy_score": float (NaN without selection data),
+                                          "proxy_score": float, or null (NaN in older cards) without selection data,
                                           "proxy": "knn", ...}, ...],
                           "generated_tensors": [...], "carried_tensors": [...], "note": str?, ...}
     DIR/candidate_<k>.safetensors   full timm state dicts of ``arch`` (ranked by the proxy)

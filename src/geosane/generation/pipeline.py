@@ -19,15 +19,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from geosane import __version__
 from geosane.console import console, make_progress
-from geosane.data import ImageFolderData, TensorImageDataset, load_image_folder, stratified_split
-from geosane.data.tensors import default_normalization
+from geosane.data import (
+    ImageFolderData,
+    Normalization,
+    TensorImageDataset,
+    load_image_folder,
+    stratified_split,
+)
 from geosane.errors import DataError, GeosaneError
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
 from geosane.generation.card import write_loader_script
@@ -62,6 +68,7 @@ class GenerateConfig:
     store: Path | None = None  # token store of the zoo: nearest same-layout models become anchors
     anchors: int = 0  # how many nearest zoo models join the prompt as KDE anchors
     proxy: ProxyKind = "knn"
+    normalization: Literal["dataset", "imagenet"] = "dataset"  # as zoo build / finetune (data.normalization)
     token_size: int | None = None  # must equal the AE's token size when given
     halo: int | None = None
     bn_batches: int = 4
@@ -103,6 +110,13 @@ def _validate_counts(cfg: GenerateConfig) -> None:
         raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
     if cfg.anchors and cfg.store is None:
         raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
+    for value, allowed, flag in (
+        (cfg.kde_mode, ("token", "joint"), "--kde-mode"),
+        (cfg.proxy, ("knn", "linear"), "--proxy"),
+        (cfg.normalization, ("dataset", "imagenet"), "normalization"),
+    ):
+        if value not in allowed:
+            raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
     if cfg.select_split not in ("select", "all"):
         raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
     out = Path(cfg.out)
@@ -110,20 +124,37 @@ def _validate_counts(cfg: GenerateConfig) -> None:
         raise GeosaneError(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
 
 
-def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> ImageFolderData | None:
-    """The labelled images candidates are ranked on (never the test split)."""
+def _selection_data(
+    cfg: GenerateConfig, num_classes: int | None
+) -> tuple[ImageFolderData, Normalization] | None:
+    """The labelled images candidates are ranked on (never the test split) and their normalization.
+
+    The normalization matches ``geosane zoo build`` and ``geosane finetune``'s default: per-band
+    statistics of the training split (of every image with ``select_split='all'``), or ImageNet's with
+    ``normalization='imagenet'``, so recalibrated BatchNorm statistics fit the fine-tuning inputs.
+    """
     if cfg.select_data is None:
         return None
     data = load_image_folder(cfg.select_data, cfg.image_size)
+    train = data
     if cfg.select_split == "select":
-        data = data.subset(stratified_split(data.labels.numpy(), seed=cfg.split_seed)["select"])
+        parts = stratified_split(data.labels.numpy(), seed=cfg.split_seed)
+        train, data = data.subset(parts["train"]), data.subset(parts["select"])
     classes = num_classes if num_classes is not None else len(data.classes)
+    per_class = np.bincount(data.labels.numpy(), minlength=classes)
     if len(data) < classes:
         raise DataError(
             f"the selection data ({cfg.select_data}, split '{cfg.select_split}') has {len(data)} images "
             f"for {classes} classes: the proxy needs at least one image per class (better: several)"
         )
-    return data
+    if cfg.proxy == "linear" and per_class.min() < 2:
+        raise DataError(
+            f"the selection data ({cfg.select_data}, split '{cfg.select_split}') has {int(per_class.min())} "
+            "image(s) in some class: --proxy linear needs at least 2 per class (use --proxy knn or more data)"
+        )
+    if cfg.normalization == "imagenet" and data.num_bands == 3:
+        return data, Normalization.imagenet()
+    return data, Normalization.from_images(train.images)
 
 
 def prepare_prompt(
@@ -198,6 +229,11 @@ def _nearest_anchors(
     return found[: cfg.anchors]
 
 
+def _finite_or_none(score: float) -> float | None:
+    """Scores for the model card: null (strict JSON) when there was no selection data."""
+    return score if np.isfinite(score) else None
+
+
 def _score_candidate(
     model: nn.Module, select: TensorImageDataset | None, cfg: GenerateConfig
 ) -> tuple[float, int]:
@@ -205,10 +241,12 @@ def _score_candidate(
     if select is None:
         return float("nan"), 0
     seen = 0
-    if has_batchnorm(model):
+    if has_batchnorm(model):  # a seeded shuffle: the selection split is stored in class order
+        order = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
+        order = order[: cfg.bn_batches * cfg.batch_size].tolist()
         batches = [
-            torch.stack([select[i][0] for i in range(start, min(start + cfg.batch_size, len(select)))])
-            for start in range(0, min(len(select), cfg.bn_batches * cfg.batch_size), cfg.batch_size)
+            torch.stack([select[i][0] for i in order[start : start + cfg.batch_size]])
+            for start in range(0, len(order), cfg.batch_size)
         ]
         seen = recalibrate_batchnorm(model, batches)
     return proxy_score(model, select, kind=cfg.proxy), seen
@@ -231,7 +269,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         raise GeosaneError(
             f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
         )
-    select_images = _selection_data(cfg, cfg.num_classes)
+    selection = _selection_data(cfg, cfg.num_classes)
+    select_images, norm = selection if selection is not None else (None, None)
     num_classes = cfg.num_classes if cfg.num_classes is not None else (
         len(select_images.classes) if select_images is not None else None
     )
@@ -246,7 +285,6 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         )
     select = None
     if select_images is not None:
-        norm = default_normalization(select_images.images)
         select = TensorImageDataset(select_images.images, select_images.labels, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -297,7 +335,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         "prompt_info": {k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
         "arch": prompt.arch.to_dict() if prompt.arch else None,
         "ae_checkpoint": str(Path(cfg.ae).resolve()),
-        "ae_sha256": sha256_file(cfg.ae),
+        "ae_sha256": sha256_file(Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae),
         "token_size": token_size,
         "mode": mode,
         "seed": cfg.seed,
@@ -309,16 +347,17 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         "proxy": cfg.proxy,
         "select_data": str(cfg.select_data) if cfg.select_data else None,
         "select_split": cfg.select_split,
+        "normalization": cfg.normalization,
         "split_seed": cfg.split_seed,
         "image_size": cfg.image_size,
-        "prompt_proxy_score": prompt_score,
-        "all_proxy_scores": [c.score for c in candidates],
+        "prompt_proxy_score": _finite_or_none(prompt_score),
+        "all_proxy_scores": [_finite_or_none(c.score) for c in candidates],
         "candidates": [
             {
                 "rank": rank,
                 "file": f"candidate_{rank}.safetensors",
                 "candidate_index": c.index,
-                "proxy_score": c.score,
+                "proxy_score": _finite_or_none(c.score),
                 "proxy": cfg.proxy,
                 "bn_recalibrated_on": c.bn_images,
             }
@@ -346,8 +385,10 @@ def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candid
             save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
         write_json(tmp / "model_card.json", card)
         write_loader_script(tmp / "load_generated.py")
-        if out.exists():
+        if out.is_dir():
             shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
