@@ -120,16 +120,13 @@ def prepare_data(cfg: DemoConfig) -> Path:
     """The image folder every stage uses (a seeded per-class subset when ``max_per_class`` is set)."""
     from geosane.data.folder import IMAGE_EXTENSIONS
 
+    check_data_source(cfg)
     source = cfg.data.root
     if source is None:
         source = _download_eurosat(cfg.out / "downloads" / "eurosat", cfg.out / "data" / "eurosat-rgb",
                                    cfg.data.eurosat_per_class, cfg.seed)  # fmt: skip
     source = Path(source).expanduser()
-    if not source.is_dir():
-        raise DataError(f"--data {source} is not a directory; {EUROSAT_HINT}")
-    classes = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(f"--data {source} needs at least two class sub-folders (root/<class>/<image>)")
+    classes = _class_folders(source)
     if cfg.data.max_per_class is None:
         return source
     subset = cfg.out / "data" / f"{source.name}-{cfg.data.max_per_class}-per-class"
@@ -150,17 +147,35 @@ def prepare_data(cfg: DemoConfig) -> Path:
     return subset
 
 
-def _download_eurosat(root: Path, folder: Path, per_class: int, seed: int) -> Path:
-    """EuroSAT through TorchGeo (RGB bands, ``per_class`` images per class) as a PNG image folder."""
-    if (folder / ".complete").exists():
-        return folder
-    from geosane.data.torchgeo import open_torchgeo, torchgeo_available
+def _class_folders(source: Path) -> list[Path]:
+    if not source.is_dir():
+        raise DataError(f"--data {source} is not a directory; {EUROSAT_HINT}")
+    classes = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"--data {source} needs at least two class sub-folders (root/<class>/<image>)")
+    return classes
 
-    if not torchgeo_available():
+
+def check_data_source(cfg: DemoConfig) -> None:
+    """Refuse an unusable ``--data`` (or, without it, a machine that cannot fetch EuroSAT) up front."""
+    if cfg.data.root is not None:
+        _class_folders(Path(cfg.data.root).expanduser())
+        return
+    from geosane.data.torchgeo import torchgeo_available
+
+    if not (cfg.out / "data" / "eurosat-rgb" / ".complete").exists() and not torchgeo_available():
         raise DataError(
             "no --data given, and the default dataset (EuroSAT) needs TorchGeo: "
             f"pip install 'geosane[torchgeo]', or {EUROSAT_HINT}"
         )
+
+
+def _download_eurosat(root: Path, folder: Path, per_class: int, seed: int) -> Path:
+    """EuroSAT through TorchGeo (RGB bands, ``per_class`` images per class) as a PNG image folder."""
+    if (folder / ".complete").exists():
+        return folder
+    from geosane.data.torchgeo import open_torchgeo
+
     console.print(f"no --data given: downloading EuroSAT through TorchGeo into {root} ...")
     try:
         dataset = open_torchgeo("eurosat", root, "train", download=True, kwargs={"bands": ("B04", "B03", "B02")})
@@ -287,6 +302,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     if cfg.cross_architecture is not None and cfg.cross_compare is None:
         raise ConfigError("cross_architecture needs a cross_compare section (the comparison to run)")
+    check_data_source(cfg)  # before anything is written
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out / "demo.yaml")
     started = time.perf_counter()
