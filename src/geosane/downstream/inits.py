@@ -196,7 +196,7 @@ def load_source(source: str, arch: ArchSpec | None = None) -> LoadedModel:
     if loaded.arch is None:
         if arch is None:
             raise SourceError(
-                f"{source}: the architecture of these weights is unknown; set arch.name (e.g. arch.name=resnet18)"
+                f"{source}: the architecture of these weights is unknown; set arch.name (e.g. arch.name=resnet18; for geosane merge: --arch resnet18)"
             )
         loaded = dataclasses.replace(loaded, arch=arch)
     elif arch is not None and not same_architecture(loaded.arch, arch):

@@ -198,7 +198,8 @@ def plot_curves(results: dict[str, list[FinetuneResult]], metric: str, path: Pat
                 [[r.history[i].get(key, np.nan) for i in range(length)] for r in runs], dtype=float
             )
             epochs = np.arange(1, length + 1)
-            mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+            mean = np.nanmean(values, axis=0)  # sample std over seeds, as in the report's table
+            std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
             if key != "train_loss":
                 mean, std = 100 * mean, 100 * std
             (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=name)

@@ -226,6 +226,11 @@ def _nearest_anchors(
         distance = float((z - prompt_latent).pow(2).mean())
         found.append({"id": record.id, "distance": distance, "latent": z})
     found.sort(key=lambda a: a["distance"])
+    if len(found) < cfg.anchors:
+        console.print(
+            f"[yellow]warning:[/] --anchors {cfg.anchors}: the store has {len(found)} model(s) with the "
+            "prompt's exact layout (architecture, bands, classes); using those"
+        )
     return found[: cfg.anchors]
 
 

@@ -48,6 +48,11 @@ def adapt_stem(prompt: LoadedModel, in_chans: int) -> LoadedModel:
     state_dict = dict(prompt.state_dict)
     for name in names:
         weight = state_dict[name]
+        if weight.ndim != 4:
+            raise GeosaneError(
+                f"cannot adapt {prompt.source} to {in_chans} bands: its stem '{name}' is not a convolution "
+                f"(shape {tuple(weight.shape)}); pass data with {current} bands instead"
+            )
         state_dict[name] = adapt_input_conv(in_chans, weight.float(), base_chans=current).to(weight.dtype)
     arch = ArchSpec(prompt.arch.library, prompt.arch.name, {**prompt.arch.kwargs, "in_chans": in_chans})
     info = {**prompt.info, "in_chans": in_chans, "stem_adapted_from": current}
