@@ -27,7 +27,7 @@ __all__ = [
     "load_pretrain_config",
 ]
 
-RESULTS_ROOT = Path("/tmp/difuser-results")
+RESULTS_ROOT = Path("runs/difuser")  # default outputs, relative to the working directory
 
 
 @dataclass
