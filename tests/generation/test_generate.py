@@ -169,3 +169,20 @@ def test_existing_output_is_kept_unless_overwrite(setup: dict[str, Path], tmp_pa
     assert (out / "keep.txt").read_text() == "mine"
     generate(_cfg(setup, out, None, top_k=1, num_candidates=1, overwrite=True))
     assert not (out / "keep.txt").exists() and (out / "candidate_1.safetensors").exists()
+
+
+def test_residual_decoding_at_zero_bandwidth_returns_the_prompt_exactly(setup: dict[str, Path], tmp_path: Path) -> None:
+    """prompt + decode(z) - decode(z_prompt) with z = z_prompt: the AE's reconstruction error cancels."""
+    kwargs = dict(prompt=f"zoo:{setup['zoo']}#resnet-1", bandwidth=0.0, top_k=1, num_candidates=1, bn_batches=0)
+    residual = generate(_cfg(setup, tmp_path / "residual", None, decode="residual", **kwargs))
+    direct = generate(_cfg(setup, tmp_path / "direct", None, decode="direct", **kwargs))
+    zoo_weights = Zoo(setup["zoo"]).load_state_dict("resnet-1")
+    got, reconstructed = load_file(str(residual.files[0])), load_file(str(direct.files[0]))
+    assert residual.card["decode"] == "residual"
+    assert all(torch.equal(got[k], zoo_weights[k]) for k in zoo_weights)
+    assert not all(torch.equal(reconstructed[k], zoo_weights[k]) for k in zoo_weights if k.endswith("weight"))
+    with pytest.raises(GeosaneError, match="--decode must be one of direct, residual, got 'x'"):
+        generate(_cfg(setup, tmp_path / "never", None, decode="x"))
+    with pytest.raises(GeosaneError, match="bn_batches must be >= 0"):
+        generate(_cfg(setup, tmp_path / "never", None, bn_batches=-1))
+    assert not (tmp_path / "never").exists()

@@ -29,28 +29,28 @@ def generate_command(
     store: Path | None = typer.Option(None, "--store", help="Token store of the zoo (for --anchors)."),
     anchors: int = typer.Option(0, "--anchors", help="Nearest same-architecture zoo models used as extra KDE anchors."),
     proxy: str = typer.Option("knn", "--proxy", help="Ranking proxy on frozen features: knn | linear."),
+    decode: str = typer.Option(
+        "direct", "--decode",
+        help="direct: decode the sampled latents (the paper); residual: prompt + decode(z) - decode(z_prompt).",
+    ),
     token_size: int | None = typer.Option(None, "--token-size", help="Expected token size (checked against the AE)."),
     random_init: bool = typer.Option(False, "--random-init", help="Allow a timm prompt without pretrained weights."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
 ) -> None:
     """Generate ready-to-fine-tune weights for the prompt's architecture."""
-    from geosane.errors import GeosaneError
     from geosane.generation.pipeline import GenerateConfig, generate
 
-    if kde_mode not in ("token", "joint"):
-        raise GeosaneError(f"--kde-mode must be 'token' or 'joint', got '{kde_mode}'")
-    if proxy not in ("knn", "linear"):
-        raise GeosaneError(f"--proxy must be 'knn' or 'linear', got '{proxy}'")
     cfg = GenerateConfig(
         ae=ae, prompt=prompt, out=out, num_candidates=num_candidates, top_k=top_k, in_chans=in_chans,
         num_classes=num_classes, select_data=select_data, select_split=select_split, split_seed=split_seed,
         image_size=image_size, kde_mode=kde_mode, bandwidth=bandwidth, seed=seed,  # type: ignore[arg-type]
         random_init=random_init, store=store, anchors=anchors, proxy=proxy,  # type: ignore[arg-type]
-        token_size=token_size, overwrite=overwrite,
+        token_size=token_size, overwrite=overwrite, decode=decode,  # type: ignore[arg-type]
     )
     result = generate(cfg)
     for c in result.card["candidates"]:
-        console.print(f"  rank {c['rank']}: {c['file']}  {c['proxy']} proxy {c['proxy_score']:.4f}")
+        score = "not ranked (no --select-data)" if c["proxy_score"] is None else f"{c['proxy']} proxy {c['proxy_score']:.4f}"
+        console.print(f"  rank {c['rank']}: {c['file']}  {score}")
     console.print(f"[green]wrote[/] {result.out} (model_card.json, load_generated.py)")
 
 

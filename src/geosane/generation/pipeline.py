@@ -68,10 +68,13 @@ class GenerateConfig:
     store: Path | None = None  # token store of the zoo: nearest same-layout models become anchors
     anchors: int = 0  # how many nearest zoo models join the prompt as KDE anchors
     proxy: ProxyKind = "knn"
+    # direct: decode(z) as in the paper; residual: prompt + decode(z) - decode(z_prompt), so the
+    # autoencoder's reconstruction error of the prompt cancels and only the sampled offset remains
+    decode: Literal["direct", "residual"] = "direct"
     normalization: Literal["dataset", "imagenet"] = "dataset"  # as zoo build / finetune (data.normalization)
     token_size: int | None = None  # must equal the AE's token size when given
     halo: int | None = None
-    bn_batches: int = 4
+    bn_batches: int = 4  # batches of selection images for BatchNorm recalibration (0: keep carried stats)
     batch_size: int = 64
     overwrite: bool = False
 
@@ -106,6 +109,8 @@ def _validate_counts(cfg: GenerateConfig) -> None:
         )
     if cfg.bandwidth < 0:
         raise GeosaneError(f"--bandwidth must be >= 0, got {cfg.bandwidth}")
+    if cfg.bn_batches < 0:
+        raise GeosaneError(f"bn_batches must be >= 0 (0: no BatchNorm recalibration), got {cfg.bn_batches}")
     if cfg.anchors < 0:
         raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
     if cfg.anchors and cfg.store is None:
@@ -114,6 +119,7 @@ def _validate_counts(cfg: GenerateConfig) -> None:
         (cfg.kde_mode, ("token", "joint"), "--kde-mode"),
         (cfg.proxy, ("knn", "linear"), "--proxy"),
         (cfg.normalization, ("dataset", "imagenet"), "normalization"),
+        (cfg.decode, ("direct", "residual"), "--decode"),
     ):
         if value not in allowed:
             raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
@@ -246,7 +252,7 @@ def _score_candidate(
     if select is None:
         return float("nan"), 0
     seen = 0
-    if has_batchnorm(model):  # a seeded shuffle: the selection split is stored in class order
+    if has_batchnorm(model) and cfg.bn_batches > 0:  # seeded shuffle: the selection split is in class order
         order = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
         order = order[: cfg.bn_batches * cfg.batch_size].tolist()
         batches = [
@@ -314,11 +320,16 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         scale=latent_scale(anchor_latents),
     )
 
+    base = None  # the prompt's own reconstruction, subtracted in residual decoding
+    if cfg.decode == "residual":
+        base = decode_sequence(ae, z_prompt, prompt_tm.positions, prompt_tm.layer_type, halo=cfg.halo)
     candidates: list[Candidate] = []
     with make_progress() as progress:
         task = progress.add_task("decode + rank candidates", total=cfg.num_candidates, status="")
         for index, z in enumerate(latents):
             tokens = decode_sequence(ae, z, prompt_tm.positions, prompt_tm.layer_type, halo=cfg.halo)
+            if base is not None:
+                tokens = prompt_tm.tokens.to(tokens.dtype) + (tokens - base)
             tokens = tokens * prompt_tm.mask
             state_dict = detokenize(prompt_tm, tokens.to(prompt_tm.tokens.dtype))
             model = prompt.build(load_weights=False)
@@ -344,6 +355,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         "token_size": token_size,
         "mode": mode,
         "seed": cfg.seed,
+        "decode": cfg.decode,
         "kde": {"mode": cfg.kde_mode, "bandwidth": cfg.bandwidth, "anchors": [
             {"id": a["id"], "distance": a["distance"]} for a in anchors
         ]},
