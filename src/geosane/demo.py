@@ -71,6 +71,7 @@ class DemoGenerate:
     bandwidth: float = 0.2
     kde_mode: str = "token"
     anchors: int = 0
+    decode: str = "direct"  # or "residual": prompt + decode(z) - decode(z_prompt) (see docs/demo.md)
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _generate(cfg: DemoConfig, spec: DemoGenerate, name: str, ae: Path, data: Pa
             ae=ae, prompt=_prompt_source(spec, cfg.out / "zoo"), out=out, num_candidates=spec.num_candidates,
             top_k=spec.top_k, select_data=data, split_seed=cfg.split_seed, image_size=cfg.image_size,
             kde_mode=spec.kde_mode, bandwidth=spec.bandwidth, seed=cfg.seed, random_init=spec.random_init,
-            store=store if spec.anchors else None, anchors=spec.anchors, overwrite=True,
+            store=store if spec.anchors else None, anchors=spec.anchors, decode=spec.decode, overwrite=True,
         )
     )
     return out
@@ -332,9 +333,9 @@ def _write_report(cfg: DemoConfig, data: Path, seconds: dict[str, float], compar
     ]
     for name, result in compared.items():
         lines += [f"## {name}", "", result.verdict, "", f"Full report: `{result.report}`", ""]
-        lines += ["| initialization | test " + result.metric + " (mean ± std) |", "|---|---|"]
+        lines += ["| initialization | test " + result.metric + " (%, mean ± std over seeds) |", "|---|---|"]
         for s in result.summaries:
-            lines.append(f"| {s.name} | {s.test_mean:.3f} ± {s.test_std:.3f} |")
+            lines.append(f"| {s.name} | {100 * s.test_mean:.1f} ± {100 * s.test_std:.1f} |")
         lines.append("")
     lines += ["## Time per stage (this run; resumed stages count only what was left)", "",
               "| stage | seconds |", "|---|---|"]  # fmt: skip
