@@ -43,6 +43,9 @@ def test_export_records_the_stores_tokenizer_settings(trained_tiny: tuple[Path, 
     settings = tokenizer_settings(ae, metadata)  # what generation re-tokenizes prompts with
     assert settings["token_size"] == 32 and settings["mode"] == store.mode
     assert settings.get("buffers") == store.settings.get("buffers")
+    checkpoint = sorted((out / "checkpoints").glob("*.ckpt"))[-1]  # a training checkpoint knows its store too
+    _, from_checkpoint = load_autoencoder(checkpoint)
+    assert json.loads(from_checkpoint["tokenizer"]) == store.settings
 
 
 def test_embed_and_probe_accuracy(trained_tiny: tuple[Path, float], tiny_zoo_store: Path, tmp_path: Path,

@@ -66,7 +66,13 @@ def _from_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], 
     if not extra or "config" not in extra:
         raise GeosaneError(f"{path} is not a geosane autoencoder training checkpoint")
     state = {k.removeprefix("model."): v for k, v in data["state_dict"].items() if k.startswith("model.")}
-    return _model_config(extra["config"]["model"], path), state, {"steps": str(data.get("global_step", ""))}
+    metadata = {"steps": str(data.get("global_step", ""))}
+    store = (extra["config"].get("data") or {}).get("store")
+    if store and (Path(store) / "index.json").is_file():  # the training store's tokenizer settings, as an export has
+        from geosane.tokens.store import TokenStore
+
+        metadata["tokenizer"] = json.dumps(TokenStore(store).settings)
+    return _model_config(extra["config"]["model"], path), state, metadata
 
 
 def load_autoencoder(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[
