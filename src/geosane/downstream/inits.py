@@ -196,13 +196,15 @@ def load_source(source: str, arch: ArchSpec | None = None) -> LoadedModel:
     if loaded.arch is None:
         if arch is None:
             raise SourceError(
-                f"{source}: the architecture of these weights is unknown; set arch.name (e.g. arch.name=resnet18; for geosane merge: --arch resnet18)"
+                f"{source}: the architecture of these weights is unknown; set arch.name "
+                "(e.g. arch.name=resnet18; for geosane merge: --arch resnet18)"
             )
         loaded = dataclasses.replace(loaded, arch=arch)
     elif arch is not None and not same_architecture(loaded.arch, arch):
         raise SourceError(
             f"{source} is {loaded.arch.library}:{loaded.arch.name} {loaded.arch.kwargs}, "
-            f"not the compared architecture {arch.library}:{arch.name} {arch.kwargs}"
+            f"not the compared architecture {arch.library}:{arch.name} {arch.kwargs} "
+            "(pass 'arch.name=\"\"' to take the architecture from these weights)"
         )
     return loaded
 
