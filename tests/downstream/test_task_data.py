@@ -47,6 +47,8 @@ def test_folder_splits_are_seeded_stratified_and_disjoint(rsscn7_root: Path) -> 
         DataConfig(root=rsscn7_root, image_size=16, train_per_class=5, max_samples={"test": 70})
     )
     assert few.sizes() == {"train": 35, "select": 210, "test": 70}
+    capped = load_task_data(DataConfig(root=rsscn7_root, image_size=16, max_samples={"train": 100}))
+    assert capped.sizes() == {"train": 100, "select": 210, "test": 630}  # every split can be capped
     assert torch.bincount(few.train.targets).tolist() == [5] * 7  # type: ignore[attr-defined]
     # the capped training images are a subset of the full training split
     full = {tuple(x.flatten()[:32].tolist()) for x in data.train.images}  # type: ignore[attr-defined]

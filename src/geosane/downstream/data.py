@@ -146,11 +146,11 @@ def _normalization(config: DataConfig, train_images: torch.Tensor, in_chans: int
 def _in_memory_datasets(
     config: DataConfig, parts: dict[str, Any], in_chans: int
 ) -> tuple[dict[str, TensorImageDataset], Normalization]:
-    """Cap the selection/test parts (``max_samples``), normalise with training statistics, wrap.
+    """Cap the parts (``max_samples``, as for TorchGeo data), normalise with training statistics, wrap.
 
     ``parts`` hold ``ImageFolderData`` (labels) or ``SegmentationChips`` (masks) per split.
     """
-    for n in ("select", "test"):
+    for n in SPLITS:
         if n in config.max_samples:
             parts[n] = parts[n].subset(
                 _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
