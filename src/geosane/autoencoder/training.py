@@ -218,7 +218,18 @@ def _loggers(out: Path, previous_rows: list[dict[str, str]]) -> list[Any]:
 def _progress_bar() -> Callback:
     from lightning.pytorch.callbacks import RichProgressBar
 
-    return RichProgressBar(console_kwargs={"stderr": True})
+    class StepProgressBar(RichProgressBar):
+        """Lightning's Rich bar, labelled for a step-based run (max_epochs is -1: no "Epoch 0/-2")."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "training"
+
+        def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)  # the logger version means nothing to a user here
+            return metrics
+
+    return StepProgressBar(console_kwargs={"stderr": True})
 
 
 def _quiet() -> None:
