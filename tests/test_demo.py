@@ -90,3 +90,23 @@ def test_expand_dotted_nests_top_level_keys_in_order() -> None:
         "e": 3,
     }
     assert expand_dotted({"x.y": 1, "x": {"y": 2}}) == {"x": {"y": 2}}  # later keys win
+
+
+def test_offline_without_data_says_what_to_pass_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geosane.data.torchgeo
+    from geosane.errors import DataError
+
+    def offline(name: str, root: Path, *args: object, **kwargs: object) -> None:
+        Path(root).mkdir(parents=True)  # a download that started, then failed
+        raise DataError(f"could not download EuroSAT into {root} (URLError: no network); offline? data.* hints")
+
+    monkeypatch.setattr(geosane.data.torchgeo, "torchgeo_available", lambda: True)
+    monkeypatch.setattr(geosane.data.torchgeo, "open_torchgeo", offline)
+    out = tmp_path / "demo-out"
+    assert _cli(["demo", "--quick", "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "EuroSAT could not be downloaded (could not download EuroSAT" in err and "URLError: no network" in err
+    assert "data.* hints" not in err and "geosane demo --data ../shared/data/rsscn7" in err
+    assert not out.exists()

@@ -23,7 +23,7 @@ import typer
 
 from geosane.config import PACKAGED_CONFIGS, load_config, save_config
 from geosane.console import console
-from geosane.errors import ConfigError, DataError
+from geosane.errors import ConfigError, DataError, GeosaneError
 from geosane.io import read_json, write_json, write_text
 
 __all__ = ["DemoConfig", "DemoResult", "load_demo_config", "prepare_data", "register", "run_demo"]
@@ -178,10 +178,14 @@ def _download_eurosat(root: Path, folder: Path, per_class: int, seed: int) -> Pa
     from geosane.data.torchgeo import open_torchgeo
 
     console.print(f"no --data given: downloading EuroSAT through TorchGeo into {root} ...")
+    existed = root.exists()
     try:
         dataset = open_torchgeo("eurosat", root, "train", download=True, kwargs={"bands": ("B04", "B03", "B02")})
     except DataError as exc:
-        raise DataError(f"no --data given and EuroSAT could not be downloaded ({exc}); {EUROSAT_HINT}") from None
+        if not existed:  # leave no half-downloaded folder behind
+            shutil.rmtree(root, ignore_errors=True)
+        cause = str(exc).split("; offline?")[0]  # the download error, without the generic data.* hints
+        raise DataError(f"no --data given and EuroSAT could not be downloaded ({cause}); {EUROSAT_HINT}") from None
     _export_folder(dataset, folder, per_class, seed)
     return folder
 
@@ -304,10 +308,16 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if cfg.cross_architecture is not None and cfg.cross_compare is None:
         raise ConfigError("cross_architecture needs a cross_compare section (the comparison to run)")
     check_data_source(cfg)  # before anything is written
+    created = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.out / "demo.yaml")
     started = time.perf_counter()
-    data = timed("data", prepare_data, cfg)
+    try:
+        data = timed("data", prepare_data, cfg)
+    except GeosaneError:
+        if created:  # a run that could not even get its data leaves nothing behind
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
+    save_config(cfg, cfg.out / "demo.yaml")
     zoo = timed("zoo build", _zoo, cfg, data)
     store = timed("tokenize", _tokens, cfg, zoo)
     ae = timed("autoencoder", _autoencoder, cfg, store)
