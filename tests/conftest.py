@@ -52,6 +52,20 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``geosane ARGS`` in this process (no interpreter start-up); (exit code, stdout, stderr)."""
+    from geosane.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def _shared(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from geosane.cli import main
 from geosane.config import expand_dotted
 from geosane.demo import load_demo_config
 from geosane.errors import ConfigError
-from tests.conftest import REPO_ROOT
-
-
-def _cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0)
+from tests.conftest import REPO_ROOT, run_cli
 
 
 @pytest.mark.slow
@@ -59,8 +52,8 @@ def test_unusable_data_is_refused_before_anything_is_written(
 ) -> None:
     data = make(tmp_path)  # type: ignore[operator]
     out = tmp_path / "demo-out"
-    assert _cli(["demo", "--quick", "--data", str(data), "--out", str(out)]) == 2
-    assert message in " ".join(capsys.readouterr().err.split())
+    code, _, err = run_cli(capsys, "demo", "--quick", "--data", str(data), "--out", str(out))
+    assert code == 2 and message in " ".join(err.split())
     assert not out.exists()
 
 
@@ -71,8 +64,9 @@ def test_no_data_without_torchgeo_says_what_to_pass(
 
     monkeypatch.setattr(geosane.data.torchgeo, "torchgeo_available", lambda: False)
     out = tmp_path / "demo-out"
-    assert _cli(["demo", "--quick", "--out", str(out)]) == 2
-    err = " ".join(capsys.readouterr().err.split())
+    code, _, err = run_cli(capsys, "demo", "--quick", "--out", str(out))
+    err = " ".join(err.split())
+    assert code == 2
     assert "needs TorchGeo" in err and "geosane demo --data ../shared/data/rsscn7" in err
     assert not out.exists()
 
@@ -105,8 +99,9 @@ def test_offline_without_data_says_what_to_pass_and_leaves_nothing(
     monkeypatch.setattr(geosane.data.torchgeo, "torchgeo_available", lambda: True)
     monkeypatch.setattr(geosane.data.torchgeo, "open_torchgeo", offline)
     out = tmp_path / "demo-out"
-    assert _cli(["demo", "--quick", "--out", str(out)]) == 2
-    err = " ".join(capsys.readouterr().err.split())
+    code, _, err = run_cli(capsys, "demo", "--quick", "--out", str(out))
+    err = " ".join(err.split())
+    assert code == 2
     assert "EuroSAT could not be downloaded (could not download EuroSAT" in err and "URLError: no network" in err
     assert "data.* hints" not in err and "geosane demo --data ../shared/data/rsscn7" in err
     assert not out.exists()

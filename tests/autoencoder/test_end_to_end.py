@@ -7,17 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from geosane.cli import main
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.conftest import run_cli
 
 
 def test_tiny_autoencoder_reconstructs_its_training_models(trained_tiny: tuple[Path, float]) -> None:
@@ -52,7 +42,7 @@ def test_embed_and_probe_accuracy(trained_tiny: tuple[Path, float], tiny_zoo_sto
                                   capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = trained_tiny
     target = tmp_path / "emb.safetensors"
-    code, stdout, _ = _run(capsys, "embed", "--ae", str(out), "--store", str(tiny_zoo_store), "--out", str(target),
+    code, stdout, _ = run_cli(capsys, "embed", "--ae", str(out), "--store", str(tiny_zoo_store), "--out", str(target),
                            "--probe-property", "accuracy", "--json")
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
@@ -67,14 +57,14 @@ def test_embed_and_probe_accuracy(trained_tiny: tuple[Path, float], tiny_zoo_sto
         assert json.loads(f.metadata()["ids"]) == [m["id"] for m in index["models"]]
         mean, stats = f.get_tensor("mean"), f.get_tensor("stats")
     assert mean.shape == (5, 32) and stats.shape == (5, 7 * 32)
-    code, _, err = _run(capsys, "embed", "--ae", str(out), "--store", str(tiny_zoo_store), "--out",
+    code, _, err = run_cli(capsys, "embed", "--ae", str(out), "--store", str(tiny_zoo_store), "--out",
                         str(tmp_path / "bad.safetensors"), "--probe-property", "no_such_property")
     assert code == 2 and "no numeric property 'no_such_property'" in err
     assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_bench_train_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, stdout, _ = _run(capsys, "bench", "train", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json")
+    code, stdout, _ = run_cli(capsys, "bench", "train", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json")
     assert code == 0
     lines = stdout.strip().splitlines()
     assert len(lines) == 1
@@ -88,10 +78,10 @@ def test_bench_train_prints_one_json_line(capsys: pytest.CaptureFixture[str]) ->
 def test_cli_bad_input_exits_2_and_writes_nothing(random_store: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    code, _, err = _run(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "model.d_t=230")
+    code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "model.d_t=230")
     assert code == 2 and "token size 32 but the autoencoder expects d_t=230" in err
-    code, _, err = _run(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "trian.lr=1")
+    code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "trian.lr=1")
     assert code == 2 and "unknown config key 'trian'" in err
-    code, _, err = _run(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "--resume")
+    code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "--resume")
     assert code == 2 and "nothing to resume" in err
     assert not out.exists()

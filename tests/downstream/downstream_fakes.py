@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from geosane.io import save_safetensors, write_json
@@ -84,17 +83,3 @@ def write_generated_dir(path: Path, num_candidates: int = 3, arch: ArchSpec = AR
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run ``geosane ARGS`` in this process (no interpreter start-up); (exit code, stdout, stderr)."""
-    from geosane.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err

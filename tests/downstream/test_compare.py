@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from geosane.downstream import compare, load_compare_config, run_compare, ties_merge
 from geosane.downstream.report import InitSummary, verdict
 from geosane.zoo import Zoo
+from tests.conftest import run_cli
 
-from .downstream_fakes import ARCH, cli_in_process, write_generated_dir
+from .downstream_fakes import ARCH, write_generated_dir
 
 TINY = [
     "seeds=[0, 1]",
@@ -43,7 +44,7 @@ def test_compare_runs_every_initialization_and_writes_report_csv_plots(
     out = tmp_path / "cmp"
     args = ["compare", "compare_rsscn7", *TINY, "--data", str(rsscn7_root), "--zoo", str(tiny_zoo)]
     args += ["--generated", str(generated), "--out", str(out)]
-    code, _, err = cli_in_process(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     names = ["scratch", "prompt", "zoo_average", "ties", "dare", "generated-1", "generated-2"]
     with open(out / "results.csv", encoding="utf-8") as f:
@@ -70,10 +71,10 @@ def test_compare_runs_every_initialization_and_writes_report_csv_plots(
     assert [s["name"] for s in summary["inits"]] == names
 
     before = _mtimes(out)
-    code, _, err = cli_in_process(capsys, *args)  # rerun: every finished run is skipped
+    code, _, err = run_cli(capsys, *args)  # rerun: every finished run is skipped
     assert code == 0 and "0 run(s) to do, 14 finished" in " ".join(err.split())
     assert _mtimes(out) == before
-    code, _, err = cli_in_process(capsys, *[a if a != "train.epochs=1" else "train.epochs=2" for a in args])
+    code, _, err = run_cli(capsys, *[a if a != "train.epochs=1" else "train.epochs=2" for a in args])
     assert code == 2 and "other settings" in err and _mtimes(out) == before
 
 
@@ -166,7 +167,7 @@ def test_compare_bad_input_fails_clearly_and_writes_nothing(
         args += ["--generated", str(generated)]
     if "zoo.dir=null" not in overrides and "--zoo" not in overrides:
         args += ["--zoo", str(tiny_zoo)]
-    code, _, err = cli_in_process(capsys, *args, *overrides)
+    code, _, err = run_cli(capsys, *args, *overrides)
     assert code == 2, err
     assert message in " ".join(err.split()) and "Traceback" not in err
     assert not out.exists()

@@ -25,8 +25,7 @@ from geosane.downstream import (
 from geosane.downstream.finetuning import initialization_from_source, plan_run, run_finetune
 from geosane.errors import GeosaneError
 from geosane.tasks import FitConfig, evaluate
-
-from .downstream_fakes import REPO_ROOT, cli_in_process
+from tests.conftest import REPO_ROOT, run_cli
 
 TINY = [
     "arch.name=test_resnet",
@@ -40,7 +39,7 @@ TINY = [
 ]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "geosane", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env
@@ -56,7 +55,7 @@ def test_finetune_cli_on_rsscn7_writes_metrics_history_weights_and_skips_a_rerun
 ) -> None:
     out = tmp_path / "run"
     args = ["finetune", "rsscn7", *TINY, "--data", str(rsscn7_root), "--init", "scratch", "--out", str(out)]
-    done = run_cli(*args, "--json")  # the real entry point, in a fresh interpreter
+    done = run_cli_subprocess(*args, "--json")  # the real entry point, in a fresh interpreter
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -81,10 +80,10 @@ def test_finetune_cli_on_rsscn7_writes_metrics_history_weights_and_skips_a_rerun
     assert evaluate(model, "classification", 7, data.test)["accuracy"] == pytest.approx(metrics["test"])
 
     before = _files(out)
-    code, _, err = cli_in_process(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 0 and "already finished" in err
     assert _files(out) == before
-    code, _, err = cli_in_process(capsys, *[a if a != "train.epochs=2" else "train.epochs=3" for a in args])
+    code, _, err = run_cli(capsys, *[a if a != "train.epochs=2" else "train.epochs=3" for a in args])
     assert code == 2 and "other settings" in err and "--overwrite" in err
     assert _files(out) == before
 
@@ -93,7 +92,7 @@ def test_finetune_cli_segments_csmask_chips_and_scores_miou_without_ignored_pixe
     mini_csmask: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "seg"
-    code, _, err = cli_in_process(
+    code, _, err = run_cli(
         capsys,
         "finetune", "csmask", "--data", str(mini_csmask), "--init", "scratch", "--out", str(out),
         "arch.name=test_resnet", "data.chip_size=32", "data.group_by=scene", "data.test_scenes=[]",
@@ -236,7 +235,7 @@ def test_finetune_bad_input_fails_clearly_and_writes_nothing(
         config = tmp_path / "no_arch.yaml"
         config.write_text("data: {kind: folder}\n")
         args = [a if a != "rsscn7" else str(config) for a in args if a != "arch.name=test_resnet"]
-    code, _, err = cli_in_process(capsys, *args, *extra)
+    code, _, err = run_cli(capsys, *args, *extra)
     assert code == 2, err
     assert message in " ".join(err.split()) and "Traceback" not in err
     assert not out.exists()
@@ -271,7 +270,7 @@ def test_bench_finetune_reports_wall_time_per_run(
     rsscn7_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["bench", "finetune", "rsscn7", "--data", str(rsscn7_root), "init=scratch", *TINY, "--json"]
-    code, out, err = cli_in_process(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     record = json.loads(out)
     assert record["sizes"] == {"train": 28, "select": 14, "test": 28} and len(record["run_s"]) == 1

@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 from geosane.downstream.merges import average_merge, dare_merge, task_vectors, ties_merge
 from geosane.errors import GeosaneError
 from geosane.io import save_safetensors
-
-from .downstream_fakes import cli_in_process
+from tests.conftest import run_cli
 
 
 def _sd(w: list[float], **extra: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -167,10 +166,10 @@ def test_merge_command_writes_the_merge_and_refuses_ties_without_base(
         files.append(str(tmp_path / f"m{i}.safetensors"))
         save_safetensors(state, files[-1])
     out = tmp_path / "avg.safetensors"
-    code, _, err = cli_in_process(capsys, "merge", *files, "--arch", "test_resnet", "--out", str(out))
+    code, _, err = run_cli(capsys, "merge", *files, "--arch", "test_resnet", "--out", str(out))
     assert code == 0, err
     merged = load_file(out)
     torch.testing.assert_close(merged["fc.weight"], (states[0]["fc.weight"] + states[1]["fc.weight"]) / 2)
     bad = tmp_path / "ties.safetensors"
-    code, _, err = cli_in_process(capsys, "merge", *files, "--method", "ties", "--out", str(bad))
+    code, _, err = run_cli(capsys, "merge", *files, "--method", "ties", "--out", str(bad))
     assert code == 2 and "needs --base" in err and not bad.exists()

@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from geosane.autoencoder import ModelConfig, WeightAutoencoder, save_autoencoder
-from geosane.cli import main
 from geosane.errors import GeosaneError
 from geosane.generation import generate
 from geosane.generation.pipeline import config_from_kwargs
 from geosane.io import save_safetensors, sha256_file, write_json
 from geosane.tokens.store import tokenize_zoo
 from geosane.zoo import ArchSpec, LoadedModel, Zoo
+from tests.conftest import run_cli
 
 PROMPT = "timm:test_resnet"  # a real ResNet (with BatchNorm) small enough for tests
 
@@ -92,12 +92,6 @@ def test_generate_is_seeded_and_adapts_the_stem(setup: dict[str, Path], tmp_path
     assert six.card["arch"]["kwargs"]["in_chans"] == 6
 
 
-def _cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return int(exit_info.value.code or 0)
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -113,8 +107,8 @@ def test_bad_input_is_refused_and_nothing_is_written(
     out = tmp_path / "never"
     args = ["generate", "--ae", str(setup["ae"]), "--prompt", PROMPT, "--out", str(out), "--random-init",
             "--select-data", str(tiny_image_folder), "--select-split", "all", "--image-size", "32", *extra]  # fmt: skip
-    assert _cli(args) == 2
-    assert message in capsys.readouterr().err.replace("\n", " ")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and message in err.replace("\n", " ")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tiny_folder"]
 
 
