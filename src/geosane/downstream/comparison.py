@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from rich.progress import Progress
 
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
@@ -281,11 +282,9 @@ def _run_sequential(
     with make_progress() as progress:
         overall = progress.add_task("compare", total=len(jobs), status="") if show_progress else None
         for init, seed in jobs:
-            fit_config = replace(config.train, seed=seed, progress=False)
-            result = run_finetune(
-                init, data, config.task, fit_config, plans[(init.name, seed)],
-                save_weights=False, progress=progress if show_progress else None,
-                extra={"compare_out": str(out)}, callbacks=callbacks,
+            result = _run_one(
+                init, data, config, seed, plans[(init.name, seed)], str(out),
+                progress=progress if show_progress else None, callbacks=callbacks,
             )  # fmt: skip
             finished[(init.name, seed)] = result
             if overall is not None:
@@ -299,13 +298,22 @@ def _worker_setup(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_run(
-    init: Initialization, data: TaskData, config: CompareConfig, seed: int, plan: RunPlan, out: str
+def _run_one(
+    init: Initialization,
+    data: TaskData,
+    config: CompareConfig,
+    seed: int,
+    plan: RunPlan,
+    out: str,
+    progress: Progress | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FinetuneResult:
+    """One fine-tuning run of the comparison (in this process or in a worker: a top-level function)."""
     fit_config = replace(config.train, seed=seed, progress=False)
     return run_finetune(
-        init, data, config.task, fit_config, plan, save_weights=False, extra={"compare_out": out}
-    )
+        init, data, config.task, fit_config, plan, save_weights=False, progress=progress,
+        extra={"compare_out": out}, callbacks=callbacks,
+    )  # fmt: skip
 
 
 def _run_parallel(
@@ -347,7 +355,7 @@ def _run_parallel(
             completed=len(finished), visible=show_progress,
         )  # fmt: skip
         futures = {
-            pool.submit(_worker_run, init, data, config, seed, plans[(init.name, seed)], str(out)): (
+            pool.submit(_run_one, init, data, config, seed, plans[(init.name, seed)], str(out)): (
                 init.name,
                 seed,
             )
