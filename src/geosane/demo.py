@@ -121,13 +121,13 @@ def prepare_data(cfg: DemoConfig) -> Path:
     """The image folder every stage uses (a seeded per-class subset when ``max_per_class`` is set)."""
     from geosane.data.folder import IMAGE_EXTENSIONS
 
-    check_data_source(cfg)
-    source = cfg.data.root
-    if source is None:
+    if cfg.data.root is None:
+        check_data_source(cfg)  # TorchGeo present (or EuroSAT already exported)
         source = _download_eurosat(cfg.out / "downloads" / "eurosat", cfg.out / "data" / "eurosat-rgb",
                                    cfg.data.eurosat_per_class, cfg.seed)  # fmt: skip
-    source = Path(source).expanduser()
-    classes = _class_folders(source)
+    else:
+        source = Path(cfg.data.root).expanduser()
+    classes = _class_folders(source)  # refuses a missing folder or fewer than two classes
     if cfg.data.max_per_class is None:
         return source
     subset = cfg.out / "data" / f"{source.name}-{cfg.data.max_per_class}-per-class"
@@ -307,7 +307,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     if cfg.cross_architecture is not None and cfg.cross_compare is None:
         raise ConfigError("cross_architecture needs a cross_compare section (the comparison to run)")
-    check_data_source(cfg)  # before anything is written
     created = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
