@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from geosane.io import save_safetensors, sha256_file, write_json
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
 __all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
+
+DecodeMode = Literal["direct", "residual"]
+NormalizationKind = Literal["dataset", "imagenet"]
 
 
 @dataclass
@@ -70,8 +73,8 @@ class GenerateConfig:
     proxy: ProxyKind = "knn"
     # direct: decode(z) as in the paper; residual: prompt + decode(z) - decode(z_prompt), so the
     # autoencoder's reconstruction error of the prompt cancels and only the sampled offset remains
-    decode: Literal["direct", "residual"] = "direct"
-    normalization: Literal["dataset", "imagenet"] = "dataset"  # as zoo build / finetune (data.normalization)
+    decode: DecodeMode = "direct"
+    normalization: NormalizationKind = "dataset"  # as zoo build / finetune (data.normalization)
     token_size: int | None = None  # must equal the AE's token size when given
     halo: int | None = None
     bn_batches: int = 4  # batches of selection images for BatchNorm recalibration (0: keep carried stats)
@@ -115,13 +118,13 @@ def _validate_counts(cfg: GenerateConfig) -> None:
         raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
     if cfg.anchors and cfg.store is None:
         raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
-    for value, allowed, flag in (
-        (cfg.kde_mode, ("token", "joint"), "--kde-mode"),
-        (cfg.proxy, ("knn", "linear"), "--proxy"),
-        (cfg.normalization, ("dataset", "imagenet"), "normalization"),
-        (cfg.decode, ("direct", "residual"), "--decode"),
+    for value, kind, flag in (
+        (cfg.kde_mode, KDEMode, "--kde-mode"),
+        (cfg.proxy, ProxyKind, "--proxy"),
+        (cfg.normalization, NormalizationKind, "normalization"),
+        (cfg.decode, DecodeMode, "--decode"),
     ):
-        if value not in allowed:
+        if value not in (allowed := get_args(kind)):
             raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
     if cfg.select_split not in ("select", "all"):
         raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
@@ -245,21 +248,26 @@ def _finite_or_none(score: float) -> float | None:
     return score if np.isfinite(score) else None
 
 
+def _bn_batches(select: TensorImageDataset | None, cfg: GenerateConfig) -> list[torch.Tensor]:
+    """Unlabeled selection batches for BatchNorm recalibration, in a seeded order (the selection split
+    is stored in class order); built once and shared by every candidate and the prompt."""
+    if select is None or cfg.bn_batches == 0:
+        return []
+    order = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
+    order = order[: cfg.bn_batches * cfg.batch_size].tolist()
+    return [
+        torch.stack([select[i][0] for i in order[start : start + cfg.batch_size]])
+        for start in range(0, len(order), cfg.batch_size)
+    ]
+
+
 def _score_candidate(
-    model: nn.Module, select: TensorImageDataset | None, cfg: GenerateConfig
+    model: nn.Module, select: TensorImageDataset | None, bn_batches: list[torch.Tensor], cfg: GenerateConfig
 ) -> tuple[float, int]:
     """BatchNorm recalibration on unlabeled selection images, then the proxy score."""
     if select is None:
         return float("nan"), 0
-    seen = 0
-    if has_batchnorm(model) and cfg.bn_batches > 0:  # seeded shuffle: the selection split is in class order
-        order = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
-        order = order[: cfg.bn_batches * cfg.batch_size].tolist()
-        batches = [
-            torch.stack([select[i][0] for i in order[start : start + cfg.batch_size]])
-            for start in range(0, len(order), cfg.batch_size)
-        ]
-        seen = recalibrate_batchnorm(model, batches)
+    seen = recalibrate_batchnorm(model, bn_batches) if bn_batches and has_batchnorm(model) else 0
     return proxy_score(model, select, kind=cfg.proxy), seen
 
 
@@ -323,6 +331,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     base = None  # the prompt's own reconstruction, subtracted in residual decoding
     if cfg.decode == "residual":
         base = decode_sequence(ae, z_prompt, prompt_tm.positions, prompt_tm.layer_type, halo=cfg.halo)
+    bn_batches = _bn_batches(select, cfg)
     candidates: list[Candidate] = []
     with make_progress() as progress:
         task = progress.add_task("decode + rank candidates", total=cfg.num_candidates, status="")
@@ -334,13 +343,13 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             state_dict = detokenize(prompt_tm, tokens.to(prompt_tm.tokens.dtype))
             model = prompt.build(load_weights=False)
             model.load_state_dict(state_dict)
-            score, seen = _score_candidate(model, select, cfg)
+            score, seen = _score_candidate(model, select, bn_batches, cfg)
             state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
             candidates.append(Candidate(index, state_dict, score, seen))
             progress.update(task, advance=1, status=f"proxy {score:.3f}")
     prompt_score = float("nan")
     if select is not None:
-        prompt_score, _ = _score_candidate(prompt.build(), select, cfg)
+        prompt_score, _ = _score_candidate(prompt.build(), select, bn_batches, cfg)
 
     ranked = sorted(candidates, key=lambda c: (-c.score if c.score == c.score else float("inf"), c.index))
     chosen = ranked[: cfg.top_k]
