@@ -14,8 +14,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from geosane.cli import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,13 +27,8 @@ def _wide_console(monkeypatch):
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr with whitespace collapsed)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
+    """``run_cli`` with the stderr whitespace collapsed (Rich wraps long messages)."""
+    code, out, err = run_cli(capsys, *args)
     return code, out, " ".join(err.split())
 
 
