@@ -1,8 +1,8 @@
 """Which generation settings move the generated initialization's fine-tuning accuracy?
 
-Reuses a finished ``geosane demo`` directory (its zoo, token store and autoencoder) and, per
-setting, runs ``geosane generate`` for the demo's zoo prompt and ``geosane compare`` with only the
-generated initialization under the demo's budget. Prints one JSON line per setting and writes
+Reuses a finished ``geosane demo`` directory (its zoo, token store, autoencoder and the settings
+it saved in ``demo.yaml``) and, per setting, runs ``geosane generate`` for the demo's zoo prompt and
+``geosane compare`` with only the generated initialization under the demo's budget. Prints one JSON line per setting and writes
 ``OUT/sweep.json``. The table in ``docs/demo.md`` came from:
 
     python scripts/generation_sweep.py --demo geosane-demo --data ../shared/data/rsscn7 --out sweep
@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from geosane.demo import load_demo_config
 from geosane.downstream import compare, load_compare_config
 from geosane.generation import generate
 from geosane.generation.pipeline import config_from_kwargs
@@ -45,10 +46,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the image folder the demo ran on")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ae", type=Path, help="another autoencoder (default: the demo's)")
-    parser.add_argument("--prompt", default="resnet-base", help="zoo member id of the prompt")
     parser.add_argument("--only", default="", help="comma-separated substrings selecting settings")
-    parser.add_argument("--image-size", type=int, default=32)
     args = parser.parse_args()
+    demo = load_demo_config(args.demo / "demo.yaml")  # the prompt, image size, split and budget it used
     torch.set_num_threads(1)
     selected = {k: v for k, v in SETTINGS.items() if not args.only or any(s in k for s in args.only.split(","))}
     rows = []
@@ -59,16 +59,16 @@ def main() -> None:
             settings = dict(num_candidates=10, top_k=1, kde_mode="token", seed=0) | kwargs
             anchors = settings.pop("anchors")
             generate(config_from_kwargs(
-                ae=args.ae or args.demo / "autoencoder", prompt=f"zoo:{args.demo / 'zoo'}#{args.prompt}", out=gen,
-                select_data=args.data, image_size=args.image_size, overwrite=True, anchors=anchors,
+                ae=args.ae or args.demo / "autoencoder", prompt=f"zoo:{args.demo / 'zoo'}#{demo.generate.prompt}",
+                out=gen, select_data=args.data, image_size=demo.image_size, split_seed=demo.split_seed,
+                overwrite=True, anchors=anchors,
                 store=args.demo / "tokens" if anchors else None, **settings,
             ))  # fmt: skip
-        result = compare(load_compare_config("compare_rsscn7", {
-            "data.root": str(args.data), "data.image_size": args.image_size, "prompt": None,
-            "zoo.dir": str(args.demo / "zoo"), "generated.dir": str(gen), "arch.name": "",
-            "out": str(args.out / f"setting-{i}" / "compare"), "inits": ["generated"], "train.epochs": 3,
-            "train.batch_size": 64, "train.lr": 0.003, "train.warmup_epochs": 0.5, "generated.top_k": 1,
-            "seeds": [0, 1, 2],
+        result = compare(load_compare_config(demo.compare.config, {
+            "data.root": str(args.data), "data.image_size": demo.image_size, "data.split_seed": demo.split_seed,
+            "prompt": None, "zoo.dir": str(args.demo / "zoo"), "generated.dir": str(gen), "arch.name": "",
+            **demo.compare.overrides,
+            "out": str(args.out / f"setting-{i}" / "compare"), "inits": ["generated"], "generated.top_k": 1,
         }))  # fmt: skip
         summary = result.summaries[0]
         card = json.loads((gen / "model_card.json").read_text())
