@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,14 @@ def test_atomic_files_get_umask_permissions_not_0600(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_write_json_is_strict_json(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "s.json", {"r2": float("nan"), "xs": [1.0, math.inf], "t": torch.tensor(-math.inf)})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}")) == {
+        "r2": None,
+        "xs": [1.0, None],
+        "t": None,
+    }

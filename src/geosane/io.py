@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -21,11 +22,15 @@ if TYPE_CHECKING:  # torch loads inside the functions so that `geosane --help` s
 
 __all__ = [
     "atomic_path",
+    "contained_path",
+    "json_safe",
+    "no_verify_env",
     "read_json",
     "save_safetensors",
     "save_torch",
     "sha256_file",
     "sha256_tensors",
+    "verify_file_sha256",
     "write_json",
     "write_text",
 ]
@@ -62,8 +67,42 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
-    """Atomically write ``obj`` as JSON to ``path``."""
-    return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    """Atomically write ``obj`` as strict JSON to ``path``: NaN and infinities become ``null``.
+
+    Python's ``json`` writes bare ``NaN``, which no strict parser (jq, JavaScript, Rust) reads.
+    """
+    text = json.dumps(json_safe(obj), indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+    return write_text(path, text + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (also inside containers and tensors) replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if not isinstance(obj, str | int | bool | type(None) | Path) and hasattr(obj, "tolist"):
+        return json_safe(obj.tolist())  # numpy / torch scalars and arrays
+    return obj
+
+
+def contained_path(root: str | os.PathLike[str], relative: str, what: str) -> Path:
+    """``root / relative``, refused unless ``relative`` is a relative path that stays inside ``root``.
+
+    Manifests and indexes name their files relative to their own directory; a row saying
+    ``../../x`` or ``/abs`` (an edited or hostile index) must not make geosane read or overwrite
+    files elsewhere.
+    """
+    from geosane.errors import GeosaneError
+
+    base = Path(root)
+    rel = Path(relative)
+    resolved = (base / rel).resolve()
+    if rel.is_absolute() or not resolved.is_relative_to(base.resolve()):
+        raise GeosaneError(f"{what}: file path '{relative}' leaves its directory {base}; refusing to follow it")
+    return base / rel
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -117,6 +156,36 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def no_verify_env() -> bool:
+    """Whether ``GEOSANE_NO_VERIFY=1`` asks to skip checksum checks (trusted, huge stores)."""
+    return os.environ.get("GEOSANE_NO_VERIFY", "").strip().lower() in ("1", "true", "yes")
+
+
+def verify_file_sha256(path: str | os.PathLike[str], expected: str, what: str) -> None:
+    """Refuse a file whose SHA-256 is not the recorded ``expected`` one.
+
+    Hashed once per process and file version (path, size, mtime), so a training loop that opens
+    the same file many times pays for one read.
+    """
+    from geosane.errors import GeosaneError
+
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    found = _VERIFIED.get(key)
+    if found is None:
+        found = sha256_file(p)
+        _VERIFIED[key] = found
+    if found != expected:
+        raise GeosaneError(
+            f"{what}: {p} does not match its recorded SHA-256 (recorded {expected[:12]}…, found "
+            f"{found[:12]}…): the file is corrupted or was changed; nothing was repaired"
+        )
 
 
 def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:

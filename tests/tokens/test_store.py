@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from geosane.errors import GeosaneError
-from geosane.io import sha256_file
+from geosane.io import sha256_file, sha256_tensors
 from geosane.tokens import TokenStore, detokenize, tokenize_zoo
 from geosane.zoo import Zoo
 
@@ -129,13 +129,22 @@ def test_missing_zoo_file_writes_nothing(small_zoo: Zoo, tmp_path: Path) -> None
     assert not (out / "tokens" / f"{missing.id}.safetensors").exists()
 
 
-def test_nonfinite_model_stops_the_run_and_writes_nothing_for_it(small_zoo: Zoo, tmp_path: Path) -> None:
+def test_nonfinite_model_stops_the_run_and_writes_nothing_for_it(
+    small_zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     zoo = copy_zoo(small_zoo, tmp_path / "zoo")
     bad = zoo.entries[1]
     weights = load_file(str(zoo.path / bad.file))
     name = next(k for k, v in weights.items() if v.is_floating_point() and v.ndim == 4)
     weights[name].view(-1)[3] = float("nan")
-    save_file(weights, str(zoo.path / bad.file))
+    with safe_open(str(zoo.path / bad.file), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(weights, str(zoo.path / bad.file), metadata=metadata)
+    # re-record the checksum, as if the model had been added with --allow-nonfinite
+    monkeypatch.setenv("GEOSANE_NO_VERIFY", "1")
+    bad.sha256 = sha256_tensors(zoo.load_state_dict(bad.id))
+    monkeypatch.delenv("GEOSANE_NO_VERIFY")
+    zoo.save()
     out = tmp_path / "store"
     with pytest.raises(
         GeosaneError, match=rf"model '{bad.id}': tensor '{name}' holds 1 non-finite values \(NaN\)"
@@ -164,3 +173,61 @@ def test_bad_settings_are_refused_before_writing(small_zoo: Zoo, tmp_path: Path)
         with pytest.raises(GeosaneError, match=message):
             tokenize_zoo(small_zoo, tmp_path / "store", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "store").exists()
+
+
+def test_corrupted_zoo_model_is_refused_by_tokenize_and_nothing_is_written(
+    small_zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zoo = copy_zoo(small_zoo, tmp_path / "zoo")
+    bad = zoo.entries[0]
+    data = bytearray((zoo.path / bad.file).read_bytes())
+    data[-16:] = bytes(b ^ 0xFF for b in data[-16:])  # flip the last 16 bytes of tensor data
+    (zoo.path / bad.file).write_bytes(bytes(data))
+    out = tmp_path / "store"
+    with pytest.raises(GeosaneError, match=rf"weights of '{bad.id}'.*do not match the manifest's SHA-256"):
+        tokenize_zoo(zoo, out)
+    assert not (out / "tokens" / f"{bad.id}.safetensors").exists()
+    monkeypatch.setenv("GEOSANE_NO_VERIFY", "1")  # the documented opt-out for trusted zoos
+    assert bad.id in tokenize_zoo(zoo, tmp_path / "store2").ids
+
+
+def test_corrupted_token_file_and_wrong_index_are_refused_on_read(small_store: TokenStore, tmp_path: Path) -> None:
+    shutil.copytree(small_store.path, tmp_path / "s")
+    store = TokenStore(tmp_path / "s")
+    first = store.records[0]
+    path = store.path / first.file
+    data = bytearray(path.read_bytes())
+    data[-16:] = bytes(b ^ 0xFF for b in data[-16:])
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    for read in (lambda: store.load(first.id), lambda: store.read_window(first.id, 0, 4)):
+        with pytest.raises(GeosaneError, match=rf"'{first.id}'.*does not match its recorded SHA-256"):
+            read()
+    assert path.read_bytes() == before  # reported, never repaired
+    assert not TokenStore(tmp_path / "s", check_hashes=False).verify(first.id)
+
+    index = json.loads((store.path / "index.json").read_text())
+    index["models"][1]["num_tokens"] += 1
+    (store.path / "index.json").write_text(json.dumps(index))
+    second = index["models"][1]["id"]
+    with pytest.raises(GeosaneError, match=rf"'{second}' has \d+ tokens, the index says"):
+        TokenStore(store.path).load(second)
+
+
+@pytest.mark.parametrize("bad_path", ["../../x.safetensors", "/etc/passwd"])
+def test_index_and_manifest_paths_must_stay_inside_their_directory(
+    small_zoo: Zoo, small_store: TokenStore, tmp_path: Path, bad_path: str
+) -> None:
+    shutil.copytree(small_store.path, tmp_path / "s")
+    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    index["models"][0]["file"] = bad_path
+    (tmp_path / "s" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(GeosaneError, match=rf"file path '{bad_path}' leaves its directory"):
+        TokenStore(tmp_path / "s").load(index["models"][0]["id"])
+
+    zoo = copy_zoo(small_zoo, tmp_path / "zoo")
+    manifest = json.loads((zoo.path / "manifest.json").read_text())
+    manifest["models"][0]["file"] = bad_path
+    (zoo.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GeosaneError, match=rf"file path '{bad_path}' leaves its directory"):
+        Zoo(zoo.path).load_state_dict(manifest["models"][0]["id"])

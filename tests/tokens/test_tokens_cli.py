@@ -76,7 +76,9 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(small_zoo: Zoo, tmp_p
     assert not out.exists()
 
 
-def test_nonfinite_and_empty_models_in_a_zoo(small_zoo: Zoo, tmp_path: Path, capsys) -> None:
+def test_nonfinite_and_empty_models_in_a_zoo(small_zoo: Zoo, tmp_path: Path, capsys, monkeypatch) -> None:
+    # the files are edited behind the manifest: skip its checksum check to reach the tokenizer's own
+    monkeypatch.setenv("GEOSANE_NO_VERIFY", "1")
     zoo = Zoo(shutil.copytree(small_zoo.path, tmp_path / "zoo"))
     first, second = zoo.entries[0], zoo.entries[1]
     weights = load_file(str(zoo.path / first.file))

@@ -26,7 +26,15 @@ import torch
 
 from geosane.console import console, make_progress
 from geosane.errors import GeosaneError
-from geosane.io import read_json, save_safetensors, sha256_file, write_json
+from geosane.io import (
+    contained_path,
+    no_verify_env,
+    read_json,
+    save_safetensors,
+    sha256_file,
+    verify_file_sha256,
+    write_json,
+)
 from geosane.tokens.tokenizer import (
     DEFAULT_BUFFER_PATTERNS,
     DEFAULT_TOKEN_SIZE,
@@ -150,8 +158,11 @@ class TokenStore:
     Models are addressed by index (``0 .. len-1``, the order of ``index.json``) or by id.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], check_hashes: bool | None = None) -> None:
         self.path = Path(path).expanduser()
+        # every file read is checked against the index's SHA-256 once per process; opt out for a
+        # trusted huge store with check_hashes=False or GEOSANE_NO_VERIFY=1
+        self.check_hashes = not no_verify_env() if check_hashes is None else check_hashes
         index = self.path / "index.json"
         if not index.is_file():
             raise GeosaneError(
@@ -210,7 +221,17 @@ class TokenStore:
         return self.records[self.index_of(model)]
 
     def file(self, model: int | str) -> Path:
-        return self.path / self.record(model).file
+        return contained_path(self.path, self.record(model).file, f"token store {self.path}")
+
+    def _checked_file(self, index: int) -> Path:
+        """The model's file, after checking it exists and matches the index's SHA-256 (once per process)."""
+        record = self.records[index]
+        path = self.file(index)
+        if not path.is_file():
+            raise GeosaneError(f"token store {self.path}: file {record.file} of '{record.id}' is missing")
+        if self.check_hashes:
+            verify_file_sha256(path, record.sha256, f"token store {self.path}: '{record.id}'")
+        return path
 
     def load(self, model: int | str) -> TokenizedModel:
         """The whole tokenized model (``detokenize`` it to get its state dict back).
@@ -218,12 +239,14 @@ class TokenStore:
         Its tensors are memory-mapped copy-on-write: pages are read when touched, and edits stay
         in this copy (the file is never changed).
         """
-        path = self.file(model)
-        if not path.is_file():
+        index = self.index_of(model)
+        tm = load_tokenized(self._checked_file(index))
+        if tm.tokens.shape[0] != self.records[index].num_tokens:
             raise GeosaneError(
-                f"token store {self.path}: file {path.name} of '{self.record(model).id}' is missing"
+                f"token store {self.path}: '{self.records[index].id}' has {tm.tokens.shape[0]} tokens, "
+                f"the index says {self.records[index].num_tokens}"
             )
-        return load_tokenized(path)
+        return tm
 
     def verify(self, model: int | str) -> bool:
         """Whether the model's file exists and matches the SHA-256 recorded in the index."""
@@ -236,10 +259,14 @@ class TokenStore:
         key = (os.getpid(), index)
         handle = self._handles.get(key)
         if handle is None:
-            path = self.path / self.records[index].file
-            if not path.is_file():
-                raise GeosaneError(f"token store {self.path}: file {self.records[index].file} is missing")
+            path = self._checked_file(index)
             handle = safe_open(str(path), framework="pt")
+            rows = handle.get_slice("tokens").get_shape()[0]
+            if rows != self.records[index].num_tokens:
+                raise GeosaneError(
+                    f"token store {self.path}: '{self.records[index].id}' has {rows} tokens, "
+                    f"the index says {self.records[index].num_tokens}"
+                )
             self._handles[key] = handle
             while len(self._handles) > _MAX_OPEN_FILES:
                 self._handles.popitem(last=False)

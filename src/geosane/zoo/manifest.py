@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from geosane.errors import GeosaneError, SourceError
-from geosane.io import read_json, save_safetensors, sha256_tensors, write_json
+from geosane.io import contained_path, no_verify_env, read_json, save_safetensors, sha256_tensors, write_json
 from geosane.zoo.formats import KEY_ORDER_METADATA, first_nonfinite
 from geosane.zoo.sources import ArchSpec, LoadedModel, arch_family, load_weights_file
 
@@ -132,7 +132,7 @@ class Zoo:
         return next((e for e in self.entries if sha256 in (e.sha256, e.content_sha256)), None)
 
     def weights_path(self, entry: ZooEntry) -> Path:
-        return self.path / entry.file
+        return contained_path(self.path, entry.file, f"zoo {self.path}: manifest row '{entry.id}'")
 
     def load_state_dict(self, model_id: str) -> dict[str, torch.Tensor]:
         """The weights of ``model_id`` (the manifest row must point to an existing file)."""
@@ -142,7 +142,16 @@ class Zoo:
             raise SourceError(
                 f"zoo {self.path}: manifest row '{model_id}' points to missing file {entry.file}"
             )
-        return load_weights_file(path)
+        state_dict = load_weights_file(path)
+        if not no_verify_env():  # GEOSANE_NO_VERIFY=1 skips the check for trusted, huge zoos
+            found = sha256_tensors(state_dict)
+            if found != entry.sha256:
+                raise SourceError(
+                    f"zoo {self.path}: weights of '{model_id}' ({entry.file}) do not match the manifest's "
+                    f"SHA-256 (recorded {entry.sha256[:12]}…, found {found[:12]}…): the file is corrupted "
+                    "or was changed"
+                )
+        return state_dict
 
     def load(self, model_id: str) -> LoadedModel:
         """``model_id`` as a :class:`LoadedModel` (with its architecture when recorded)."""
