@@ -117,6 +117,31 @@ def test_resume_continues_as_if_never_stopped(random_store: Path, tmp_path: Path
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+class _BarReading(L.Callback):
+    """Records what the Rich progress bar shows when training ends: (completed, total)."""
+
+    def __init__(self) -> None:
+        self.reading: tuple[float, float] | None = None
+
+    def on_train_end(self, trainer: L.Trainer, *args: object) -> None:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        bar = next(c for c in trainer.callbacks if isinstance(c, RichProgressBar))  # type: ignore[attr-defined]
+        task = bar.progress.tasks[bar.train_progress_bar_id]
+        self.reading = (task.completed, task.total)
+
+
+def test_resumed_progress_bar_counts_the_whole_run(random_store: Path, tmp_path: Path) -> None:
+    # the issue: a resumed run's bar read "400/199" (batches done against batches remaining)
+    common = ("train.max_steps=8", "train.ckpt_every=2", "train.accumulate=2")
+    cfg = _config(random_store, tmp_path / "run", *common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, callbacks=[_Crash(4)])
+    bar = _BarReading()
+    train(_config(random_store, tmp_path / "run", *common, "train.progress=true"), resume=True, callbacks=[bar])
+    assert bar.reading == (16, 16)  # 8 steps x 2 micro-batches, counted from the start of the run
+
+
 def test_fine_tune_from_a_pretrained_autoencoder(random_store: Path, tiny_zoo_store: Path, tmp_path: Path) -> None:
     train(_config(random_store, tmp_path / "pre", "train.max_steps=3"))
     pre = _weights(tmp_path / "pre")

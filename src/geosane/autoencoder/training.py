@@ -224,6 +224,14 @@ def _progress_bar() -> Callback:
         def _get_train_description(self, current_epoch: int) -> str:
             return "training"
 
+        @property
+        def total_train_batches(self) -> int | float:
+            # the run is one epoch of max_steps * accumulate micro-batches, and the bar shows
+            # batch_idx + 1, which a resume restores; Lightning's default (the steps *remaining*)
+            # made a resumed bar read "8/3"
+            trainer = self.trainer
+            return trainer.max_steps * trainer.accumulate_grad_batches
+
         def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
             metrics = super().get_metrics(trainer, pl_module)
             metrics.pop("v_num", None)  # the logger version means nothing to a user here
