@@ -186,7 +186,7 @@ def test_fsdp_strategy_shards_per_transformer_block() -> None:
 
     from geosane.autoencoder.model import Block
 
-    strategy = resolve_strategy("fsdp")
+    strategy = resolve_strategy("fsdp", accelerator="gpu")  # the policy only; no GPU needed to build it
     assert isinstance(strategy, FSDPStrategy)
     policy = strategy.kwargs["auto_wrap_policy"]
     module = AutoencoderModule(load_autoencoder_config("tiny"))
@@ -194,6 +194,11 @@ def test_fsdp_strategy_shards_per_transformer_block() -> None:
     assert wrapped and all(isinstance(m, Block) for m in wrapped)
     assert len(wrapped) == 2 * module.config.model.n_layers  # every encoder and decoder block
     assert resolve_strategy("ddp") == "ddp"
+
+
+def test_fsdp_on_cpu_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"train\.strategy=fsdp needs GPUs .*train\.strategy=ddp"):
+        resolve_strategy("fsdp", accelerator="cpu")
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -130,15 +130,27 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def resolve_strategy(name: str) -> Any:
+def resolve_strategy(name: str, unused_parameters: bool = False, accelerator: str = "auto") -> Any:
     """A Lightning strategy from ``train.strategy``; ``fsdp`` shards per transformer block.
 
     Lightning's plain ``"fsdp"`` wraps only the root module, which gathers every parameter at once;
     wrapping each :class:`~geosane.autoencoder.model.Block` lets FSDP gather one block at a time.
-    Other names (``auto``, ``ddp``, ``deepspeed_stage_2``, ...) go to Lightning unchanged.
+    ``unused_parameters``: some parameters get no gradient (the contrastive projection head when
+    ``loss.gamma=0``); DDP must then look for them or it fails at the second step.
+    Other names (``auto``, ``deepspeed_stage_2``, ...) go to Lightning unchanged.
     """
+    if name == "ddp" and unused_parameters:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True)
     if name != "fsdp":
         return name
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        # Lightning's FSDPStrategy refuses CPU with a traceback; say it in one line instead
+        raise ConfigError(
+            "train.strategy=fsdp needs GPUs (Lightning's FSDP does not run on CPU); "
+            "use train.strategy=ddp to train on several CPU processes"
+        )
     from lightning.pytorch.strategies import FSDPStrategy
 
     from geosane.autoencoder.model import Block
@@ -303,7 +315,6 @@ def train(
     elif resume_path is None:
         module.model.token_scale.fill_(token_scale(datamodule.store, datamodule.train_ids))
     previous_rows = _prepare_csv_for_resume(out / "logs" / "metrics.csv", start_step) if resume_path else []
-    save_config(cfg, out / "config.yaml")
     all_callbacks: list[Callback] = [
         StepCheckpoint(ckpt_dir, cfg.train.ckpt_every, cfg.train.keep_checkpoints),
         *callbacks,
@@ -311,13 +322,14 @@ def train(
     if cfg.train.progress:
         all_callbacks.append(_progress_bar())
     accelerator = cfg.train.accelerator
+    strategy = resolve_strategy(cfg.train.strategy, unused_parameters=cfg.loss.gamma == 0, accelerator=accelerator)
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         max_epochs=-1,
         accelerator=accelerator,
         devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes,
-        strategy=resolve_strategy(cfg.train.strategy),
+        strategy=strategy,
         precision=resolve_precision(cfg.train.precision, accelerator),  # type: ignore[arg-type]
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.clip_grad_norm,
@@ -336,6 +348,8 @@ def train(
         use_distributed_sampler=False,
         default_root_dir=out,
     )
+    if trainer.is_global_zero:  # with DDP every rank runs this function; one writes
+        save_config(cfg, out / "config.yaml")
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True)
     seconds = time.perf_counter() - started
