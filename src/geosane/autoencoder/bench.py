@@ -12,11 +12,9 @@ before them on Linux; on CUDA ``peak_cuda_bytes`` is the allocator's peak.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +22,7 @@ import torch
 from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.module import AutoencoderModule, make_optimizer
 from geosane.config import to_dict
+from geosane.tokens.bench import reset_peak_rss, rss_bytes
 
 __all__ = ["benchmark_training", "synthetic_batch"]
 
@@ -43,23 +42,6 @@ def synthetic_batch(config: AutoencoderConfig, device: torch.device, seed: int =
         "sample": torch.arange(batch) + 1,
     }
     return {k: v.to(device) for k, v in out.items()}
-
-
-def _reset_peak_rss() -> None:
-    with contextlib.suppress(OSError):  # Linux only: peak RSS := current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def benchmark_training(
@@ -99,7 +81,7 @@ def benchmark_training(
 
     for _ in range(warmup):
         step()
-    _reset_peak_rss()
+    reset_peak_rss()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [step() for _ in range(steps)]
@@ -109,7 +91,7 @@ def benchmark_training(
         "tokens_per_s": tokens / seconds,
         "step_seconds": seconds,
         "optimizer_seconds": statistics.median(o for _, o in times),
-        "peak_rss_bytes": _peak_rss(),
+        "peak_rss_bytes": rss_bytes("VmHWM"),
         "parameters": module.model.num_parameters(),
         "device": str(dev),
         "threads": torch.get_num_threads(),

@@ -27,7 +27,7 @@ import torch
 
 from geosane.tokens.tokenizer import tokenize
 
-__all__ = ["benchmark_tokenizer", "rss_bytes"]
+__all__ = ["benchmark_tokenizer", "reset_peak_rss", "rss_bytes"]
 
 _STATUS = Path("/proc/self/status")
 
@@ -43,7 +43,7 @@ def rss_bytes(field: str = "VmRSS") -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter to the current RSS (Linux >= 4.0)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -85,7 +85,7 @@ def benchmark_tokenizer(
         del copied
         gc.collect()
         baselines.append(rss_bytes() or 0)
-        peak_exact = _reset_peak() and peak_exact
+        peak_exact = reset_peak_rss() and peak_exact
         start = time.perf_counter()
         tm = tokenize(state_dict, token_size, mode)  # type: ignore[arg-type]
         token_times.append(time.perf_counter() - start)
