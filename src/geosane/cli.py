@@ -15,7 +15,7 @@ import typer
 
 from geosane import __version__
 from geosane.console import console
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, Interrupted
 
 # Modules that may provide ``register(app, bench)``, in the order their commands are listed.
 CLI_MODULES = (
@@ -72,9 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one-line messages with exit status 2."""
     try:
         app(args=argv, prog_name="geosane")
+    except Interrupted as exc:
+        console.print(f"[yellow]interrupted:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(130)
     except GeosaneError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # Typer turns Ctrl-C into a silent exit 130
+            console.print("[yellow]interrupted[/]")
+        raise

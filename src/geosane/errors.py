@@ -25,3 +25,10 @@ class UnsafeCheckpointError(SourceError):
 
 class DataError(GeosaneError):
     """A dataset is missing, malformed or unsuitable for the requested task."""
+
+
+class Interrupted(GeosaneError):
+    """The user stopped a run (Ctrl-C) after its state was saved; the message says how to resume.
+
+    The CLI prints it as one line and exits with status 130, as a shell does for Ctrl-C.
+    """

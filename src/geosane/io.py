@@ -21,9 +21,13 @@ if TYPE_CHECKING:  # torch loads inside the functions so that `geosane --help` s
     import torch
 
 __all__ = [
+    "OUT_MARKER",
     "atomic_path",
+    "check_out_dir",
+    "claim_out_dir",
     "contained_path",
     "json_safe",
+    "mark_out_dir",
     "no_verify_env",
     "read_json",
     "save_safetensors",
@@ -103,6 +107,78 @@ def contained_path(root: str | os.PathLike[str], relative: str, what: str) -> Pa
     if rel.is_absolute() or not resolved.is_relative_to(base.resolve()):
         raise GeosaneError(f"{what}: file path '{relative}' leaves its directory {base}; refusing to follow it")
     return base / rel
+
+
+OUT_MARKER = ".geosane-out.json"
+
+
+def check_out_dir(
+    out: str | os.PathLike[str],
+    command: str,
+    inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+) -> bool:
+    """Apply the one rule for every command's output directory; True if geosane wrote it for ``command``.
+
+    The rule: ``out`` may be missing, empty, or a directory geosane already wrote *for the same
+    command* (it holds :data:`OUT_MARKER` naming the command; zoos and token stores are marked by
+    their ``manifest.json`` / ``index.json`` instead). Anything else (a user's folder, another
+    command's run) is refused, and so is an ``out`` that is, or holds, one of the run's ``inputs``
+    (``{"--ae": path}``), so that replacing or resuming an output can never destroy a user's files.
+    Nothing is written; :func:`claim_out_dir` also creates and marks the directory.
+    """
+    from geosane.errors import GeosaneError
+
+    target = Path(out).expanduser()
+    if target.exists() and not target.is_dir():
+        raise GeosaneError(f"output path {target} exists and is not a directory")
+    resolved = target.resolve()
+    for name, value in (inputs or {}).items():
+        if value is None:
+            continue
+        source = Path(value).expanduser().resolve()
+        if source == resolved or source.is_relative_to(resolved):
+            raise GeosaneError(
+                f"output directory {target} is or holds this run's input {name} ({value}); "
+                "choose another output directory (nothing was written)"
+            )
+    marker = target / OUT_MARKER
+    if marker.is_file():
+        try:
+            owner = read_json(marker).get("command")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner != command:
+            raise GeosaneError(
+                f"output directory {target} was written by `geosane {owner}`, not `geosane {command}`; "
+                "choose another output directory (nothing was written)"
+            )
+        return True
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir())
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise GeosaneError(
+                f"output directory {target} is not empty and geosane did not write it (holds {shown}); "
+                "choose a new or empty directory (nothing was written)"
+            )
+    return False
+
+
+def mark_out_dir(out: str | os.PathLike[str], command: str) -> None:
+    """Write the marker that makes ``out`` an output directory of ``command`` (see :func:`check_out_dir`)."""
+    write_json(Path(out) / OUT_MARKER, {"command": command})
+
+
+def claim_out_dir(
+    out: str | os.PathLike[str],
+    command: str,
+    inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+) -> bool:
+    """:func:`check_out_dir`, then create and mark ``out``; True if it was already ours (a rerun)."""
+    ours = check_out_dir(out, command, inputs)
+    if not ours:
+        mark_out_dir(out, command)
+    return ours
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

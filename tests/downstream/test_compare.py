@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from geosane.downstream import compare, load_compare_config, run_compare, ties_merge
 from geosane.downstream.report import InitSummary, verdict
+from geosane.errors import Interrupted
 from geosane.zoo import Zoo
 from tests.conftest import run_cli
 
@@ -103,7 +104,7 @@ def test_an_interrupted_compare_resumes_and_records_wall_time(
         "data.max_samples": {"select": 7, "test": 14}, "train.epochs": 2, "train.batch_size": 7, "out": out,
     }  # fmt: skip
     config = load_compare_config("compare_rsscn7", overrides)
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
+    with pytest.raises(Interrupted, match="rerun the same command to resume"):
         compare(config, show_progress=False, callbacks=[_InterruptSecondRun()])
     first, second = out / "runs" / "scratch" / "seed0", out / "runs" / "zoo_average" / "seed0"
     assert (first / "metrics.json").is_file() and not (second / "metrics.json").exists()
@@ -124,6 +125,10 @@ def test_an_interrupted_compare_resumes_and_records_wall_time(
     recorded = [json.loads(p.read_text())["wall_s"] for p in out.glob("runs/*/seed0/metrics.json")]
     assert result.report.is_file() and len(result.plots) == 2
     assert result.runs_wall_s == pytest.approx(sum(recorded))
+    reference = run_compare("compare_rsscn7", {**overrides, "out": tmp_path / "uninterrupted"}, show_progress=False)
+    for init in ("scratch", "zoo_average"):  # the resumed comparison is bitwise the uninterrupted one
+        want, got = reference.results[init][0], result.results[init][0]
+        assert (got.history, got.select, got.test) == (want.history, want.select, want.test)
     assert "s/run" in result.report.read_text() and "2 fine-tuning runs" in result.report.read_text()
 
 

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -22,8 +24,8 @@ from geosane.downstream import (
     finetune,
     load_task_data,
 )
-from geosane.downstream.finetuning import initialization_from_source, plan_run, run_finetune
-from geosane.errors import GeosaneError
+from geosane.downstream.finetuning import initialization_from_source
+from geosane.errors import GeosaneError, Interrupted
 from geosane.tasks import FitConfig, evaluate
 from tests.conftest import REPO_ROOT, run_cli
 
@@ -132,35 +134,68 @@ def test_finetune_cli_segments_csmask_chips_and_scores_miou_without_ignored_pixe
 
 
 class _Interrupt(L.Callback):
-    """Simulates a killed job at the start of the second epoch (after the first checkpoint)."""
+    """Simulates Ctrl-C at batch ``batch`` of epoch ``epoch`` (0-based)."""
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch == 1:
+    def __init__(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, idx: int) -> None:
+        if trainer.current_epoch == self.epoch and idx == self.batch:
             raise KeyboardInterrupt
 
 
-def test_interrupted_finetune_resumes_from_its_checkpoint(rsscn7_root: Path, tmp_path: Path) -> None:
-    config = FinetuneConfig(
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_resume(rsscn7_root: Path, tmp_path: Path) -> None:
+    """SIGINT to a real `geosane finetune` after its first epoch: rc 130, one line, a rerun finishes it."""
+    out = tmp_path / "run"
+    args = ["finetune", "rsscn7", *TINY, "train.epochs=20", "--data", str(rsscn7_root), "--init", "scratch",
+            "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "400"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geosane", *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.ckpt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip() and "Detected KeyboardInterrupt" not in line]
+    assert lines[-1].startswith("interrupted: the last finished epoch is saved in") and "Traceback" not in err
+    assert lines[-1].endswith("rerun the same command to resume")
+    assert (out / "checkpoint.ckpt").is_file() and not (out / "metrics.json").exists()
+    done = run_cli_subprocess(*args)
+    assert done.returncode == 0 and "resuming the interrupted run" in done.stderr, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed"] and len((out / "history.csv").read_text().splitlines()) == 1 + 20
+
+
+def _resume_config(root: Path, out: Path) -> FinetuneConfig:
+    return FinetuneConfig(
         init="scratch",
         arch=ArchConfig(name="test_resnet"),
-        data=DataConfig(
-            root=rsscn7_root, image_size=32, train_per_class=3, max_samples={"select": 7, "test": 14}
-        ),
-        train=FitConfig(epochs=3, batch_size=7),
-        out=tmp_path / "resume",
+        data=DataConfig(root=root, image_size=32, train_per_class=4, max_samples={"select": 7, "test": 14}),
+        train=FitConfig(epochs=3, batch_size=7, lr=0.003),  # 4 batches per epoch, augmentation on
+        out=out,
     )
-    data = load_task_data(config.data)
-    init = initialization_from_source("scratch", config.arch)
-    plan = plan_run(config.out, init, data, config.task, config.train, config.data)
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
-        run_finetune(init, data, config.task, config.train, plan, callbacks=[_Interrupt()])
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(1, 0), (1, 2), (2, 3)])
+def test_interrupted_finetune_resumes_bitwise(rsscn7_root: Path, tmp_path: Path, epoch: int, batch: int) -> None:
+    """Ctrl-C at an epoch start or mid-epoch, then a rerun: the same history and weights, bit for bit."""
+    reference = finetune(_resume_config(rsscn7_root, tmp_path / "reference"), show_progress=False)
+    config = _resume_config(rsscn7_root, tmp_path / "resumed")
+    with pytest.raises(Interrupted, match="rerun the same command to resume"):
+        finetune(config, show_progress=False, callbacks=[_Interrupt(epoch, batch)])
     assert (config.out / "checkpoint.ckpt").is_file() and not (config.out / "metrics.json").exists()
     interrupted = torch.load(config.out / "checkpoint.ckpt", weights_only=True)
-    assert interrupted["epoch"] == 0 and len(interrupted["geosane_history"]) == 1
-    assert plan_run(config.out, init, data, config.task, config.train, config.data).state == "resume"
+    assert interrupted["epoch"] == epoch - 1 and len(interrupted["geosane_history"]) == epoch  # last finished
     result = finetune(config, show_progress=False)
-    assert [row["epoch"] for row in result.history] == [1.0, 2.0, 3.0]
-    assert result.history[0] == interrupted["geosane_history"][0]
+    assert result.history == reference.history  # losses, lr and select metric of every epoch
+    assert (result.select, result.test) == (reference.select, reference.test)
+    got, want = load_file(config.out / "weights.safetensors"), load_file(tmp_path / "reference" / "weights.safetensors")
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert not (config.out / "checkpoint.ckpt").exists() and (config.out / "metrics.json").is_file()
 
 

@@ -60,7 +60,7 @@ def test_generate_writes_ranked_candidates_card_and_loader(
     result = generate(_cfg(setup, out, tiny_image_folder, store=setup["store"], anchors=2))
     card = json.loads((out / "model_card.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == [
-        "candidate_1.safetensors", "candidate_2.safetensors", "load_generated.py", "model_card.json",
+        ".geosane-out.json", "candidate_1.safetensors", "candidate_2.safetensors", "load_generated.py", "model_card.json",
     ]  # fmt: skip
     assert card == result.card and card["prompt"] == PROMPT and card["seed"] == 0
     assert card["arch"] == {"library": "timm", "name": "test_resnet", "kwargs": {"num_classes": 3}}
@@ -154,15 +154,49 @@ def test_run_directory_as_ae_and_a_card_without_selection_data_is_strict_json(
     assert result.card["ae_sha256"] == sha256_file(setup["ae"])
 
 
-def test_existing_output_is_kept_unless_overwrite(setup: dict[str, Path], tmp_path: Path) -> None:
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_generated_weights(setup: dict[str, Path], tmp_path: Path) -> None:
+    """--overwrite replaces an earlier `generate` output, never a user's folder or another command's."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(GeosaneError, match="exists and is not empty"):
-        generate(_cfg(setup, out, None, top_k=1, num_candidates=1))
-    assert (out / "keep.txt").read_text() == "mine"
-    generate(_cfg(setup, out, None, top_k=1, num_candidates=1, overwrite=True))
-    assert not (out / "keep.txt").exists() and (out / "candidate_1.safetensors").exists()
+    (out / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(GeosaneError, match=r"not empty and geosane did not write it \(holds notes.txt\)"):
+            generate(_cfg(setup, out, None, top_k=1, num_candidates=1, overwrite=overwrite))
+    assert _snapshot(out) == {"notes.txt": b"mine"}
+    first = tmp_path / "gen"
+    generate(_cfg(setup, first, None, top_k=1, num_candidates=1))
+    with pytest.raises(GeosaneError, match="already holds generated weights; overwrite=True"):
+        generate(_cfg(setup, first, None, top_k=1, num_candidates=1))
+    generate(_cfg(setup, first, None, top_k=1, num_candidates=1, overwrite=True, seed=5))
+    assert json.loads((first / "model_card.json").read_text())["seed"] == 5
+
+
+@pytest.mark.parametrize("target", ["ae_run", "zoo", "store"])
+def test_overwrite_never_replaces_an_input(setup: dict[str, Path], tmp_path: Path, target: str) -> None:
+    """--out at the --ae run directory, the prompt's zoo or the --store is refused even with --overwrite."""
+    run = tmp_path / "ae_run"
+    run.mkdir()
+    (run / "autoencoder.safetensors").write_bytes(setup["ae"].read_bytes())
+    out = {"ae_run": run, "zoo": setup["zoo"], "store": setup["store"]}[target]
+    before = _snapshot(out)
+    with pytest.raises(GeosaneError, match="is or holds this run's input"):
+        generate(_cfg(setup, out, None, ae=run, prompt=f"zoo:{setup['zoo']}#resnet-0", store=setup["store"],
+                      top_k=1, num_candidates=1, overwrite=True))  # fmt: skip
+    assert _snapshot(out) == before
+
+
+def test_generate_refuses_another_commands_output(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "finetuned"
+    out.mkdir()
+    write_json(out / ".geosane-out.json", {"command": "finetune"})
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(GeosaneError, match="written by `geosane finetune`, not `geosane generate`"):
+        generate(_cfg(setup, out, None, top_k=1, num_candidates=1, overwrite=True))
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 def test_residual_decoding_at_zero_bandwidth_returns_the_prompt_exactly(setup: dict[str, Path], tmp_path: Path) -> None:

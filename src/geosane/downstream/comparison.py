@@ -61,7 +61,7 @@ from geosane.downstream.report import (
     verdict,
 )
 from geosane.errors import ConfigError, GeosaneError
-from geosane.io import save_safetensors, write_json, write_text
+from geosane.io import claim_out_dir, save_safetensors, write_json, write_text
 from geosane.zoo import ArchSpec, load_weights_file
 
 __all__ = ["CompareResult", "build_initializations", "compare", "run_compare"]
@@ -226,7 +226,17 @@ def compare(
     started = time.perf_counter()
     if callbacks and config.workers > 1:
         raise ConfigError("Lightning callbacks cannot be sent to worker processes: use workers=1")
-    out = output_dir(config.out)
+    out = output_dir(
+        config.out,
+        "compare",
+        {
+            "prompt": config.prompt,
+            "zoo.dir": config.zoo.dir,
+            "generated.dir": config.generated.dir,
+            "data.root": config.data.root,
+            "data.test_data": config.data.test_data,
+        },
+    )
     data = load_task_data(config.data, config.task.kind)
     arch, inits = build_initializations(config)
     for init in inits:  # every init must load into the task model before anything runs
@@ -243,6 +253,7 @@ def compare(
                 run_dir, init, data, config.task, fit_config, config.data, overwrite
             )
 
+    claim_out_dir(out, "compare")
     save_config(config, out / "config.yaml")
     for init in inits:
         if init.kind in ("zoo_average", "ties", "dare") and init.state_dict is not None:

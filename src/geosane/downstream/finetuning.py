@@ -38,7 +38,7 @@ from geosane.downstream.config import FinetuneConfig, TaskConfig
 from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.inits import Initialization, arch_from_config, load_source
 from geosane.errors import ConfigError, GeosaneError
-from geosane.io import read_json, save_safetensors, write_json, write_text
+from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text
 from geosane.tasks import FitConfig, FitProgress, build_classifier, build_segmenter, evaluate, fit
 from geosane.tasks.fit import primary_metric_name
 from geosane.zoo import LoadedModel
@@ -324,23 +324,43 @@ def run_finetune(
     return FinetuneResult(init.name, fit_config.seed, metric, select, test, result.history, wall, out)
 
 
-def output_dir(path: Path | None) -> Path:
-    """The output directory named by ``out`` (it may exist; it must not be a file)."""
+def output_dir(path: Path | None, command: str, inputs: dict[str, Any]) -> Path:
+    """The checked output directory named by ``out`` (the one rule of :func:`geosane.io.check_out_dir`).
+
+    ``inputs`` are the run's sources; the ones that are local paths may not be replaced by ``out``.
+    """
     if path is None:
         raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
     out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise GeosaneError(f"output path {out} exists and is not a directory")
+    paths = {k: _local_path(v) for k, v in inputs.items()}
+    check_out_dir(out, command, paths)
     return out
 
 
-def finetune(config: FinetuneConfig, overwrite: bool = False, show_progress: bool = True) -> FinetuneResult:
+def _local_path(source: Any) -> Path | None:
+    """``source`` as a local path when it names one (``zoo:DIR#ID`` names DIR), else None."""
+    if source is None:
+        return None
+    text = str(source).removeprefix("zoo:").split("#", 1)[0]
+    return Path(text) if text and Path(text).expanduser().exists() else None
+
+
+def finetune(
+    config: FinetuneConfig,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> FinetuneResult:
     """Fine-tune ``config.init`` on ``config.data`` and write the run into ``config.out``.
+
+    ``callbacks``: extra Lightning callbacks for the run.
 
     Everything is validated (data, weights, architecture, output directory) before the first file
     is written.
     """
-    out = output_dir(config.out)
+    out = output_dir(
+        config.out, "finetune", {"init": config.init, "data.root": config.data.root, "data.test_data": config.data.test_data}
+    )
     data = load_task_data(config.data, config.task.kind)
     init = initialization_from_source(
         config.init, config.arch, name="scratch" if config.init == "scratch" else "init"
@@ -352,10 +372,14 @@ def finetune(config: FinetuneConfig, overwrite: bool = False, show_progress: boo
         return _result_from_metrics(out)
     if plan.state == "resume":
         console.print(f"resuming the interrupted run in {out}")
+    claim_out_dir(out, "finetune")
     save_config(config, out / "config.yaml")
     if show_progress:
         with make_progress() as progress:
             return run_finetune(
-                init, data, config.task, config.train, plan, checkpoint=config.checkpoint, progress=progress
-            )
-    return run_finetune(init, data, config.task, config.train, plan, checkpoint=config.checkpoint)
+                init, data, config.task, config.train, plan, checkpoint=config.checkpoint, progress=progress,
+                callbacks=callbacks,
+            )  # fmt: skip
+    return run_finetune(
+        init, data, config.task, config.train, plan, checkpoint=config.checkpoint, callbacks=callbacks
+    )

@@ -35,7 +35,7 @@ def generate_command(
     ),
     token_size: int | None = typer.Option(None, "--token-size", help="Expected token size (checked against the AE)."),
     random_init: bool = typer.Option(False, "--random-init", help="Allow a timm prompt without pretrained weights."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier generate output in --out (never a folder geosane did not write, nor an input)."),
 ) -> None:
     """Generate ready-to-fine-tune weights for the prompt's architecture."""
     from geosane.generation.pipeline import GenerateConfig, generate

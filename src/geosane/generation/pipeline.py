@@ -40,7 +40,7 @@ from geosane.generation.card import write_loader_script
 from geosane.generation.kde import KDEMode, latent_scale, sample_latents
 from geosane.generation.proxy import ProxyKind, proxy_score
 from geosane.generation.stem import adapt_stem
-from geosane.io import save_safetensors, sha256_file, write_json
+from geosane.io import check_out_dir, mark_out_dir, save_safetensors, sha256_file, write_json
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
 __all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
@@ -128,9 +128,23 @@ def _validate_counts(cfg: GenerateConfig) -> None:
             raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
     if cfg.select_split not in ("select", "all"):
         raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise GeosaneError(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+    ours = check_out_dir(cfg.out, "generate", _inputs(cfg))
+    if ours and not cfg.overwrite:
+        raise GeosaneError(
+            f"output directory {cfg.out} already holds generated weights; overwrite=True (--overwrite) "
+            "replaces them, or choose another output directory"
+        )
+
+
+def _inputs(cfg: GenerateConfig) -> dict[str, Path | None]:
+    """The paths this run reads, which its output directory must never replace."""
+    prompt = cfg.prompt.removeprefix("zoo:").split("#", 1)[0]
+    return {
+        "ae": cfg.ae,
+        "prompt": Path(prompt) if prompt and Path(prompt).expanduser().exists() else None,
+        "store": cfg.store,
+        "select_data": cfg.select_data,
+    }
 
 
 def _selection_data(
@@ -411,6 +425,8 @@ def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candid
             save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
         write_json(tmp / "model_card.json", card)
         write_loader_script(tmp / "load_generated.py")
+        mark_out_dir(tmp, "generate")
+        check_out_dir(out, "generate", _inputs(cfg))  # the same rule again, right before replacing
         if out.is_dir():
             shutil.rmtree(out)
         elif out.exists():

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from geosane.data import IGNORE_INDEX
 from geosane.io import atomic_path
+from geosane.runs import ResumableRandomness, fit_resumable
 from geosane.tasks.models import TaskKind
 
 __all__ = [
@@ -297,8 +298,9 @@ def fit(
     Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
     given seed on CPU. ``callbacks`` are extra Lightning callbacks (e.g. a progress display). With
     ``checkpoint_path``, a checkpoint is written there after every epoch and, when the file already
-    exists, training resumes from it (weights, optimizer, schedule, epoch and history); it is loaded
-    with ``weights_only=True``.
+    exists, training resumes from it (weights, optimizer, schedule, epoch, history and random number
+    generators, so the resumed run is bitwise the uninterrupted one); it is loaded with
+    ``weights_only=True``. Ctrl-C raises :class:`geosane.errors.Interrupted`.
     """
     config = config or FitConfig()
     _quiet_lightning()
@@ -325,14 +327,29 @@ def fit(
         precision=config.precision,  # type: ignore[arg-type]
         logger=False,
         enable_checkpointing=checkpoint_path is not None,
-        callbacks=[*callbacks, *([EpochCheckpoint(checkpoint_path)] if checkpoint_path else [])],
+        callbacks=[
+            *callbacks,
+            *([EpochCheckpoint(checkpoint_path), ResumableRandomness(data_order=generator)] if checkpoint_path else []),
+        ],
         enable_model_summary=False,
         enable_progress_bar=config.progress,
         num_sanity_val_steps=0,
         deterministic=False,
     )
     resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
+    fit_resumable(
+        trainer,
+        module,
+        train_loader,
+        val_loader,
+        ckpt_path=resume,
+        weights_only=True if resume else None,
+        resume_hint=(
+            f"the last finished epoch is saved in {checkpoint_path}; rerun the same command to resume"
+            if checkpoint_path
+            else "this run keeps no checkpoint; rerun to start again"
+        ),
+    )
     result = FitResult(history=module.history)
     if val is not None and module.history:
         key = f"val_{module.metric_name}"
