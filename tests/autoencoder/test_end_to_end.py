@@ -84,4 +84,23 @@ def test_cli_bad_input_exits_2_and_writes_nothing(random_store: Path, tmp_path: 
     assert code == 2 and "unknown config key 'trian'" in err
     code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", "--resume")
     assert code == 2 and "nothing to resume" in err
+    for bad, message in [("train.lr=-1", "train.lr must be a positive number, got -1"),
+                         ("train.betas=[0.9,1.5]", "train.betas must be two numbers in [0, 1)")]:  # fmt: skip
+        code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}", bad)
+        assert code == 2 and message in err, err
     assert not out.exists()
+
+
+def test_train_refuses_a_folder_it_did_not_write(random_store: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """train.out holding a user's files, or the token store itself, is refused before anything is written."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={out}")
+    assert code == 2 and "geosane did not write it (holds notes.txt)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    before = sorted(p.name for p in random_store.rglob("*"))
+    code, _, err = run_cli(capsys, "train", "tiny", f"data.store={random_store}", f"train.out={random_store}")
+    assert code == 2 and "is or holds this run's input data.store" in err
+    assert sorted(p.name for p in random_store.rglob("*")) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,7 +20,7 @@ from geosane.difuser import (
     pretrain_ddpm,
     run_difuse,
 )
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, Interrupted
 
 
 def tiny_pretrain_config(folder: Path, out: Path, steps: int) -> PretrainConfig:
@@ -101,6 +102,27 @@ def test_difuse_trains_reports_and_reuses_the_cache(pixel_model_dir: Path, tiny_
     summary = json.loads((tmp_path / "moe" / "fusion_weights.json").read_text())
     assert summary["optimizer_steps"] == 3 * moe["best_epoch"]  # the best checkpoint's counter (3 steps/epoch)
     assert all(abs(sum(row) - 1.0) < 1e-5 for row in summary["heatmap"])
+
+
+class _Interrupt(L.Callback):
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, idx: int) -> None:
+        if trainer.current_epoch == 2 and idx == 1:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_difuse_resumes_bitwise(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-epoch, then --resume: the same history, metrics and weights as an uninterrupted run."""
+    settings = ["train.patience=50", "train.epochs=4"]
+    reference = run_difuse(
+        load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "ref"), settings)
+    )
+    config = load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run"), settings)
+    with pytest.raises(Interrupted, match="rerun the same command with --resume"):
+        run_difuse(config, callbacks=[_Interrupt()])
+    resumed = run_difuse(config, resume=True)
+    assert resumed["history"] == reference["history"] and resumed["test"] == reference["test"]
+    got, want = load_file(tmp_path / "run" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.slow

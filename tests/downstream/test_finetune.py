@@ -311,3 +311,28 @@ def test_bench_finetune_reports_wall_time_per_run(
     assert record["sizes"] == {"train": 28, "select": 14, "test": 28} and len(record["run_s"]) == 1
     assert record["run_s"][0] > 0 and record["train_images_per_s"] > 0 and "accuracy" in record["last_metric"]
     assert not any(tmp_path.iterdir())  # a benchmark writes nothing
+
+
+def test_finetune_bad_input_is_one_line_and_writes_nothing(
+    rsscn7_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A one-class folder, a negative lr and a user's folder as --out: rc 2, one line, nothing written."""
+    one_class = _image_folder(tmp_path / "one", {"only": 6})
+    out = tmp_path / "out"
+    cases = [
+        (["--data", str(one_class)], "has 1 class folder(s) (only); classification needs at least 2"),
+        (["--data", str(rsscn7_root), "train.lr=-1"], "train.lr must be a positive number, got -1"),
+        (["--data", str(rsscn7_root), "train.epochs=0"], "train.epochs must be >= 1, got 0"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, "finetune", "rsscn7", *TINY, *args, "--init", "scratch", "--out", str(out))
+        assert code == 2 and message in " ".join(err.split()), err
+        assert not out.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, _, err = run_cli(capsys, "finetune", "rsscn7", *TINY, "--data", str(rsscn7_root), "--out", str(mine))
+    assert code == 2 and "geosane did not write it (holds notes.txt)" in " ".join(err.split())
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    code, _, err = run_cli(capsys, "finetune", "rsscn7", *TINY, "--data", str(rsscn7_root), "--out", str(rsscn7_root))
+    assert code == 2 and "is or holds this run's input data.root" in " ".join(err.split())

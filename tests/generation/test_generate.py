@@ -214,3 +214,23 @@ def test_residual_decoding_at_zero_bandwidth_returns_the_prompt_exactly(setup: d
     with pytest.raises(GeosaneError, match="bn_batches must be >= 0"):
         generate(_cfg(setup, tmp_path / "never", None, bn_batches=-1))
     assert not (tmp_path / "never").exists()
+
+
+def test_bad_flags_are_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    """`--top-k 5 --num-candidates 2` is checked in a fresh interpreter without importing torch."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    out = tmp_path / "gen"
+    code = (
+        "import sys\nfrom geosane.cli import main\ntry:\n"
+        f"    main(['generate', '--ae', 'x.safetensors', '--prompt', 'timm:resnet18', '--out', {str(out)!r},"
+        " '--top-k', '5', '--num-candidates', '2'])\n"
+        "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={"PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.stdout.split() == ["False", "2"], done.stderr
+    assert "--top-k 5 must be between 1 and --num-candidates (2)" in done.stderr and not out.exists()

@@ -75,6 +75,37 @@ def test_interrupted_build_resumes_without_retraining(tmp_path, tiny_image_folde
     assert trained == []
 
 
+class _CrashInSecondEpoch(L.Callback):
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        if trainer.current_epoch == 1 and idx == 1:
+            raise RuntimeError("simulated crash in epoch 2")
+
+
+def test_a_member_killed_mid_training_resumes_bitwise(tmp_path, tiny_image_folder, monkeypatch):
+    """The member resumes from its epoch checkpoint; every zoo row equals an uninterrupted build."""
+    recipe = folder_recipe(tiny_image_folder, defaults={"epochs": 3, "batch_size": 4})
+    reference = build_zoo(recipe, tmp_path / "reference")
+    real_fit = geosane.tasks.fit
+    calls: list[int] = []
+
+    def crash_second_member(*args: Any, **kwargs: Any):
+        calls.append(1)
+        if len(calls) == 2:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _CrashInSecondEpoch()]
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(geosane.tasks, "fit", crash_second_member)
+    with pytest.raises(RuntimeError, match="simulated crash in epoch 2"):
+        build_zoo(recipe, tmp_path / "zoo")
+    (checkpoint,) = (tmp_path / "zoo" / "checkpoints").glob("cnx-*.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0  # epoch 1 finished and saved
+    monkeypatch.setattr(geosane.tasks, "fit", real_fit)
+    zoo = build_zoo(recipe, tmp_path / "zoo")
+    assert [(e.id, e.sha256) for e in zoo] == [(e.id, e.sha256) for e in reference]
+    assert [e.metadata["history"] for e in zoo] == [e.metadata["history"] for e in reference]
+    assert not list((tmp_path / "zoo" / "checkpoints").iterdir())  # removed once the member is in the zoo
+
+
 def test_member_metadata_and_rebuild(tmp_path, tiny_image_folder):
     recipe = folder_recipe(
         tiny_image_folder,

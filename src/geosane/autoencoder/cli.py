@@ -76,6 +76,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 table.add_row(kind, f"{r['r2']:.3f}", f"{r['mae']:.4f}")
             console.print(table)
 
+    @bench.command("scale")
+    def bench_scale_command(
+        out: Path = typer.Option(Path("bench-scale"), "--out", help="Results directory (resumable)."),
+        models: list[str] | None = typer.Option(
+            None, "--model", help="timm architecture (repeatable; default: 12 large models, ~3.2B parameters)."
+        ),
+        windows: int = typer.Option(2000, "--windows", min=1, help="Training windows streamed per measurement."),
+        keep: bool = typer.Option(False, "--keep", help="Keep the synthetic zoo and store (tens of GB)."),
+    ) -> None:
+        """Tokenize and stream a multi-billion-parameter synthetic zoo: GB/s, store bytes, peak RSS, windows/s."""
+        from geosane.autoencoder.scale import DEFAULT_SCALE_MODELS, bench_scale
+
+        bench_scale(out, models or DEFAULT_SCALE_MODELS, windows=windows, keep=keep)
+        console.print(f"report: {out / 'report.md'}")
+
     @bench.command("train")
     def bench_train_command(
         config: str | None = typer.Option(None, "--config", help="Config YAML or preset (default: small)."),

@@ -141,6 +141,17 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.pct_start < 1.0:
             raise ValueError(f"train.pct_start must be in (0, 1), got {self.pct_start}")
+        for name in ("lr", "div_factor", "final_div_factor"):
+            if not 0.0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"train.{name} must be a positive number, got {getattr(self, name)}")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0.0:
+            raise ValueError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
 @dataclass

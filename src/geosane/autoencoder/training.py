@@ -38,7 +38,8 @@ from geosane.autoencoder.module import CHECKPOINT_FORMAT, AutoencoderModule
 from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, GeosaneError
-from geosane.io import save_torch, write_json
+from geosane.io import check_out_dir, mark_out_dir, save_torch, write_json
+from geosane.runs import fit_resumable
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -279,6 +280,7 @@ def train(
     ckpt_dir = out / "checkpoints"
     # ---- validate everything before writing anything
     datamodule = TokenWindowDataModule(cfg)  # checks the store: exists, d_t, window
+    check_out_dir(out, "train", {"data.store": cfg.data.store, "train.init_from": cfg.train.init_from})
     existing = checkpoints(ckpt_dir)
     resume_path: Path | None = None
     start_step = 0
@@ -349,9 +351,13 @@ def train(
         default_root_dir=out,
     )
     if trainer.is_global_zero:  # with DDP every rank runs this function; one writes
+        mark_out_dir(out, "train")
         save_config(cfg, out / "config.yaml")
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True)
+    fit_resumable(
+        trainer, module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True,
+        resume_hint=f"checkpoints are in {ckpt_dir}; rerun the same command with --resume to continue",
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     export = out / "autoencoder.safetensors"
     summary: dict[str, Any] = {

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from geosane.io import save_torch
@@ -58,25 +58,27 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class SaveLastCheckpoint(Callback):
-    """Write ``path`` (full trainer state, for resuming) after every validation and/or every N steps.
+class SaveLastCheckpoint(Checkpoint):
+    """Write ``path`` (full trainer state, for resuming) after every epoch and/or every N steps.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only in steps where it also
     saved a top-k checkpoint, so a run whose metric stops improving could not be resumed from its
     latest state; this callback always writes it (atomically, through the trainer's checkpoint I/O).
-    Put it after callbacks whose state it should include (e.g. ``EarlyStopping``).
+    The epoch-end save comes after the epoch's validation and after the module's own epoch-end hook
+    (Lightning runs :class:`Checkpoint` callbacks last), so it holds exactly the state between two
+    epochs and a resumed run continues bitwise (with ``geosane.runs.ResumableRandomness``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], every_n_train_steps: int = 0, on_validation: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], every_n_train_steps: int = 0, on_epoch_end: bool = True) -> None:
         self.path = Path(path)
         self.every_n_train_steps = every_n_train_steps
-        self.on_validation = on_validation
+        self.on_epoch_end = on_epoch_end
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         n = self.every_n_train_steps
         if n > 0 and trainer.global_step > 0 and trainer.global_step % n == 0:
             trainer.save_checkpoint(self.path, weights_only=False)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.on_validation and not trainer.sanity_checking:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_epoch_end:
             trainer.save_checkpoint(self.path, weights_only=False)

@@ -241,13 +241,13 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
         drop_last=True,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    checkpoint = SaveLastCheckpoint(last, every_n_train_steps=config.checkpoint_every, on_validation=False)
+    checkpoint = SaveLastCheckpoint(last, every_n_train_steps=config.checkpoint_every, on_epoch_end=False)
     trainer = L.Trainer(
         max_steps=config.steps,
         accelerator="cpu" if config.device == "cpu" else "auto",
         devices=1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,  # our SaveLastCheckpoint is the only Checkpoint callback
         callbacks=[checkpoint, _StepProgress(config.steps)],
         plugins=[SafeCheckpointIO()],
         enable_progress_bar=False,

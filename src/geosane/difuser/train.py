@@ -13,6 +13,7 @@ resumable ``checkpoints/last.ckpt``).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -35,7 +36,8 @@ from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
 from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
 from geosane.errors import GeosaneError
-from geosane.io import save_safetensors, write_json
+from geosane.io import claim_out_dir, save_safetensors, write_json
+from geosane.runs import ResumableRandomness, fit_resumable
 from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_metric_name
 from geosane.tasks.fit import _quiet_lightning
 
@@ -261,8 +263,12 @@ def _loaders(
     return make("train", True), make("select", False), make("test", False)
 
 
-def run_difuse(cfg: DifuseConfig, resume: bool = False) -> dict[str, Any]:
-    """Train and evaluate one SatDiFuser experiment; returns (and writes) the report."""
+def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train and evaluate one SatDiFuser experiment; returns (and writes) the report.
+
+    ``resume`` continues from ``output_dir/checkpoints/last.ckpt`` exactly where it stopped (RNG
+    states included). ``callbacks``: extra Lightning callbacks.
+    """
     apply_threads(cfg.num_threads)
     out = Path(cfg.output_dir).expanduser()
     last = out / "checkpoints" / "last.ckpt"
@@ -277,6 +283,7 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False) -> dict[str, Any]:
     output_size = (int(data.targets.shape[-2]), int(data.targets.shape[-1])) if data.kind == "segmentation" else (0, 0)
     model = build_model(cfg, layout, data.num_classes, output_size)
     # everything validated: from here on files are written
+    claim_out_dir(out, "difuse", {"task.root": cfg.task.root, "cache_dir": cfg.cache_dir})
     save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
     cache.build()
@@ -305,11 +312,13 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False) -> dict[str, Any]:
         accelerator="cpu" if cfg.device == "cpu" else "auto",
         devices=1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,  # SaveLastCheckpoint is the only Checkpoint callback
         callbacks=[
+            *callbacks,
             EarlyStopping(
                 monitor="val_metric", mode="max", patience=cfg.train.patience, check_on_train_epoch_end=False
             ),
+            ResumableRandomness(data_order=train_loader.generator),
             SaveLastCheckpoint(last),  # after EarlyStopping so that its state is included
         ],
         plugins=[SafeCheckpointIO()],
@@ -318,7 +327,10 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False) -> dict[str, Any]:
         num_sanity_val_steps=0,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_loader, select_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    fit_resumable(
+        trainer, module, train_loader, select_loader, ckpt_path=str(last) if resume else None, weights_only=True,
+        resume_hint=f"the last finished epoch is saved in {last}; rerun the same command with --resume",
+    )  # fmt: skip
     train_seconds = time.perf_counter() - start
     if module.best_state is None:
         raise GeosaneError("training produced no validation result on the select split")

@@ -186,6 +186,11 @@ def _folder_task_data(config: DataConfig, task: str) -> TaskData:
         raise ConfigError(f"image folders hold single-label classes; task '{task}' needs other data")
     root = _root(config)
     data = _load_folder(root, config)
+    if len(data.classes) < 2:
+        raise DataError(
+            f"{root} has {len(data.classes)} class folder(s) ({', '.join(data.classes) or 'none'}); "
+            "classification needs at least 2 (root/<class>/<image>)"
+        )
     separate: dict[str, ImageFolderData] = {}
     if config.select_data is not None:
         check_selection_size(count_folder_images(config.select_data), len(data.classes), config.select_data)

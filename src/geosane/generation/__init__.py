@@ -18,10 +18,10 @@ from geosane._lazy import lazy_exports
 if TYPE_CHECKING:
     from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
     from geosane.generation.card import write_loader_script
-    from geosane.generation.kde import KDEMode, latent_scale, sample_latents
-    from geosane.generation.pipeline import GenerateConfig, GenerationResult, generate, prepare_prompt
+    from geosane.generation.config import GenerateConfig, KDEMode, ProxyKind, validate_config
+    from geosane.generation.kde import latent_scale, sample_latents
+    from geosane.generation.pipeline import GenerationResult, generate, prepare_prompt
     from geosane.generation.proxy import (
-        ProxyKind,
         frozen_features,
         knn_accuracy,
         linear_probe_accuracy,
@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "batchnorm": ("has_batchnorm", "recalibrate_batchnorm"),
     "card": ("write_loader_script",),
-    "kde": ("KDEMode", "latent_scale", "sample_latents"),
-    "pipeline": ("GenerateConfig", "GenerationResult", "generate", "prepare_prompt"),
-    "proxy": ("ProxyKind", "frozen_features", "knn_accuracy", "linear_probe_accuracy", "proxy_score"),
+    "config": ("GenerateConfig", "KDEMode", "ProxyKind", "validate_config"),
+    "kde": ("latent_scale", "sample_latents"),
+    "pipeline": ("GenerationResult", "generate", "prepare_prompt"),
+    "proxy": ("frozen_features", "knn_accuracy", "linear_probe_accuracy", "proxy_score"),
     "stem": ("adapt_stem", "stem_weight_names"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -56,5 +57,6 @@ __all__ = [
     "recalibrate_batchnorm",
     "sample_latents",
     "stem_weight_names",
+    "validate_config",
     "write_loader_script",
 ]

@@ -38,7 +38,7 @@ def generate_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier generate output in --out (never a folder geosane did not write, nor an input)."),
 ) -> None:
     """Generate ready-to-fine-tune weights for the prompt's architecture."""
-    from geosane.generation.pipeline import GenerateConfig, generate
+    from geosane.generation.config import GenerateConfig, validate_config
 
     cfg = GenerateConfig(
         ae=ae, prompt=prompt, out=out, num_candidates=num_candidates, top_k=top_k, in_chans=in_chans,
@@ -47,6 +47,9 @@ def generate_command(
         random_init=random_init, store=store, anchors=anchors, proxy=proxy,  # type: ignore[arg-type]
         token_size=token_size, overwrite=overwrite, decode=decode,  # type: ignore[arg-type]
     )
+    validate_config(cfg)  # before the heavy imports: a bad flag costs no torch start-up
+    from geosane.generation.pipeline import generate
+
     result = generate(cfg)
     for c in result.card["candidates"]:
         score = "not ranked (no --select-data)" if c["proxy_score"] is None else f"{c['proxy']} proxy {c['proxy_score']:.4f}"

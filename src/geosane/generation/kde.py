@@ -11,13 +11,12 @@ each per-token KDE identically, giving every token the same noise vector).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
+
+from geosane.generation.config import KDEMode
 
 __all__ = ["KDEMode", "latent_scale", "sample_latents"]
 
-KDEMode = Literal["token", "joint"]
 
 
 def latent_scale(anchors: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,50 +37,14 @@ from geosane.data import (
 from geosane.errors import DataError, GeosaneError
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
 from geosane.generation.card import write_loader_script
-from geosane.generation.kde import KDEMode, latent_scale, sample_latents
-from geosane.generation.proxy import ProxyKind, proxy_score
+from geosane.generation.config import GenerateConfig, generation_inputs, validate_config
+from geosane.generation.kde import latent_scale, sample_latents
+from geosane.generation.proxy import proxy_score
 from geosane.generation.stem import adapt_stem
 from geosane.io import check_out_dir, mark_out_dir, save_safetensors, sha256_file, write_json
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
 __all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
-
-DecodeMode = Literal["direct", "residual"]
-NormalizationKind = Literal["dataset", "imagenet"]
-
-
-@dataclass
-class GenerateConfig:
-    """Settings of one ``geosane generate`` run (CLI flags map 1:1 onto these fields)."""
-
-    ae: Path
-    prompt: str
-    out: Path
-    num_candidates: int = 10
-    top_k: int = 3
-    in_chans: int | None = None
-    num_classes: int | None = None
-    select_data: Path | None = None
-    select_split: str = "select"  # "select": the seeded selection split of select_data; "all": every image
-    split_seed: int = 0
-    image_size: int = 64
-    kde_mode: KDEMode = "token"
-    bandwidth: float = 0.2
-    seed: int = 0
-    random_init: bool = False  # allow a timm prompt without pretrained weights
-    store: Path | None = None  # token store of the zoo: nearest same-layout models become anchors
-    anchors: int = 0  # how many nearest zoo models join the prompt as KDE anchors
-    proxy: ProxyKind = "knn"
-    # direct: decode(z) as in the paper; residual: prompt + decode(z) - decode(z_prompt), so the
-    # autoencoder's reconstruction error of the prompt cancels and only the sampled offset remains
-    decode: DecodeMode = "direct"
-    normalization: NormalizationKind = "dataset"  # as zoo build / finetune (data.normalization)
-    token_size: int | None = None  # must equal the AE's token size when given
-    halo: int | None = None
-    bn_batches: int = 4  # batches of selection images for BatchNorm recalibration (0: keep carried stats)
-    batch_size: int = 64
-    overwrite: bool = False
-
 
 @dataclass
 class Candidate:
@@ -101,50 +65,6 @@ class GenerationResult:
 
 # ---------------------------------------------------------------------------------------------
 # validation and inputs
-
-
-def _validate_counts(cfg: GenerateConfig) -> None:
-    if cfg.num_candidates < 1:
-        raise GeosaneError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
-    if not 1 <= cfg.top_k <= cfg.num_candidates:
-        raise GeosaneError(
-            f"--top-k {cfg.top_k} must be between 1 and --num-candidates ({cfg.num_candidates})"
-        )
-    if cfg.bandwidth < 0:
-        raise GeosaneError(f"--bandwidth must be >= 0, got {cfg.bandwidth}")
-    if cfg.bn_batches < 0:
-        raise GeosaneError(f"bn_batches must be >= 0 (0: no BatchNorm recalibration), got {cfg.bn_batches}")
-    if cfg.anchors < 0:
-        raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
-    if cfg.anchors and cfg.store is None:
-        raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
-    for value, kind, flag in (
-        (cfg.kde_mode, KDEMode, "--kde-mode"),
-        (cfg.proxy, ProxyKind, "--proxy"),
-        (cfg.normalization, NormalizationKind, "normalization"),
-        (cfg.decode, DecodeMode, "--decode"),
-    ):
-        if value not in (allowed := get_args(kind)):
-            raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
-    if cfg.select_split not in ("select", "all"):
-        raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
-    ours = check_out_dir(cfg.out, "generate", _inputs(cfg))
-    if ours and not cfg.overwrite:
-        raise GeosaneError(
-            f"output directory {cfg.out} already holds generated weights; overwrite=True (--overwrite) "
-            "replaces them, or choose another output directory"
-        )
-
-
-def _inputs(cfg: GenerateConfig) -> dict[str, Path | None]:
-    """The paths this run reads, which its output directory must never replace."""
-    prompt = cfg.prompt.removeprefix("zoo:").split("#", 1)[0]
-    return {
-        "ae": cfg.ae,
-        "prompt": Path(prompt) if prompt and Path(prompt).expanduser().exists() else None,
-        "store": cfg.store,
-        "select_data": cfg.select_data,
-    }
 
 
 def _selection_data(
@@ -294,7 +214,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     from geosane.autoencoder import decode_sequence, encode_sequence, load_autoencoder
     from geosane.tokens import DEFAULT_BUFFER_PATTERNS, detokenize, tokenize
 
-    _validate_counts(cfg)
+    validate_config(cfg)
     ae, ae_meta = load_autoencoder(cfg.ae)
     tokenizer = tokenizer_settings(ae, ae_meta)
     token_size, mode = tokenizer["token_size"], tokenizer["mode"]
@@ -426,7 +346,7 @@ def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candid
         write_json(tmp / "model_card.json", card)
         write_loader_script(tmp / "load_generated.py")
         mark_out_dir(tmp, "generate")
-        check_out_dir(out, "generate", _inputs(cfg))  # the same rule again, right before replacing
+        check_out_dir(out, "generate", generation_inputs(cfg))  # the same rule again, right before replacing
         if out.is_dir():
             shutil.rmtree(out)
         elif out.exists():

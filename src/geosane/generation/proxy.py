@@ -11,8 +11,6 @@ a freshly reset head, i.e. at chance). We take the backbone's pooled pre-logit f
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -22,9 +20,10 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from geosane.generation.config import ProxyKind
+
 __all__ = ["ProxyKind", "frozen_features", "knn_accuracy", "linear_probe_accuracy", "proxy_score"]
 
-ProxyKind = Literal["knn", "linear"]
 
 
 @torch.no_grad()

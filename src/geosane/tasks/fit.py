@@ -65,6 +65,18 @@ class FitConfig:
     precision: str = "32-true"
     progress: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.lr < float("inf"):
+            raise ValueError(f"train.lr must be a positive number, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "backbone_lr_scale", "num_workers"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
 
 @dataclass
 class FitResult:

@@ -12,6 +12,8 @@ error (raised before anything is trained): rename the member or use another zoo.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -206,6 +208,10 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
         seed=member.seed,
     )
     callback = _progress_callback(progress, task_id, settings.epochs)
+    # an interrupted member resumes from its last epoch; the name holds a digest of everything that
+    # determines its weights, so a checkpoint of other settings is never resumed
+    digest = hashlib.sha256(json.dumps(_jsonable(member.config_dict(plan.recipe)), sort_keys=True).encode())
+    checkpoint = zoo.path / "checkpoints" / f"{member.name}-{digest.hexdigest()[:12]}.ckpt"
     result = fit(
         model,
         "classification",
@@ -213,6 +219,7 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
         datasets["train"],
         datasets["select"],
         fit_config,
+        checkpoint_path=checkpoint,
         callbacks=[callback],
     )
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -260,6 +267,7 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
         classes=list(member.classes),
         license=recipe.license,
     )
+    checkpoint.unlink(missing_ok=True)
     if not added:
         raise GeosaneError(
             f"member '{member.name}' produced weights identical to zoo model '{entry.id}'; "

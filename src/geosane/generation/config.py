@@ -1,0 +1,101 @@
+"""Settings of ``geosane generate`` and their validation, importable without torch.
+
+The CLI checks every option here before the heavy imports of :mod:`geosane.generation.pipeline`,
+so a bad flag is refused in well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from geosane.errors import GeosaneError
+from geosane.io import check_out_dir
+
+__all__ = ["DecodeMode", "GenerateConfig", "KDEMode", "NormalizationKind", "ProxyKind", "generation_inputs",
+           "validate_config"]  # fmt: skip
+
+KDEMode = Literal["token", "joint"]
+ProxyKind = Literal["knn", "linear"]
+DecodeMode = Literal["direct", "residual"]
+NormalizationKind = Literal["dataset", "imagenet"]
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of one ``geosane generate`` run (CLI flags map 1:1 onto these fields)."""
+
+    ae: Path
+    prompt: str
+    out: Path
+    num_candidates: int = 10
+    top_k: int = 3
+    in_chans: int | None = None
+    num_classes: int | None = None
+    select_data: Path | None = None
+    select_split: str = "select"  # "select": the seeded selection split of select_data; "all": every image
+    split_seed: int = 0
+    image_size: int = 64
+    kde_mode: KDEMode = "token"
+    bandwidth: float = 0.2
+    seed: int = 0
+    random_init: bool = False  # allow a timm prompt without pretrained weights
+    store: Path | None = None  # token store of the zoo: nearest same-layout models become anchors
+    anchors: int = 0  # how many nearest zoo models join the prompt as KDE anchors
+    proxy: ProxyKind = "knn"
+    # direct: decode(z) as in the paper; residual: prompt + decode(z) - decode(z_prompt), so the
+    # autoencoder's reconstruction error of the prompt cancels and only the sampled offset remains
+    decode: DecodeMode = "direct"
+    normalization: NormalizationKind = "dataset"  # as zoo build / finetune (data.normalization)
+    token_size: int | None = None  # must equal the AE's token size when given
+    halo: int | None = None
+    bn_batches: int = 4  # batches of selection images for BatchNorm recalibration (0: keep carried stats)
+    batch_size: int = 64
+    overwrite: bool = False
+
+
+
+def validate_config(cfg: GenerateConfig) -> None:
+    """Refuse bad settings and a forbidden output directory; cheap, so it runs before torch is imported."""
+    if cfg.num_candidates < 1:
+        raise GeosaneError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
+    if not 1 <= cfg.top_k <= cfg.num_candidates:
+        raise GeosaneError(
+            f"--top-k {cfg.top_k} must be between 1 and --num-candidates ({cfg.num_candidates})"
+        )
+    if cfg.bandwidth < 0:
+        raise GeosaneError(f"--bandwidth must be >= 0, got {cfg.bandwidth}")
+    if cfg.bn_batches < 0:
+        raise GeosaneError(f"bn_batches must be >= 0 (0: no BatchNorm recalibration), got {cfg.bn_batches}")
+    if cfg.anchors < 0:
+        raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
+    if cfg.anchors and cfg.store is None:
+        raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
+    for value, kind, flag in (
+        (cfg.kde_mode, KDEMode, "--kde-mode"),
+        (cfg.proxy, ProxyKind, "--proxy"),
+        (cfg.normalization, NormalizationKind, "normalization"),
+        (cfg.decode, DecodeMode, "--decode"),
+    ):
+        if value not in (allowed := get_args(kind)):
+            raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
+    if cfg.select_split not in ("select", "all"):
+        raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
+    ours = check_out_dir(cfg.out, "generate", generation_inputs(cfg))
+    if ours and not cfg.overwrite:
+        raise GeosaneError(
+            f"output directory {cfg.out} already holds generated weights; overwrite=True (--overwrite) "
+            "replaces them, or choose another output directory"
+        )
+
+
+def generation_inputs(cfg: GenerateConfig) -> dict[str, Path | None]:
+    """The paths this run reads, which its output directory must never replace."""
+    prompt = cfg.prompt.removeprefix("zoo:").split("#", 1)[0]
+    return {
+        "ae": cfg.ae,
+        "prompt": Path(prompt) if prompt and Path(prompt).expanduser().exists() else None,
+        "store": cfg.store,
+        "select_data": cfg.select_data,
+    }
