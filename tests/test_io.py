@@ -52,3 +52,30 @@ def test_write_json_is_strict_json(tmp_path: Path) -> None:
         "xs": [1.0, None],
         "t": None,
     }
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("entry", ["load_torch", "load_autoencoder"])
+def test_a_malicious_checkpoint_is_refused_unrun_without_unsafe_advice(tmp_path: Path, entry: str) -> None:
+    from geosane.autoencoder import load_autoencoder
+    from geosane.errors import UnsafeCheckpointError
+    from geosane.io import load_torch
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "step-0000001.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload(str(marker))}, evil)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        (load_torch if entry == "load_torch" else load_autoencoder)(evil)
+    message = str(info.value)
+    assert message.startswith(f"refusing to load {evil}") and "arbitrary code" in message
+    assert "weights_only" not in message  # torch's advice (weights_only=False) would run the payload
+    assert not marker.exists()

@@ -27,6 +27,7 @@ __all__ = [
     "claim_out_dir",
     "contained_path",
     "json_safe",
+    "load_torch",
     "mark_out_dir",
     "no_verify_env",
     "read_json",
@@ -223,6 +224,30 @@ def save_torch(obj: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def load_torch(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors; a pickle needing code is refused, unrun.
+
+    torch's own refusal advises ``weights_only=False``, which would run whatever the pickle holds;
+    geosane never gives that advice (checkpoints are a security boundary).
+    """
+    import pickle
+
+    import torch
+
+    from geosane.errors import GeosaneError, UnsafeCheckpointError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it is not a weights-only checkpoint (it holds objects other than "
+            "tensors and plain containers), and unpickling it could run arbitrary code"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GeosaneError(f"cannot read checkpoint {path}: {first}") from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:

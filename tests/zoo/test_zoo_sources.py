@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import timm
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 from geosane.errors import SourceError, UnsafeCheckpointError
 from geosane.zoo import ArchSpec, Zoo, build_architecture, resolve
 from geosane.zoo.sources import check_fits, choose_weight_files, torchgeo_arch
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -459,3 +461,44 @@ def test_first_nonfinite_edge_cases():
     both = torch.tensor([float("inf"), float("-inf")])  # sums to NaN
     assert first_nonfinite({"ok": torch.ones(2), "both": both}) == "both"
     assert first_nonfinite({"half": torch.tensor([65504.0, 65504.0], dtype=torch.float16)}) is None
+
+
+def _onnx_with_external_data(folder: Path, location: str) -> Path:
+    """A one-MatMul ONNX graph whose weight lives in an external data file at ``location``."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "48")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight],
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    return path
+
+
+def test_onnx_external_data_inside_its_folder_is_read(tmp_path):
+    pytest.importorskip("onnx")
+    path = _onnx_with_external_data(tmp_path / "m", "weights.bin")
+    (tmp_path / "m" / "weights.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    loaded = resolve(str(path))
+    assert torch.equal(loaded.state_dict["w"], torch.arange(12, dtype=torch.float32).reshape(4, 3))
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/hostname"])
+def test_onnx_external_data_outside_its_folder_is_refused_in_one_line(tmp_path, capsys, location):
+    pytest.importorskip("onnx")
+    (tmp_path / "secret.bin").write_bytes(bytes(48))
+    path = _onnx_with_external_data(tmp_path / "m", location)
+    code, _, err = run_cli(capsys, "zoo", "add", str(path), "--zoo", str(tmp_path / "zoo"))
+    message = " ".join(err.split())
+    assert code == 2 and f"initializer 'w' external data: file path '{location}' leaves its directory" in message
+    assert "Traceback" not in err and not (tmp_path / "zoo").exists()

@@ -19,7 +19,7 @@ from geosane.autoencoder.config import ModelConfig
 from geosane.autoencoder.model import WeightAutoencoder
 from geosane.config import from_dict, to_dict
 from geosane.errors import ConfigError, GeosaneError
-from geosane.io import save_safetensors
+from geosane.io import load_torch, save_safetensors
 
 __all__ = ["EXPORT_FORMAT", "load_autoencoder", "save_autoencoder"]
 
@@ -58,10 +58,7 @@ def _from_safetensors(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor],
 
 
 def _from_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GeosaneError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    data = load_torch(path)  # a truncated file or an unsafe pickle: one line, nothing run
     extra = data.get("geosane") if isinstance(data, dict) else None
     if not extra or "config" not in extra:
         raise GeosaneError(f"{path} is not a geosane autoencoder training checkpoint")

@@ -38,7 +38,7 @@ from geosane.autoencoder.module import CHECKPOINT_FORMAT, AutoencoderModule
 from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, GeosaneError
-from geosane.io import check_out_dir, mark_out_dir, save_torch, write_json
+from geosane.io import check_out_dir, load_torch, mark_out_dir, save_torch, write_json
 from geosane.runs import fit_resumable
 
 __all__ = [
@@ -84,7 +84,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         save_torch(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return load_torch(path, map_location=map_location or "cpu")
 
 
 class StepCheckpoint(Callback):
@@ -175,10 +175,7 @@ def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file, an unsafe pickle, not a checkpoint at all
-        raise GeosaneError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    data = load_torch(path)  # a truncated file or an unsafe pickle: one line, nothing run
     if not isinstance(data, dict) or (data.get("geosane") or {}).get("format") != CHECKPOINT_FORMAT:
         raise GeosaneError(f"{path} is not a geosane autoencoder training checkpoint")
     return data

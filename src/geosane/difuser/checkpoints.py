@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from geosane.io import save_torch
+from geosane.io import load_torch, save_torch
 
 __all__ = ["SafeCheckpointIO", "SaveLastCheckpoint", "atomic_directory"]
 
@@ -31,7 +30,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch(path)
 
 
 @contextmanager

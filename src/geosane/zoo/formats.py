@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from geosane.errors import SourceError, UnsafeCheckpointError
+from geosane.errors import GeosaneError, SourceError, UnsafeCheckpointError
+from geosane.io import contained_path
 
 __all__ = [
     "KEY_ORDER_METADATA",
@@ -219,16 +220,22 @@ def _read_onnx(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
-    try:
-        model = onnx.load(str(path))
+    try:  # external data is read below, per initializer, once its path has been checked
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
         raise SourceError(f"corrupt or truncated ONNX file {path}: {_first_line(exc)}") from None
     graph = model.graph
     tensors: dict[str, torch.Tensor] = {}
     for init in graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in init.external_data}.get("location", "")
+            try:
+                contained_path(path.parent, location, f"ONNX file {path}, initializer '{init.name}' external data")
+            except GeosaneError as exc:
+                raise SourceError(str(exc)) from None
         try:
             array = numpy_helper.to_array(init, base_dir=str(path.parent))
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
             raise SourceError(f"{path}: cannot read initializer '{init.name}': {_first_line(exc)}") from None
         tensors[init.name] = torch.from_numpy(array.copy())
     info: dict[str, Any] = {"onnx_producer": graph.name or model.producer_name or None}
