@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["console", "make_progress", "track"]
+__all__ = ["console", "make_progress", "report_verification", "track"]
 
 T = TypeVar("T")
 
@@ -52,3 +52,24 @@ def track(
         for item in items:
             yield item
             progress.advance(task)
+
+
+def report_verification(title: str, results: list[tuple[str, str | None]]) -> None:
+    """Print ``(id, problem or None)`` rows as a table; exit with status 1 if any row has a problem.
+
+    Shared by ``geosane zoo verify`` and ``geosane tokens verify``, which report and never repair.
+    """
+    import sys
+
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("model", overflow="fold")
+    table.add_column("status", overflow="fold")
+    for model_id, problem in results:
+        table.add_row(model_id, "[green]ok[/]" if problem is None else f"[red]{problem}[/]")
+    console.print(table)
+    bad = sum(problem is not None for _, problem in results)
+    console.print(f"{len(results) - bad} of {len(results)} ok" + (f", [red]{bad} with problems[/] (nothing was changed)" if bad else ""))
+    if bad:
+        sys.exit(1)

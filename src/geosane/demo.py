@@ -24,7 +24,7 @@ import typer
 from geosane.config import PACKAGED_CONFIGS, load_config, save_config
 from geosane.console import console
 from geosane.errors import ConfigError, DataError, GeosaneError
-from geosane.io import read_json, write_json, write_text
+from geosane.io import claim_out_dir, read_json, write_json, write_text
 
 __all__ = ["DemoConfig", "DemoResult", "load_demo_config", "prepare_data", "register", "run_demo"]
 
@@ -308,7 +308,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if cfg.cross_architecture is not None and cfg.cross_compare is None:
         raise ConfigError("cross_architecture needs a cross_compare section (the comparison to run)")
     created = not cfg.out.exists()
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(cfg.out, "demo", {"--data": cfg.data.root})
     started = time.perf_counter()
     try:
         data = timed("data", prepare_data, cfg)

@@ -28,6 +28,7 @@ __all__ = [
     "contained_path",
     "json_safe",
     "load_torch",
+    "locked",
     "mark_out_dir",
     "no_verify_env",
     "read_json",
@@ -62,6 +63,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive inter-process lock for ``path`` (a lock file ``.NAME.lock`` beside it).
+
+    Shared indexes (zoo manifests, token-store indexes) are read, changed and rewritten inside
+    this block, so concurrent writers each see the other's rows and none is lost. ``filelock``
+    (a torch dependency) does the locking: ``fcntl``/``msvcrt`` semantics, released if the
+    process dies.
+    """
+    from filelock import FileLock, Timeout
+
+    from geosane.errors import GeosaneError
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"), timeout=timeout)
+    try:
+        with lock:
+            yield
+    except Timeout:
+        raise GeosaneError(
+            f"{target} stayed locked by another geosane process for {timeout:.0f} s; try again when it is done"
+        ) from None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

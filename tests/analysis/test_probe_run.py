@@ -148,3 +148,16 @@ def test_segmentation_probe_on_csmask_chips(csmask_root: Path, tmp_path: Path) -
     result = run_probe(cfg)
     assert {r["metric"] for r in result.rows} == {"miou"} and len(result.rows) == 4
     assert all(0.0 < r["test"] <= 1.0 for r in result.rows)
+
+
+def test_probe_refuses_a_folder_it_did_not_write_and_its_own_data(colour_folder: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(GeosaneError, match=r"geosane did not write it \(holds notes.txt\)"):
+        run_probe(_config(colour_folder, mine, [RESNET]))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    before = sorted(p.name for p in colour_folder.rglob("*"))
+    with pytest.raises(GeosaneError, match=r"is or holds this run's input data\.root"):
+        run_probe(_config(colour_folder, colour_folder, [RESNET]))
+    assert sorted(p.name for p in colour_folder.rglob("*")) == before

@@ -79,8 +79,8 @@ def test_probe_on_a_real_network_finds_the_label_when_images_carry_it(
         {"source": "timm:resnet10t", "random_init": True, "name": "resnet10t", "layers": ["layer1"]},
         tiny_vit_spec(name="vit", layers=["blocks.0"]),
     ]
-    colour = run_probe(_config(colour_folder, tmp_path / "colour", models=models))
-    noise = run_probe(_config(noise_folder, tmp_path / "noise", models=models))
+    colour = run_probe(_config(colour_folder, tmp_path / "probe-colour", models=models))
+    noise = run_probe(_config(noise_folder, tmp_path / "probe-noise", models=models))
     assert {r["model"] for r in colour.rows} == {"resnet10t", "vit"}
     assert all(r["test"] >= 0.9 for r in colour.rows), colour.rows
     assert all(r["test"] <= 0.6 for r in noise.rows), noise.rows

@@ -54,7 +54,7 @@ def test_store_layout_index_and_round_trip(small_zoo: Zoo, small_store: TokenSto
     assert small_store.total_tokens == sum(r.num_tokens for r in small_store.records)
 
 
-def test_rerun_skips_finished_models_and_redoes_bad_files(small_zoo: Zoo, tmp_path: Path) -> None:
+def test_rerun_skips_finished_models_and_refuses_then_repairs_bad_files(small_zoo: Zoo, tmp_path: Path) -> None:
     out = tmp_path / "store"
     first = tokenize_zoo(small_zoo, out)
     before = mtimes(out)
@@ -66,7 +66,12 @@ def test_rerun_skips_finished_models_and_redoes_bad_files(small_zoo: Zoo, tmp_pa
     data[-100] ^= 0xFF  # one flipped byte in the tokens
     (out / victim.file).write_bytes(bytes(data))
     (out / deleted.file).unlink()
-    store = tokenize_zoo(small_zoo, out)
+    corrupted = mtimes(out)
+    with pytest.raises(GeosaneError, match=rf"the token file of '{victim.id}' .* does not match its recorded SHA-256; "
+                       r"nothing was changed.*repair=True \(--repair\)"):  # fmt: skip
+        tokenize_zoo(small_zoo, out)  # never silently "repaired"
+    assert mtimes(out) == corrupted
+    store = tokenize_zoo(small_zoo, out, repair=True)
     after = mtimes(out)
     assert after[Path(first.records[0].file).name] == before[Path(first.records[0].file).name]
     assert all(store.verify(i) for i in range(len(store)))

@@ -28,7 +28,7 @@ from geosane.config import save_config
 from geosane.console import console
 from geosane.data import TensorImageDataset
 from geosane.errors import ConfigError, GeosaneError
-from geosane.io import read_json, write_json, write_text
+from geosane.io import claim_out_dir, read_json, write_json, write_text
 from geosane.tasks import SegmentationModel, build_segmenter, evaluate, fit
 
 __all__ = ["DecoderResult", "decoder_table", "run_decoders"]
@@ -95,6 +95,7 @@ def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
     data = load_analysis_data(cfg.data, "segmentation")
     backbones = _prepare(cfg, data)
     out = Path(cfg.output_dir).expanduser()
+    claim_out_dir(out, "probe", {"data.root": cfg.data.root})
     save_config(cfg, out / "config.yaml")
     train, select, test = (data.splits[s] for s in ("train", "select", "test"))
     train_set = TensorImageDataset(

@@ -34,7 +34,7 @@ from geosane.analysis.probes import fit_probe, metric_name, score_readout, singl
 from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError
-from geosane.io import read_json, write_json, write_text
+from geosane.io import claim_out_dir, read_json, write_json, write_text
 
 __all__ = ["PreparedModel", "ProbeResult", "prepare_models", "run_probe", "write_csv"]
 
@@ -172,6 +172,7 @@ def _run_probe(cfg: ProbeConfig) -> ProbeResult:
     device = resolve_device(cfg.device)
 
     out = Path(cfg.output_dir).expanduser()
+    claim_out_dir(out, "probe", {"data.root": cfg.data.root})
     save_config(cfg, out / "config.yaml")
     cache = FeatureCache(cfg.feature_cache)
     rows: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ from geosane.analysis.probing import PreparedModel, prepare_models, write_csv
 from geosane.config import save_config
 from geosane.console import console
 from geosane.errors import DataError
-from geosane.io import write_json
+from geosane.io import claim_out_dir, write_json
 
 __all__ = ["CkaResult", "diagonal_pairs", "layer_kind", "run_cka"]
 
@@ -103,6 +103,7 @@ def _run_cka(cfg: CkaConfig) -> CkaResult:
     a, b = prepare_models([cfg.model_a, cfg.model_b], data, "all", None, cfg.pooling, unique_names=False)
     device = resolve_device(cfg.device)
     out = Path(cfg.output_dir).expanduser()
+    claim_out_dir(out, "cka", {"data.root": cfg.data.root})
     save_config(cfg, out / "config.yaml")
 
     accumulator = MinibatchCKAMatrix()

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from geosane.tokens.layer_types import LAYER_TYPE_NAMES, LayerType, infer_layer_type
-    from geosane.tokens.store import StoreRecord, TokenStore, load_tokenized, save_tokenized, tokenize_zoo
+    from geosane.tokens.store import (
+        StoreRecord,
+        TokenStore,
+        load_tokenized,
+        save_tokenized,
+        tokenize_zoo,
+        verify_store,
+    )
     from geosane.tokens.tokenizer import (
         DEFAULT_BUFFER_PATTERNS,
         DEFAULT_TOKEN_SIZE,
@@ -26,7 +33,9 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "geosane.tokens.layer_types": ("LAYER_TYPE_NAMES", "LayerType", "infer_layer_type"),
-    "geosane.tokens.store": ("StoreRecord", "TokenStore", "load_tokenized", "save_tokenized", "tokenize_zoo"),
+    "geosane.tokens.store": (
+        "StoreRecord", "TokenStore", "load_tokenized", "save_tokenized", "tokenize_zoo", "verify_store",
+    ),
     "geosane.tokens.tokenizer": (
         "DEFAULT_BUFFER_PATTERNS",
         "DEFAULT_TOKEN_SIZE",
@@ -60,6 +69,7 @@ __all__ = [
     "save_tokenized",
     "tokenize",
     "tokenize_zoo",
+    "verify_store",
 ]
 
 

@@ -35,6 +35,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         no_verify: bool = typer.Option(
             False, "--no-verify", help="On a rerun, trust existing files without re-hashing them."
         ),
+        repair: bool = typer.Option(
+            False, "--repair", help="Rebuild token files that no longer match the index (else refused)."
+        ),
     ) -> None:
         """Tokenize every model of a zoo into a token store (resumable: finished models are skipped)."""
         from geosane.tokens.store import tokenize_zoo
@@ -49,6 +52,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             allow_nonfinite=allow_nonfinite,
             skip_missing=skip_missing,
             verify=not no_verify,
+            repair=repair,
         )
 
     tokens_app = typer.Typer(help="Inspect token stores.", no_args_is_help=True)
@@ -95,6 +99,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise GeosaneError(
                 f"{bad} token file(s) in {store.path} do not match the index; rerun `geosane tokenize`"
             )
+
+    @tokens_app.command("verify")
+    def verify_command(store_dir: Path = typer.Argument(..., help="Token store directory.")) -> None:
+        """Check every token file (inside the store, SHA-256, token count, finite values); exit 1 on a problem.
+
+        Reports only: nothing is repaired or written.
+        """
+        from geosane.console import report_verification
+        from geosane.tokens.store import verify_store
+
+        report_verification(f"token store {store_dir}", verify_store(store_dir))
 
     @bench.command("tokenizer")
     def bench_tokenizer_command(

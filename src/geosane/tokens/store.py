@@ -28,6 +28,7 @@ from geosane.console import console, make_progress
 from geosane.errors import GeosaneError
 from geosane.io import (
     contained_path,
+    locked,
     no_verify_env,
     read_json,
     save_safetensors,
@@ -53,6 +54,7 @@ __all__ = [
     "load_tokenized",
     "save_tokenized",
     "tokenize_zoo",
+    "verify_store",
 ]
 
 STORE_FORMAT = "geosane-token-store"
@@ -80,6 +82,7 @@ class StoreRecord:
     in_chans: int | None = None
     num_classes: int | None = None
     properties: dict[str, Any] = field(default_factory=dict)
+    nonfinite: bool = False  # tokenized with allow_nonfinite and holding NaN/Inf on purpose
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreRecord:
@@ -241,6 +244,11 @@ class TokenStore:
         """
         index = self.index_of(model)
         tm = load_tokenized(self._checked_file(index))
+        if not self.records[index].nonfinite and not bool(torch.isfinite(tm.tokens).all()):
+            raise GeosaneError(
+                f"token store {self.path}: the tokens of '{self.records[index].id}' ({self.records[index].file}) "
+                "hold NaN/Inf values; the file is corrupted"
+            )
         if tm.tokens.shape[0] != self.records[index].num_tokens:
             raise GeosaneError(
                 f"token store {self.path}: '{self.records[index].id}' has {tm.tokens.shape[0]} tokens, "
@@ -305,6 +313,11 @@ class TokenStore:
                 if parts[key] is not None:
                     padded[lo - start : hi - start] = parts[key]
                 item[key] = padded
+        if not self.records[index].nonfinite and not bool(torch.isfinite(item["tokens"]).all()):
+            raise GeosaneError(
+                f"token store {self.path}: tokens {lo}..{hi} of '{self.records[index].id}' "
+                f"({self.records[index].file}) hold NaN/Inf values; the file is corrupted"
+            )
         item["valid"] = valid
         item["model_index"] = torch.tensor(index, dtype=torch.long)
         item["start"] = torch.tensor(start, dtype=torch.long)
@@ -313,6 +326,30 @@ class TokenStore:
 
 # ---------------------------------------------------------------------------------------------
 # building a store from a zoo
+
+
+def verify_store(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
+    """``(model id, problem or None)`` for every record of a token store; changes nothing.
+
+    A record's file must stay inside the store, exist, match its recorded SHA-256, load, hold
+    ``num_tokens`` tokens and only finite token values. Nothing is repaired.
+    """
+    store = TokenStore(path, check_hashes=False)
+    results: list[tuple[str, str | None]] = []
+    for i, record in enumerate(store):
+        try:
+            file = store.file(i)
+            if not file.is_file():
+                raise GeosaneError(f"file {record.file} is missing")
+            found = sha256_file(file)
+            if found != record.sha256:
+                raise GeosaneError(f"SHA-256 {found[:12]}… is not the recorded {record.sha256[:12]}…")
+            store.load(i)  # token count and finite values
+        except GeosaneError as exc:
+            results.append((record.id, str(exc)))
+        else:
+            results.append((record.id, None))
+    return results
 
 
 def _settings(
@@ -356,9 +393,26 @@ def _open_for_update(out: Path, settings: dict[str, Any]) -> tuple[dict[str, Any
                 "use a new --out directory or the same settings"
             )
         return store.settings, store.records
-    if out.is_dir() and any(out.iterdir()):
-        raise GeosaneError(f"{out} is not empty and is not a token store (no index.json); choose a new --out")
+    _refuse_foreign(out)
+    _write_index(out, settings, [])  # other tokenize runs into this directory now see a store
     return settings, []
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Refuse a directory that holds files but no token store (a user's folder)."""
+    if out.exists() and not out.is_dir():
+        raise GeosaneError(f"token store path {out} exists and is not a directory")
+    if (out / "index.json").is_file() or not out.is_dir():
+        return
+    if any(p.name != ".index.json.lock" for p in out.iterdir()):
+        raise GeosaneError(f"{out} is not empty and is not a token store (no index.json); choose a new --out")
+
+
+def _write_index(out: Path, header: dict[str, Any], records: Sequence[StoreRecord]) -> None:
+    write_json(
+        out / "index.json",
+        {"format": STORE_FORMAT, "version": STORE_VERSION, **header, "models": [asdict(r) for r in records]},
+    )
 
 
 def tokenize_zoo(
@@ -374,13 +428,16 @@ def tokenize_zoo(
     skip_missing: bool = False,
     verify: bool = True,
     use_architecture: bool = True,
+    repair: bool = False,
 ) -> TokenStore:
     """Tokenize every model of ``zoo`` (a :class:`geosane.zoo.Zoo` or its path) into the store ``out``.
 
     Streams model by model, each file written atomically and the index rewritten after each, so
     an interrupted run resumes: models already in the index whose zoo SHA-256 is unchanged and
-    whose file matches its recorded SHA-256 are skipped (``verify=False`` skips the re-hash),
-    anything else is redone. Manifest rows pointing to missing files are refused before anything
+    whose file matches its recorded SHA-256 are skipped (``verify=False`` skips the re-hash), models
+    whose zoo weights changed are redone, and a token file that no longer matches its record is
+    refused (never silently redone) unless ``repair``. The index is updated under a file lock, so
+    concurrent runs into one store lose no rows. Manifest rows pointing to missing files are refused before anything
     is written (``skip_missing`` skips them instead). With ``use_architecture`` a recorded
     architecture is built on the meta device to type layers and tell buffers from parameters.
     A bad model (empty, non-finite) stops the run with an error naming it; the models finished
@@ -404,20 +461,35 @@ def tokenize_zoo(
         )
     for entry in missing:
         console.print(f"[yellow]skipping '{entry.id}': missing file {entry.file}[/]")
-    header, old_records = _open_for_update(out, settings)
+    _refuse_foreign(out)  # before the lock file is created
+    with locked(out / "index.json"):
+        header, old_records = _open_for_update(out, settings)
     records = {r.id: r for r in old_records}
     todo = [e for e in zoo if e not in missing]
-
-    def save_index() -> None:
-        write_json(
-            out / "index.json",
-            {
-                "format": STORE_FORMAT,
-                "version": STORE_VERSION,
-                **header,
-                "models": [asdict(r) for r in records.values()],
-            },
+    finished: set[str] = set()  # already tokenized from the same zoo weights, token file intact
+    for entry in todo:
+        old = records.get(entry.id)
+        if old is None or old.zoo_sha256 != entry.sha256:
+            continue
+        path = out / "tokens" / f"{entry.id}.safetensors"
+        problem = "is missing" if not path.is_file() else (
+            "does not match its recorded SHA-256" if verify and sha256_file(path) != old.sha256 else None
         )
+        if problem is None:
+            finished.add(entry.id)
+        elif not repair:  # reported, never silently redone
+            raise GeosaneError(
+                f"token store {out}: the token file of '{entry.id}' ({path}) {problem}; nothing was "
+                "changed. Inspect the store with `geosane tokens verify`, then tokenize with repair=True "
+                "(--repair) to rebuild it from the zoo"
+            )
+
+    def save_record(record: StoreRecord) -> None:
+        """Add ``record`` to the index on disk (read-modify-write under the lock: no run's rows are lost)."""
+        with locked(out / "index.json"):
+            current = {r.id: r for r in TokenStore(out, check_hashes=False).records}
+            current[record.id] = record
+            _write_index(out, header, list(current.values()))
 
     done = skipped = 0
     with make_progress() as progress:
@@ -426,17 +498,14 @@ def tokenize_zoo(
             progress.update(task, status=entry.id)
             path = out / "tokens" / f"{entry.id}.safetensors"
             old = records.get(entry.id)
-            if (
-                old is not None
-                and old.zoo_sha256 == entry.sha256
-                and path.is_file()
-                and (not verify or sha256_file(path) == old.sha256)
-            ):
+            if entry.id in finished:
                 skipped += 1
                 progress.advance(task)
                 continue
-            if old is not None and path.is_file():
-                console.print(f"[yellow]redoing '{entry.id}': its token file does not match the index[/]")
+            if old is not None and old.zoo_sha256 != entry.sha256:
+                console.print(f"[yellow]redoing '{entry.id}': its zoo weights changed since it was tokenized[/]")
+            elif old is not None:
+                console.print(f"[yellow]repairing '{entry.id}': its token file did not match the index[/]")
             state_dict = zoo.load_state_dict(entry.id)
             module = _meta_module(entry.arch) if use_architecture else None
             try:
@@ -453,7 +522,7 @@ def tokenize_zoo(
             except TokenizerError as exc:
                 raise TokenizerError(f"model '{entry.id}': {exc}") from None
             save_tokenized(tm, path, model_id=entry.id)
-            records[entry.id] = StoreRecord(
+            record = StoreRecord(
                 id=entry.id,
                 file=str(path.relative_to(out)),
                 num_tokens=tm.num_tokens,
@@ -467,13 +536,13 @@ def tokenize_zoo(
                 in_chans=entry.in_chans,
                 num_classes=entry.num_classes,
                 properties=dict(entry.metadata),
+                nonfinite=allow_nonfinite and not bool(torch.isfinite(tm.tokens).all()),
             )
-            save_index()
+            records[entry.id] = record
+            save_record(record)
             done += 1
             del tm, state_dict
             progress.advance(task)
-    if not (out / "index.json").is_file():
-        save_index()
     store = TokenStore(out)
     console.print(
         f"token store {out}: {done} tokenized, {skipped} already done; {len(store)} models, "

@@ -11,13 +11,13 @@ from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from geosane.zoo.build import BuildPlan, build_zoo, prepare_build
-    from geosane.zoo.manifest import Zoo, ZooEntry
+    from geosane.zoo.manifest import Zoo, ZooEntry, verify_zoo
     from geosane.zoo.recipe import ZooRecipe, load_recipe
     from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture, load_weights_file, resolve
 
 _EXPORTS = {
     "build": ("BuildPlan", "build_zoo", "prepare_build"),
-    "manifest": ("Zoo", "ZooEntry"),
+    "manifest": ("Zoo", "ZooEntry", "verify_zoo"),
     "recipe": ("ZooRecipe", "load_recipe"),
     "sources": ("ArchSpec", "LoadedModel", "build_architecture", "load_weights_file", "resolve"),
 }
@@ -36,4 +36,5 @@ __all__ = [
     "load_weights_file",
     "prepare_build",
     "resolve",
+    "verify_zoo",
 ]

@@ -152,6 +152,7 @@ def add(
                 raise GeosaneError(f"--bands names {len(band_list)} bands but {source} takes {known}")
             loaded[-1].info["in_chans"] = len(band_list)
     target = Zoo.create(zoo)
+    added_here = 0
     for model in loaded:
         entry, added = target.add(
             model,
@@ -164,6 +165,7 @@ def add(
             bands=band_list,
             modality=modality,
         )
+        added_here += added
         if added:
             console.print(
                 f"[green]added[/] {entry.id} ({_human(entry.num_params)} params, {', '.join(entry.dtypes)}) "
@@ -173,11 +175,24 @@ def add(
             console.print(
                 f"[yellow]skipped[/] {model.source}: already in the zoo as '{entry.id}' (same weights)"
             )
-    console.print(f"zoo {target.path}: {len(target)} models")
+    target.reload()  # other processes may have added models meanwhile
+    console.print(f"zoo {target.path}: {len(target)} models ({added_here} added by this run)")
 
 
 # ---------------------------------------------------------------------------------------------
 # list
+
+
+@zoo_app.command("verify")
+def verify_models(zoo: Path = ZOO_OPTION) -> None:
+    """Check every model file (inside the zoo, loads, SHA-256 of its tensors); exit 1 on a problem.
+
+    Reports only: nothing is repaired or written.
+    """
+    from geosane.console import report_verification
+    from geosane.zoo.manifest import verify_zoo
+
+    report_verification(f"zoo {zoo}", verify_zoo(zoo))
 
 
 @zoo_app.command("list")

@@ -15,7 +15,9 @@ manifest is rewritten atomically after each addition, after the weights file it 
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,11 +26,19 @@ from typing import Any
 import torch
 
 from geosane.errors import GeosaneError, SourceError
-from geosane.io import contained_path, no_verify_env, read_json, save_safetensors, sha256_tensors, write_json
+from geosane.io import (
+    contained_path,
+    locked,
+    no_verify_env,
+    read_json,
+    save_safetensors,
+    sha256_tensors,
+    write_json,
+)
 from geosane.zoo.formats import KEY_ORDER_METADATA, first_nonfinite
 from geosane.zoo.sources import ArchSpec, LoadedModel, arch_family, load_weights_file
 
-__all__ = ["MANIFEST_FORMAT", "Zoo", "ZooEntry", "check_zoo_target", "content_sha256"]
+__all__ = ["MANIFEST_FORMAT", "Zoo", "ZooEntry", "check_zoo_target", "content_sha256", "verify_zoo"]
 
 MANIFEST_FORMAT = "geosane-zoo"
 MANIFEST_VERSION = 1
@@ -106,10 +116,17 @@ class Zoo:
         if not (path / "manifest.json").exists():
             if path.exists() and not path.is_dir():
                 raise GeosaneError(f"zoo path {path} exists and is not a directory")
-            write_json(
-                path / "manifest.json", {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "models": []}
-            )
+            with locked(path / "manifest.json"):  # another process may be creating it right now
+                if not (path / "manifest.json").exists():
+                    write_json(
+                        path / "manifest.json",
+                        {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "models": []},
+                    )
         return cls(path)
+
+    def reload(self) -> None:
+        """Re-read the manifest from disk (other processes may have added models)."""
+        self.entries = Zoo(self.path).entries
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -214,16 +231,50 @@ class Zoo:
         if unknown:
             raise TypeError(f"unknown manifest fields {sorted(unknown)} (settable: {', '.join(columns)})")
         content = content_sha256(model.state_dict)
+        self.reload()
         existing = self.find_sha(content)
         if existing is not None:
             return existing, False
+        # the weights are written first, under a temporary name, so the lock is held only for the
+        # manifest's read-modify-write (the id, dedupe and the rename are decided under it)
+        incoming = self.path / "models" / f".incoming-{uuid.uuid4().hex}.safetensors"
+        save_safetensors(
+            model.state_dict,
+            incoming,
+            metadata={"source": model.source, KEY_ORDER_METADATA: json.dumps(list(model.state_dict))},
+        )
+        try:
+            with locked(self.path / "manifest.json"):
+                self.reload()
+                existing = self.find_sha(content)
+                if existing is not None:
+                    return existing, False
+                entry = self._entry(model, model_id, family, metadata, content, columns, fields_)
+                os.replace(incoming, self.weights_path(entry))
+                self.entries.append(entry)
+                self.save()
+        finally:
+            incoming.unlink(missing_ok=True)
+        return entry, True
+
+    def _entry(
+        self,
+        model: LoadedModel,
+        model_id: str | None,
+        family: str | None,
+        metadata: dict[str, Any] | None,
+        content: str,
+        columns: tuple[str, ...],
+        fields_: dict[str, Any],
+    ) -> ZooEntry:
+        """The manifest row of a new model (its id unique among the current rows)."""
         name = model_id or model.info.get("name") or (model.arch.name if model.arch else None)
         name = name or Path(model.source.rstrip("/")).stem
         new_id = self._unique_id(name) if model_id is None else _slug(model_id)
         if new_id in self.ids:
             raise GeosaneError(f"zoo {self.path} already has a model with id '{new_id}'")
         values = {c: fields_[c] if fields_.get(c) is not None else model.info.get(c) for c in columns}
-        entry = ZooEntry(
+        return ZooEntry(
             id=new_id,
             source=model.source,
             file=f"models/{new_id}.safetensors",
@@ -236,14 +287,6 @@ class Zoo:
             metadata={**(model.info.get("metadata") or {}), **(metadata or {})},
             **values,
         )
-        save_safetensors(
-            model.state_dict,
-            self.weights_path(entry),
-            metadata={"source": model.source, KEY_ORDER_METADATA: json.dumps(list(model.state_dict))},
-        )
-        self.entries.append(entry)
-        self.save()
-        return entry, True
 
     def save(self) -> None:
         """Atomically rewrite the manifest."""
@@ -252,3 +295,26 @@ class Zoo:
             self.path / "manifest.json",
             {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "models": rows},
         )
+
+
+def verify_zoo(path: str | Path) -> list[tuple[str, str | None]]:
+    """``(model id, problem or None)`` for every manifest row; reads every file, changes nothing.
+
+    A row's file must stay inside the zoo, exist, load and match the recorded SHA-256 of its tensors. Nothing is repaired: a problem is for the user to look at.
+    """
+    zoo = Zoo(path)
+    results: list[tuple[str, str | None]] = []
+    for entry in zoo:
+        try:
+            weights = zoo.weights_path(entry)
+            if not weights.is_file():
+                raise GeosaneError(f"file {entry.file} is missing")
+            state_dict = load_weights_file(weights)
+            found = sha256_tensors(state_dict)
+            if found != entry.sha256:
+                raise GeosaneError(f"SHA-256 {found[:12]}… is not the recorded {entry.sha256[:12]}…")
+        except GeosaneError as exc:
+            results.append((entry.id, str(exc)))
+        else:
+            results.append((entry.id, None))
+    return results
