@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,25 @@ def test_every_public_name_of_a_stage_resolves_to_what_it_names(package: str) ->
     module = importlib.import_module(f"geosane.{package}")
     for name in module.__all__:
         assert not isinstance(getattr(module, name), types.ModuleType), f"geosane.{package}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["finetune", "rsscn7", "train.lr=-1", "--init", "scratch"], "train.lr must be a positive number, got -1"),
+        (["compare", "compare_rsscn7", "train.epochs=0"], "train.epochs must be >= 1, got 0"),
+        (["train", "tiny", "train.lr=0"], "train.lr must be a positive number, got 0"),
+    ],
+)
+def test_bad_options_are_refused_before_torch_is_imported(tmp_path: Path, args: list[str], message: str) -> None:
+    """A fresh interpreter refuses the option with one line and exit 2 without ever importing torch."""
+    out = tmp_path / "out"
+    full = [*args, *(["--out", str(out)] if args[0] != "train" else [f"train.out={out}"])]
+    code = (
+        "import sys\nfrom geosane.cli import main\ntry:\n"
+        f"    main({full!r})\nexcept SystemExit as e:\n    print('torch' in sys.modules, e.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={"PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "300", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert message in done.stderr and not out.exists(), done.stderr
+    assert done.stdout.split() == ["False", "2"], done.stderr

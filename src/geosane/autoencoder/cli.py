@@ -21,9 +21,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Train the weight-space autoencoder on a token store (Lightning; checkpoints; resumable)."""
         from geosane.autoencoder.config import load_autoencoder_config
-        from geosane.autoencoder.training import train
 
         cfg = load_autoencoder_config(config, overrides or [])
+        from geosane.autoencoder.training import train  # heavy imports after the config is checked
+
         result = train(cfg, resume=resume)
         summary = result.summary
         line = f"trained {result.steps} steps -> {result.export}"

@@ -1,9 +1,27 @@
-"""Datasets shared by every stage: image folders, multi-band scene chips, splits, normalization."""
+"""Datasets shared by every stage: image folders, multi-band scene chips, splits, normalization.
 
-from geosane.data.csmask import CSMASK_CLASSES, IGNORE_INDEX, SegmentationChips, load_csmask
-from geosane.data.folder import ImageFolderData, count_folder_images, load_image_folder
-from geosane.data.splits import DEFAULT_FRACTIONS, group_split, stratified_split
-from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate
+Names are imported lazily so that configs (which use ``DEFAULT_FRACTIONS``) load without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from geosane.data.csmask import CSMASK_CLASSES, IGNORE_INDEX, SegmentationChips, load_csmask
+    from geosane.data.folder import ImageFolderData, count_folder_images, load_image_folder
+    from geosane.data.splits import DEFAULT_FRACTIONS, group_split, stratified_split
+    from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate
+
+_EXPORTS = {
+    "csmask": ("CSMASK_CLASSES", "IGNORE_INDEX", "SegmentationChips", "load_csmask"),
+    "folder": ("ImageFolderData", "count_folder_images", "load_image_folder"),
+    "splits": ("DEFAULT_FRACTIONS", "group_split", "stratified_split"),
+    "tensors": ("Normalization", "TensorImageDataset", "flip_rotate"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "CSMASK_CLASSES",

@@ -32,7 +32,7 @@ from geosane.difuser.config import PretrainConfig, apply_threads
 from geosane.difuser.data import load_training_images
 from geosane.errors import GeosaneError
 from geosane.io import atomic_path, write_json
-from geosane.tasks.fit import _quiet_lightning
+from geosane.tasks.loop import _quiet_lightning
 
 __all__ = ["PretrainResult", "build_ddpm_unet", "ema_with_warmup", "pretrain_ddpm"]
 

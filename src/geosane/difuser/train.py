@@ -39,7 +39,7 @@ from geosane.errors import GeosaneError
 from geosane.io import claim_out_dir, save_safetensors, write_json
 from geosane.runs import ResumableRandomness, fit_resumable
 from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_metric_name
-from geosane.tasks.fit import _quiet_lightning
+from geosane.tasks.loop import _quiet_lightning
 
 __all__ = ["DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"]
 

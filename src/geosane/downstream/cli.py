@@ -48,8 +48,6 @@ def finetune_command(
 ) -> None:
     """Fine-tune one initialization on a task; writes metrics.json, history.csv and weights.safetensors."""
     from geosane.downstream.config import load_finetune_config
-    from geosane.downstream.finetuning import finetune
-
     cfg = load_finetune_config(
         config,
         _overrides(
@@ -59,6 +57,8 @@ def finetune_command(
             **{"data.root": data, "data.test_data": test_data, "data.select_data": select_data},
         ),
     )
+    from geosane.downstream.finetuning import finetune  # heavy imports after the config is checked
+
     result = finetune(cfg, overwrite=overwrite)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -95,7 +95,6 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Fine-tune one architecture from several initializations (same budget, >= 3 seeds) and report."""
-    from geosane.downstream.comparison import compare
     from geosane.downstream.config import load_compare_config
 
     flags = {
@@ -108,6 +107,8 @@ def compare_command(
         "workers": workers,
     }
     cfg = load_compare_config(config, _overrides(overrides, **flags))
+    from geosane.downstream.comparison import compare  # heavy imports after the config is checked
+
     result = compare(cfg, overwrite=overwrite)
     if as_json:
         print(

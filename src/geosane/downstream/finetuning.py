@@ -40,7 +40,7 @@ from geosane.downstream.inits import Initialization, arch_from_config, load_sour
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text
 from geosane.tasks import FitConfig, FitProgress, build_classifier, build_segmenter, evaluate, fit
-from geosane.tasks.fit import primary_metric_name
+from geosane.tasks.loop import primary_metric_name
 from geosane.zoo import LoadedModel
 
 __all__ = [

@@ -1,25 +1,46 @@
 """Task models, decoder heads and the training loop shared by zoo building, downstream
-fine-tuning, probing and SatDiFuser."""
+fine-tuning, probing and SatDiFuser.
 
-from geosane.tasks.fit import (
-    EpochCheckpoint,
-    FitConfig,
-    FitProgress,
-    FitResult,
-    TaskModule,
-    evaluate,
-    fit,
-    make_metric,
-    primary_metric_name,
-)
-from geosane.tasks.heads import DECODERS, LinearSegHead, UNetDecoder, UPerNetHead, build_decoder
-from geosane.tasks.models import (
-    SegmentationModel,
-    TaskKind,
-    backbone_with_weights,
-    build_classifier,
-    build_segmenter,
-)
+Names are imported lazily, so that configs holding a :class:`FitConfig` load without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from geosane.tasks.config import FitConfig
+    from geosane.tasks.heads import DECODERS, LinearSegHead, UNetDecoder, UPerNetHead, build_decoder
+    from geosane.tasks.loop import (
+        EpochCheckpoint,
+        FitProgress,
+        FitResult,
+        TaskModule,
+        evaluate,
+        fit,
+        make_metric,
+        primary_metric_name,
+    )
+    from geosane.tasks.models import (
+        SegmentationModel,
+        TaskKind,
+        backbone_with_weights,
+        build_classifier,
+        build_segmenter,
+    )
+
+_EXPORTS = {
+    "config": ("FitConfig",),
+    "heads": ("DECODERS", "LinearSegHead", "UNetDecoder", "UPerNetHead", "build_decoder"),
+    "loop": (
+        "EpochCheckpoint", "FitProgress", "FitResult", "TaskModule", "evaluate", "fit", "make_metric",
+        "primary_metric_name",
+    ),
+    "models": ("SegmentationModel", "TaskKind", "backbone_with_weights", "build_classifier", "build_segmenter"),
+}  # fmt: skip
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DECODERS",
