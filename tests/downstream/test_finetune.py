@@ -148,7 +148,7 @@ class _Interrupt(L.Callback):
 def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_resume(rsscn7_root: Path, tmp_path: Path) -> None:
     """SIGINT to a real `geosane finetune` after its first epoch: rc 130, one line, a rerun finishes it."""
     out = tmp_path / "run"
-    args = ["finetune", "rsscn7", *TINY, "train.epochs=20", "--data", str(rsscn7_root), "--init", "scratch",
+    args = ["finetune", "rsscn7", *TINY, "train.epochs=100", "--data", str(rsscn7_root), "--init", "scratch",
             "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "400"}
     proc = subprocess.Popen(
@@ -157,7 +157,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_resume(rsscn7_root: Path,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.ckpt").is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -168,7 +168,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_resume(rsscn7_root: Path,
     done = run_cli_subprocess(*args)
     assert done.returncode == 0 and "resuming the interrupted run" in done.stderr, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resumed"] and len((out / "history.csv").read_text().splitlines()) == 1 + 20
+    assert metrics["resumed"] and len((out / "history.csv").read_text().splitlines()) == 1 + 100
 
 
 def _resume_config(root: Path, out: Path) -> FinetuneConfig:
