@@ -151,7 +151,9 @@ def check_out_dir(
     their ``manifest.json`` / ``index.json`` instead). Anything else (a user's folder, another
     command's run) is refused, and so is an ``out`` that is, or holds, one of the run's ``inputs``
     (``{"--ae": path}``), so that replacing or resuming an output can never destroy a user's files.
-    Nothing is written; :func:`claim_out_dir` also creates and marks the directory.
+    An input may be a model source: ``zoo:DIR#ID`` names ``DIR``; one that names no existing local
+    path (``timm:resnet18``) is not a file to protect. Nothing is written; :func:`claim_out_dir`
+    also creates and marks the directory.
     """
     from geosane.errors import GeosaneError
 
@@ -160,9 +162,10 @@ def check_out_dir(
         raise GeosaneError(f"output path {target} exists and is not a directory")
     resolved = target.resolve()
     for name, value in (inputs or {}).items():
-        if value is None:
+        local = _local_path(value)
+        if local is None:
             continue
-        source = Path(value).expanduser().resolve()
+        source = local.resolve()
         if source == resolved or source.is_relative_to(resolved):
             raise GeosaneError(
                 f"output directory {target} is or holds this run's input {name} ({value}); "
@@ -189,6 +192,18 @@ def check_out_dir(
                 "choose a new or empty directory (nothing was written)"
             )
     return False
+
+
+def _local_path(source: str | os.PathLike[str] | None) -> Path | None:
+    """The existing local path ``source`` names (``zoo:DIR#ID`` names ``DIR``), else None."""
+    if source is None:
+        return None
+    text = os.fspath(source)
+    if text.startswith("zoo:"):
+        location, sep, _ = text.removeprefix("zoo:").rpartition("#")
+        text = location if sep else text.removeprefix("zoo:")
+    path = Path(text).expanduser()
+    return path if text and path.exists() else None
 
 
 def mark_out_dir(out: str | os.PathLike[str], command: str) -> None:

@@ -332,17 +332,8 @@ def output_dir(path: Path | None, command: str, inputs: dict[str, Any]) -> Path:
     if path is None:
         raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
     out = Path(path).expanduser()
-    paths = {k: _local_path(v) for k, v in inputs.items()}
-    check_out_dir(out, command, paths)
+    check_out_dir(out, command, inputs)
     return out
-
-
-def _local_path(source: Any) -> Path | None:
-    """``source`` as a local path when it names one (``zoo:DIR#ID`` names DIR), else None."""
-    if source is None:
-        return None
-    text = str(source).removeprefix("zoo:").split("#", 1)[0]
-    return Path(text) if text and Path(text).expanduser().exists() else None
 
 
 def finetune(

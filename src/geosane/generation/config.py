@@ -90,12 +90,6 @@ def validate_config(cfg: GenerateConfig) -> None:
         )
 
 
-def generation_inputs(cfg: GenerateConfig) -> dict[str, Path | None]:
-    """The paths this run reads, which its output directory must never replace."""
-    prompt = cfg.prompt.removeprefix("zoo:").split("#", 1)[0]
-    return {
-        "ae": cfg.ae,
-        "prompt": Path(prompt) if prompt and Path(prompt).expanduser().exists() else None,
-        "store": cfg.store,
-        "select_data": cfg.select_data,
-    }
+def generation_inputs(cfg: GenerateConfig) -> dict[str, str | Path | None]:
+    """The paths and sources this run reads, which its output directory must never replace."""
+    return {"ae": cfg.ae, "prompt": cfg.prompt, "store": cfg.store, "select_data": cfg.select_data}
