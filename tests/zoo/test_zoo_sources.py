@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import pickle
 from pathlib import Path
@@ -104,28 +103,6 @@ def test_onnx_initializers_of_an_exported_timm_model(tmp_path):
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert_same_tensors(loaded.state_dict, sd)
     assert loaded.info["in_chans"] == 3
-
-
-def _csmask_models() -> list[Path]:
-    try:
-        root = importlib.resources.files("ukis_csmask")
-    except ModuleNotFoundError:
-        return []
-    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".onnx"))
-
-
-@pytest.mark.skipif(not _csmask_models(), reason="ukis-csmask (dev extra) is not installed")
-def test_pretrained_csmask_unet_from_onnx():
-    import onnx
-
-    path = next(p for p in _csmask_models() if "6b" in p.name)
-    loaded = resolve(str(path))
-    graph = onnx.load(str(path)).graph
-    assert len(loaded.state_dict) == len(graph.initializer) > 100
-    assert loaded.info["in_chans"] == 6  # six-band Sentinel-2 / Landsat input
-    convs = [t for t in loaded.state_dict.values() if t.ndim == 4]
-    assert any(t.shape[1] == 6 for t in convs)  # the stem convolution reads the six bands
-    assert loaded.num_params > 1_000_000 and all(bool(torch.isfinite(t).all()) for t in convs)
 
 
 def test_directory_with_timm_config_and_card(tmp_path):

@@ -1,4 +1,4 @@
-"""``geosane finetune``, ``geosane compare``, ``geosane merge`` and ``geosane bench finetune``."""
+"""``geosane finetune``, ``geosane evaluate``, ``geosane compare``, ``geosane merge`` and ``geosane bench finetune``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,30 @@ def finetune_command(
             f"[bold]{result.init}[/] seed {result.seed}: test {result.metric} {100 * result.test:.2f}%, "
             f"selection {100 * result.select:.2f}% ({result.wall_s:.1f} s) -> {result.out_dir}"
         )
+
+
+def evaluate_command(
+    config: str = typer.Argument(..., help=_CONFIG_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
+    init: str = typer.Option(..., "--init", help="The trained model: a model source, a zoo:DIR#ID, a generate dir."),
+    data: Path | None = typer.Option(None, "--data", help="Task data (data.root)."),
+    test_data: Path | None = typer.Option(None, "--test-data", help="Evaluate on this separate folder too."),
+    out: Path | None = typer.Option(None, "--out", help="Write evaluation.json here (optional)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Evaluate a trained model as it is (its own head, no training) on a task, per class."""
+    from geosane.downstream.config import load_finetune_config
+
+    cfg = load_finetune_config(
+        config, _overrides(overrides, init=init, **{"data.root": data, "data.test_data": test_data})
+    )
+    from geosane.downstream.evaluation import evaluate_source, print_evaluation
+
+    result = evaluate_source(cfg, out)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_evaluation(result)
 
 
 def compare_command(
@@ -251,6 +275,7 @@ def bench_finetune_command(
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("finetune")(finetune_command)
+    app.command("evaluate")(evaluate_command)
     app.command("compare")(compare_command)
     app.command("merge")(merge_command)
     bench.command("finetune")(bench_finetune_command)

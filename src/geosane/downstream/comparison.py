@@ -32,7 +32,7 @@ from rich.progress import Progress
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.downstream.config import CompareConfig, check_compare_config, load_compare_config
-from geosane.downstream.data import TaskData, load_task_data
+from geosane.downstream.data import TaskData, load_task_data, recorded_normalization
 from geosane.downstream.finetuning import (
     FinetuneResult,
     RunPlan,
@@ -47,6 +47,7 @@ from geosane.downstream.inits import (
     Initialization,
     arch_from_config,
     load_source,
+    normalization_info,
     read_generated_dir,
     same_architecture,
     zoo_initializations,
@@ -148,7 +149,7 @@ def build_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initial
                 "a 'prompt' run would only be another scratch run: remove 'prompt' from inits or pass --prompt SOURCE"
             )
         loaded = load_source(prompt, arch)
-        inits.append(Initialization("prompt", "prompt", arch, loaded.state_dict, prompt))
+        inits.append(Initialization("prompt", "prompt", arch, loaded.state_dict, prompt, normalization_info(loaded)))
     inits += zoo_initializations(config.zoo, arch, config.inits)
     if generated is not None:
         for candidate in generated.candidates[: config.generated.top_k]:
@@ -237,8 +238,10 @@ def compare(
             "data.test_data": config.data.test_data,
         },
     )
-    data = load_task_data(config.data, config.task.kind)
     arch, inits = build_initializations(config)
+    # every run sees the same inputs: the prompt's recorded normalization when it has one
+    recorded = next((recorded_normalization(i.info) for i in inits if i.kind == "prompt"), None)
+    data = load_task_data(config.data, config.task.kind, recorded)
     for init in inits:  # every init must load into the task model before anything runs
         try:
             build_task_model(init, data, config.task)

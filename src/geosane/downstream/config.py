@@ -44,7 +44,9 @@ class DataConfig:
     ``kind``: ``folder`` (``root/<class>/<image>``), ``csmask`` (``.npz`` scenes cut into chips) or
     ``torchgeo`` (``dataset`` names a TorchGeo dataset; ``root`` is its download folder).
     ``test_data`` / ``select_data``: separate folders (same classes) used as the test / selection
-    split instead of a part of ``root``.
+    split instead of a part of ``root``. ``normalization``: ``auto`` uses the initialization's
+    recorded per-band statistics when it has them (e.g. an ONNX model's sidecar), else the training
+    split's; ``dataset``, ``imagenet`` and ``model`` force one.
     """
 
     kind: Literal["folder", "csmask", "torchgeo"] = "folder"
@@ -57,7 +59,7 @@ class DataConfig:
     split_seed: int = 0
     train_per_class: int | None = None
     max_samples: dict[str, int] = field(default_factory=dict)
-    normalization: Literal["dataset", "imagenet"] = "dataset"
+    normalization: Literal["auto", "dataset", "imagenet", "model"] = "auto"
     augment: bool = True
     chip_size: int = 64
     group_by: Literal["scene", "block"] = "scene"

@@ -18,6 +18,7 @@ classes and bands, checked before anything runs).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,18 +134,33 @@ def _cap(
     return np.sort(indices[rng.permutation(indices.size)[:limit]])
 
 
-def _normalization(config: DataConfig, train_images: torch.Tensor, in_chans: int) -> Normalization:
+def _normalization(
+    config: DataConfig, train_images: torch.Tensor, in_chans: int, model: Normalization | None = None
+) -> Normalization:
+    """The normalisation ``data.normalization`` asks for: ``auto`` is the model's recorded one when the
+    initialization has it (a csmask U-Net's band statistics), else the training split's statistics."""
     if config.normalization == "imagenet":
         if in_chans != 3:
             raise ConfigError(
                 f"data.normalization=imagenet needs 3 RGB bands, the data has {in_chans}; use 'dataset'"
             )
         return Normalization.imagenet()
+    if config.normalization == "model" and model is None:
+        raise ConfigError(
+            "data.normalization=model: the initialization records no normalization; use 'auto' or 'dataset'"
+        )
+    if config.normalization in ("auto", "model") and model is not None:
+        if len(model.mean) != in_chans:
+            raise ConfigError(
+                f"the initialization's normalization has {len(model.mean)} bands, the data has {in_chans}; "
+                "set data.normalization=dataset (or select bands with data.bands)"
+            )
+        return model
     return Normalization.from_images(train_images)
 
 
 def _in_memory_datasets(
-    config: DataConfig, parts: dict[str, Any], in_chans: int
+    config: DataConfig, parts: dict[str, Any], in_chans: int, model_norm: Normalization | None = None
 ) -> tuple[dict[str, TensorImageDataset], Normalization]:
     """Cap the parts (``max_samples``, as for TorchGeo data), normalise with training statistics, wrap.
 
@@ -155,7 +171,7 @@ def _in_memory_datasets(
             parts[n] = parts[n].subset(
                 _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
             )
-    norm = _normalization(config, parts["train"].images, in_chans)
+    norm = _normalization(config, parts["train"].images, in_chans, model_norm)
     datasets = {}
     for n in SPLITS:
         targets = parts[n].masks if isinstance(parts[n], SegmentationChips) else parts[n].labels
@@ -181,7 +197,7 @@ def _load_folder(path: Path, config: DataConfig) -> ImageFolderData:
     return load_image_folder(path, config.image_size).select_bands(config.bands)
 
 
-def _folder_task_data(config: DataConfig, task: str) -> TaskData:
+def _folder_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
     if task not in ("auto", "classification"):
         raise ConfigError(f"image folders hold single-label classes; task '{task}' needs other data")
     root = _root(config)
@@ -212,7 +228,7 @@ def _folder_task_data(config: DataConfig, task: str) -> TaskData:
         splits = {"train": np.arange(len(data))}
     splits["train"] = _cap(splits["train"], config.train_per_class, config.split_seed, labels, per_class=True)
     parts = {n: data.subset(splits[n]) for n in names} | separate
-    datasets, norm = _in_memory_datasets(config, parts, data.num_bands)
+    datasets, norm = _in_memory_datasets(config, parts, data.num_bands, model_norm)
     info = {
         "kind": "folder",
         "root": str(root),
@@ -243,7 +259,7 @@ def _select_chip_bands(chips: SegmentationChips, bands: list[int] | None) -> Seg
     )
 
 
-def _chips_task_data(config: DataConfig, task: str) -> TaskData:
+def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
     if task not in ("auto", "segmentation"):
         raise ConfigError(f"scene chips carry segmentation masks; task '{task}' needs other data")
     root = _root(config)
@@ -273,7 +289,7 @@ def _chips_task_data(config: DataConfig, task: str) -> TaskData:
     else:
         splits = {"train": np.arange(len(pool))}
     parts = {n: pool.subset(splits[n]) for n in names} | separate
-    datasets, norm = _in_memory_datasets(config, parts, int(chips.images.shape[1]))
+    datasets, norm = _in_memory_datasets(config, parts, int(chips.images.shape[1]), model_norm)
     info = {
         "kind": "csmask",
         "root": str(root),
@@ -290,7 +306,7 @@ def _chips_task_data(config: DataConfig, task: str) -> TaskData:
 # TorchGeo
 
 
-def _torchgeo_task_data(config: DataConfig, task: str) -> TaskData:
+def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
     from geosane.data.torchgeo import (
         TORCHGEO_DATASETS,
         TorchGeoSamples,
@@ -336,7 +352,7 @@ def _torchgeo_task_data(config: DataConfig, task: str) -> TaskData:
     take = np.linspace(0, len(raw) - 1, num=min(len(raw), _NORM_SAMPLES)).astype(int)
     sample_images = torch.stack([raw.raw(int(i))[0] for i in take])
     in_chans = int(sample_images.shape[1])
-    norm = _normalization(config, sample_images, in_chans)
+    norm = _normalization(config, sample_images, in_chans, model_norm)
     datasets = {
         n: TorchGeoSamples(
             opened[n],
@@ -352,9 +368,24 @@ def _torchgeo_task_data(config: DataConfig, task: str) -> TaskData:
     return TaskData(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
 
 
-def load_task_data(config: DataConfig, task: str = "auto") -> TaskData:
-    """Load and split the task's data (raises :class:`DataError` / :class:`ConfigError` on bad input)."""
+def load_task_data(
+    config: DataConfig, task: str = "auto", model_normalization: Normalization | None = None
+) -> TaskData:
+    """Load and split the task's data (raises :class:`DataError` / :class:`ConfigError` on bad input).
+
+    ``model_normalization``: the initialization's recorded normalization, used when
+    ``data.normalization`` is ``auto`` (the default) or ``model``.
+    """
     if config.image_size <= 0 or config.chip_size <= 0:
         raise ConfigError("data.image_size and data.chip_size must be positive")
     loaders = {"folder": _folder_task_data, "csmask": _chips_task_data, "torchgeo": _torchgeo_task_data}
-    return loaders[config.kind](config, task)
+    return loaders[config.kind](config, task, model_normalization)
+
+
+def recorded_normalization(info: Mapping[str, Any]) -> Normalization | None:
+    """The per-band mean/std a model source records (``metadata.normalization``), or None."""
+    metadata = info.get("metadata") or {}
+    norm = info.get("normalization") or metadata.get("normalization")
+    if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
+        return None
+    return Normalization(tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))

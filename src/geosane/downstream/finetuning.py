@@ -35,8 +35,8 @@ from torch import nn
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.downstream.config import FinetuneConfig, TaskConfig
-from geosane.downstream.data import TaskData, load_task_data
-from geosane.downstream.inits import Initialization, arch_from_config, load_source
+from geosane.downstream.data import TaskData, load_task_data, recorded_normalization
+from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text
 from geosane.tasks import FitConfig, FitProgress, build_classifier, build_segmenter, evaluate, fit
@@ -115,6 +115,7 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
             state_dict=state_dict,
             in_chans=data.in_chans,
             decoder_channels=task.decoder_channels,
+            reset_head=task.reset_head,
         )
     return build_classifier(
         arch, data.num_classes, state_dict=state_dict, in_chans=data.in_chans, reset_head=task.reset_head
@@ -130,7 +131,7 @@ def initialization_from_source(source: str, arch_config: Any, name: str | None =
         return Initialization(name or "scratch", "scratch", arch, None, "random init")
     loaded = load_source(source, arch)
     assert loaded.arch is not None
-    return Initialization(name or "init", "source", loaded.arch, loaded.state_dict, source)
+    return Initialization(name or "init", "source", loaded.arch, loaded.state_dict, source, normalization_info(loaded))
 
 
 def _fingerprint(
@@ -352,10 +353,10 @@ def finetune(
     out = output_dir(
         config.out, "finetune", {"init": config.init, "data.root": config.data.root, "data.test_data": config.data.test_data}
     )
-    data = load_task_data(config.data, config.task.kind)
     init = initialization_from_source(
         config.init, config.arch, name="scratch" if config.init == "scratch" else "init"
     )
+    data = load_task_data(config.data, config.task.kind, recorded_normalization(init.info))
     build_task_model(init, data, config.task)  # fails now, not after writing, if weights do not fit
     plan = plan_run(out, init, data, config.task, config.train, config.data, overwrite)
     if plan.state == "done":

@@ -48,6 +48,7 @@ __all__ = [
     "Initialization",
     "arch_from_config",
     "load_source",
+    "normalization_info",
     "read_generated_dir",
     "same_architecture",
     "zoo_initializations",
@@ -56,7 +57,7 @@ __all__ = [
 MODEL_CARD = "model_card.json"
 CARD_FORMAT = "geosane-generated"
 # kwargs that do not change the backbone: heads are re-initialised and stems adapted per task
-_TASK_KWARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate")
+_TASK_KWARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "classes", "in_channels")
 
 
 @dataclass
@@ -99,6 +100,13 @@ class GeneratedDir:
     def prompt_is_random_init(self) -> bool:
         """The prompt was a timm architecture without pretrained weights (``--random-init``)."""
         return self.card.get("prompt_info", {}).get("pretrained") is False
+
+
+def normalization_info(loaded: LoadedModel) -> dict[str, Any]:
+    """``{"normalization": {"mean", "std"}}`` when the source records the per-band statistics its
+    model expects (e.g. an ONNX model's sidecar), else ``{}``."""
+    norm = (loaded.info.get("metadata") or {}).get("normalization") or loaded.info.get("normalization")
+    return {"normalization": norm} if isinstance(norm, dict) else {}
 
 
 def arch_from_config(arch: ArchConfig) -> ArchSpec | None:
@@ -197,7 +205,7 @@ def load_source(source: str, arch: ArchSpec | None = None) -> LoadedModel:
         if arch is None:
             raise SourceError(
                 f"{source}: the architecture of these weights is unknown; set arch.name "
-                "(e.g. arch.name=resnet18; for geosane merge: --arch resnet18)"
+                "(e.g. arch.name=resnet18; for geosane merge: --arch resnet18)" + loaded.unknown_architecture
             )
         loaded = dataclasses.replace(loaded, arch=arch)
     elif arch is not None and not same_architecture(loaded.arch, arch):

@@ -1,7 +1,8 @@
 """The stand-alone loader written next to generated weights.
 
-``load_generated.py`` needs only timm and safetensors (not geosane), so generated weights can be
-shared as a plain directory: ``from load_generated import load; model = load(rank=1)``.
+``load_generated.py`` needs only the architecture's library (timm, or segmentation_models_pytorch
+for smp U-Nets) and safetensors (not geosane), so generated weights can be shared as a plain
+directory: ``from load_generated import load; model = load(rank=1)``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from geosane.io import write_text
 
 __all__ = ["LOADER_SCRIPT", "write_loader_script"]
 
-LOADER_SCRIPT = '''"""Build the timm model of the generated weights in this directory (written by geosane generate).
+LOADER_SCRIPT = '''"""Build the model of the generated weights in this directory (written by geosane generate).
 
     from load_generated import load
     model = load(rank=1)                  # the best-ranked candidate
     model = load(rank=2, num_classes=10)  # another candidate, with a fresh head for 10 classes
 
-Needs only timm and safetensors. Run as a script to print a summary of every candidate.
+Needs only safetensors and the architecture's library: timm, or segmentation_models_pytorch for
+smp models. Run as a script to print a summary of every candidate.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import load_file
 
@@ -39,15 +40,27 @@ def card() -> dict:
 
 
 def load(rank: int = 1, num_classes: int | None = None) -> torch.nn.Module:
-    """The timm model with candidate ``rank``'s weights (optionally a new head for ``num_classes``)."""
+    """The model with candidate ``rank``'s weights (timm: optionally a new head for ``num_classes``)."""
     info = card()
     ranks = {c["rank"]: c for c in info["candidates"]}
     if rank not in ranks:
         raise ValueError(f"no candidate of rank {rank}; available: {sorted(ranks)}")
     arch = info["arch"]
-    model = timm.create_model(arch["name"], pretrained=False, **arch.get("kwargs", {}))
+    kwargs = dict(arch.get("kwargs", {}))
+    if arch["library"] == "timm":
+        import timm
+
+        model = timm.create_model(arch["name"], pretrained=False, **kwargs)
+    elif arch["library"] == "smp":
+        import segmentation_models_pytorch as smp
+
+        model = smp.create_model(arch["name"], encoder_weights=None, **kwargs)
+    else:
+        raise ValueError(f"architecture library {arch['library']!r} needs geosane to rebuild")
     model.load_state_dict(load_file(str(HERE / ranks[rank]["file"])))
     if num_classes is not None and num_classes != getattr(model, "num_classes", None):
+        if not hasattr(model, "reset_classifier"):
+            raise ValueError(f"{arch['library']}:{arch['name']} has no classifier head to reset")
         model.reset_classifier(num_classes)
     return model
 
@@ -58,7 +71,8 @@ if __name__ == "__main__":
     for c in info["candidates"]:
         model = load(c["rank"])
         params = sum(p.numel() for p in model.parameters())
-        print(f"rank {c['rank']}: {c['file']}  proxy {c['proxy']}={c['proxy_score']:.4f}  {params:,} parameters")
+        score = "unranked" if c["proxy_score"] is None else f"proxy {c['proxy']}={c['proxy_score']:.4f}"
+        print(f"rank {c['rank']}: {c['file']}  {score}  {params:,} parameters")
 '''
 
 

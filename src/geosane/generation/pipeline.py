@@ -116,6 +116,7 @@ def prepare_prompt(
         raise GeosaneError(
             f"prompt {source}: its architecture is unknown, so generated weights could not be used "
             "(use a timm:, hf: timm repo, torchgeo: or zoo: source, or a checkpoint with an architecture record)"
+            + prompt.unknown_architecture
         )
     if in_chans is not None:
         prompt = adapt_stem(prompt, in_chans)

@@ -13,16 +13,25 @@ import dataclasses
 
 import timm
 from timm.models import adapt_input_conv
+from torch import nn
 
 from geosane.errors import GeosaneError
-from geosane.zoo.sources import ArchSpec, LoadedModel
+from geosane.zoo.libraries import arch_library
+from geosane.zoo.sources import ArchSpec, LoadedModel, empty_architecture
 
 __all__ = ["adapt_stem", "stem_weight_names"]
 
 
 def stem_weight_names(arch: ArchSpec) -> list[str]:
-    """State-dict names of the stem convolution weight(s) of ``arch`` (timm's ``first_conv``)."""
-    cfg = timm.get_pretrained_cfg(arch.name) if arch.library == "timm" else None
+    """State-dict names of the stem convolution weight(s) of ``arch``: timm's ``first_conv``; for
+    other libraries (smp) the first convolution of the built model, which reads the input."""
+    if arch.library != "timm":
+        module = empty_architecture(arch)
+        first_conv = next((n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is None:
+            raise GeosaneError(f"{arch.library}:{arch.name}: no convolution, cannot adapt the input bands")
+        return [f"{first_conv}.weight"]
+    cfg = timm.get_pretrained_cfg(arch.name)
     first = cfg.first_conv if cfg is not None else None
     if not first:
         raise GeosaneError(f"{arch.library}:{arch.name}: no first-conv record, cannot adapt the input bands")
@@ -54,6 +63,7 @@ def adapt_stem(prompt: LoadedModel, in_chans: int) -> LoadedModel:
                 f"(shape {tuple(weight.shape)}); pass data with {current} bands instead"
             )
         state_dict[name] = adapt_input_conv(in_chans, weight.float(), base_chans=current).to(weight.dtype)
-    arch = ArchSpec(prompt.arch.library, prompt.arch.name, {**prompt.arch.kwargs, "in_chans": in_chans})
+    key = arch_library(prompt.arch.library).in_chans_key
+    arch = ArchSpec(prompt.arch.library, prompt.arch.name, {**prompt.arch.kwargs, key: in_chans})
     info = {**prompt.info, "in_chans": in_chans, "stem_adapted_from": current}
     return dataclasses.replace(prompt, state_dict=state_dict, arch=arch, info=info)

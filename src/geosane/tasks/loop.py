@@ -342,12 +342,39 @@ def fit(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate(
-    model: nn.Module, task: TaskKind, num_classes: int, data: Dataset, batch_size: int = 64
-) -> dict[str, float]:
-    """The task metric of ``model`` on ``data`` (eval mode, no gradient)."""
+    model: nn.Module,
+    task: TaskKind,
+    num_classes: int,
+    data: Dataset,
+    batch_size: int = 64,
+    per_class: bool = False,
+) -> dict[str, Any]:
+    """The task metric of ``model`` on ``data`` (eval mode, no gradient).
+
+    ``per_class`` adds ``per_class``: the metric of every class (IoU for segmentation, recall for
+    classification, AP for multi-label; NaN for a class absent from ``data`` and its predictions).
+    """
     model.eval()
     metric = make_metric(task, num_classes)
+    per = _per_class_metric(task, num_classes) if per_class else None
     for x, y in DataLoader(data, batch_size=batch_size):
-        metric.update(_metric_input(task, model(x)), y)
-    return {primary_metric_name(task): float(metric.compute())}
+        prediction = _metric_input(task, model(x))
+        metric.update(prediction, y)
+        if per is not None:
+            per.update(prediction, y)
+    result: dict[str, Any] = {primary_metric_name(task): float(metric.compute())}
+    if per is not None:
+        result["per_class"] = [float(v) for v in per.compute().tolist()]
+    return result
+
+
+def _per_class_metric(task: TaskKind, num_classes: int) -> torchmetrics.Metric:
+    if task == "segmentation":
+        return torchmetrics.JaccardIndex(
+            task="multiclass", num_classes=num_classes, ignore_index=IGNORE_INDEX, average="none", zero_division=float("nan")
+        )
+    if task == "multilabel":
+        return torchmetrics.classification.MultilabelAveragePrecision(num_labels=num_classes, average=None)
+    return torchmetrics.Recall(task="multiclass", num_classes=num_classes, average="none")

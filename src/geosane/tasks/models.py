@@ -1,12 +1,13 @@
-"""Task models on timm backbones: classifiers and segmenters.
+"""Task models: classifiers and segmenters on timm backbones, and whole smp segmenters.
 
 Weights from any source (zoo member, generated candidate, prompt, merge) are state dicts of the
-*full* timm classification model. Both task models therefore start from that full model with the
+*full* model of their architecture. Both task models therefore start from that full model with the
 weights loaded, then adapt it:
 
 - :func:`build_classifier` resets the classifier head for the target classes (``reset_classifier``);
-- :func:`build_segmenter` wraps it in timm's ``FeatureGetterNet`` (``forward_intermediates``, the
-  same machinery as ``timm.create_model(..., features_only=True)``) and adds a decoder head.
+- :func:`build_segmenter` wraps a timm model in timm's ``FeatureGetterNet`` (``forward_intermediates``,
+  the same machinery as ``timm.create_model(..., features_only=True)``) and adds a decoder head; an
+  smp segmenter (a U-Net ...) keeps its own decoder and gets a head for the target classes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from geosane.errors import GeosaneError, SourceError
 from geosane.tasks.heads import DECODERS, build_decoder
+from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture
 
 __all__ = ["SegmentationModel", "TaskKind", "backbone_with_weights", "build_classifier", "build_segmenter"]
@@ -32,29 +34,37 @@ def backbone_with_weights(
     arch: ArchSpec | LoadedModel,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     in_chans: int | None = None,
+    num_classes: int | None = None,
+    reset_head: bool = False,
 ) -> nn.Module:
-    """The full timm model of ``arch`` with ``state_dict`` loaded (classifier head may differ).
+    """The full model of ``arch`` with ``state_dict`` loaded (its task head may differ).
 
     ``state_dict`` defaults to the LoadedModel's own weights; ``None`` with an ArchSpec means random
-    init (training from scratch). Head tensors whose shapes do not match are skipped, every other
-    tensor must load.
+    init (training from scratch). ``num_classes`` builds the head for that many classes (smp
+    segmenters; timm heads are reset by :func:`build_classifier`). Head tensors whose shapes do not
+    match, or all of them with ``reset_head``, are skipped; every other tensor must load.
     """
     if isinstance(arch, LoadedModel):
         if arch.arch is None:
             raise SourceError(f"{arch.source}: unknown architecture, cannot build a task model from it")
         state_dict = arch.state_dict if state_dict is None else state_dict
         arch = arch.arch
+    library = arch_library(arch.library)
     kwargs = dict(arch.kwargs)
     if in_chans is not None:
-        kwargs["in_chans"] = in_chans
+        kwargs[library.in_chans_key] = in_chans
+    if num_classes is not None and library.head_prefixes:
+        kwargs[library.classes_key] = num_classes
     model = build_architecture(ArchSpec(arch.library, arch.name, kwargs))
     if state_dict is not None:
-        _load_backbone_weights(model, state_dict, f"{arch.library}:{arch.name}")
+        _load_backbone_weights(model, state_dict, f"{arch.library}:{arch.name}", library.head_prefixes, reset_head)
     return model
 
 
-def _head_names(model: nn.Module) -> set[str]:
-    """State-dict keys of the model's classifier head (timm ``get_classifier``)."""
+def _head_names(model: nn.Module, prefixes: tuple[str, ...] = ()) -> set[str]:
+    """State-dict keys of the model's task head: under ``prefixes``, else timm's ``get_classifier``."""
+    if prefixes:
+        return {k for k in model.state_dict() if k.startswith(prefixes)}
     get_classifier = getattr(model, "get_classifier", None)
     head = get_classifier() if callable(get_classifier) else None
     if not isinstance(head, nn.Module):
@@ -63,12 +73,18 @@ def _head_names(model: nn.Module) -> set[str]:
     return {k for k, v in model.state_dict(keep_vars=True).items() if id(v) in head_ids}
 
 
-def _load_backbone_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+def _load_backbone_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    name: str,
+    head_prefixes: tuple[str, ...] = (),
+    reset_head: bool = False,
+) -> None:
     own = model.state_dict()
-    head = _head_names(model)
+    head = _head_names(model, head_prefixes)
     filtered = {}
     for key, value in state_dict.items():
-        if key in head and (key not in own or own[key].shape != value.shape):
+        if key in head and (reset_head or key not in own or own[key].shape != value.shape):
             continue  # a classifier for other classes: the head is re-initialised for the task
         if key in own and own[key].shape != value.shape:
             raise SourceError(
@@ -93,6 +109,11 @@ def build_classifier(
     A head of the weights that already fits ``num_classes`` is kept unless ``reset_head`` is set
     (comparisons of backbone initializations give every one the same fresh head).
     """
+    spec = arch.arch if isinstance(arch, LoadedModel) else arch
+    if spec is not None and arch_library(spec.library).task == "segmentation":
+        raise GeosaneError(
+            f"{spec.library}:{spec.name} is a segmentation model; it cannot be a classifier (use a segmentation task)"
+        )
     model = backbone_with_weights(arch, state_dict, in_chans)
     current = getattr(model, "num_classes", None)
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -124,8 +145,14 @@ def build_segmenter(
     in_chans: int | None = None,
     out_indices: int | tuple[int, ...] = 4,
     decoder_channels: int | None = None,
-) -> SegmentationModel:
-    """A segmenter: the timm backbone's intermediate features feeding ``decoder`` (linear/unet/upernet)."""
+    reset_head: bool = False,
+) -> nn.Module:
+    """A segmenter: the timm backbone's intermediate features feeding ``decoder`` (linear/unet/upernet),
+    or an smp segmenter as it is (its own decoder; ``decoder`` does not apply) with a head for
+    ``num_classes``, kept from the weights when it fits unless ``reset_head``."""
+    spec = arch.arch if isinstance(arch, LoadedModel) else arch
+    if spec is not None and arch_library(spec.library).task == "segmentation":
+        return backbone_with_weights(arch, state_dict, in_chans, num_classes=num_classes, reset_head=reset_head)
     if decoder not in DECODERS:
         raise GeosaneError(f"unknown decoder '{decoder}' (choose from {', '.join(DECODERS)})")
     model = backbone_with_weights(arch, state_dict, in_chans)

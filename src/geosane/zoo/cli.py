@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from geosane.console import console
 from geosane.errors import GeosaneError
+
+if TYPE_CHECKING:
+    from geosane.zoo.sources import LoadedModel
 
 __all__ = ["register"]
 
@@ -121,8 +124,18 @@ def add(
     family: str = typer.Option(None, "--family", help="Family label (default: the timm module)."),
     meta: list[str] = typer.Option(None, "--meta", help="Free-form metadata key=value, repeatable."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Accept NaN/Inf weights."),
+    parity_data: Path = typer.Option(
+        None, "--parity-data", help="ONNX: real inputs for the onnxruntime parity check (.npz scenes or an image folder)."
+    ),
+    parity_tolerance: float = typer.Option(
+        None, "--parity-tolerance", min=0.0, help="ONNX: largest relative output difference accepted (default 1e-3)."
+    ),
 ) -> None:
-    """Copy models into a zoo as safetensors with a manifest row each; re-adding the same weights is a no-op."""
+    """Copy models into a zoo as safetensors with a manifest row each; re-adding the same weights is a no-op.
+
+    An ONNX file is rebuilt in PyTorch (an smp architecture named by its JSON sidecar, else a
+    converted graph) and checked against onnxruntime before it is added; the row records the figure.
+    """
     from geosane.zoo.manifest import Zoo, check_zoo_target
     from geosane.zoo.sources import parse_arch, resolve
 
@@ -136,16 +149,18 @@ def add(
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
     loaded = []
     for source in sources:  # resolve and validate everything before writing anything
-        loaded.append(
-            resolve(
-                source,
-                random_init=random_init,
-                in_chans=in_chans,
-                num_classes=num_classes,
-                allow_nonfinite=allow_nonfinite,
-                arch=spec,
-            )
+        model = resolve(
+            source,
+            random_init=random_init,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            allow_nonfinite=allow_nonfinite,
+            arch=spec,
+            parity_tolerance=parity_tolerance,
         )
+        if model.info.get("onnx_file") and model.arch is not None:
+            _report_parity(model, parity_data, parity_tolerance)
+        loaded.append(model)
         if band_list is not None:
             known = loaded[-1].info.get("in_chans")
             if known is not None and known != len(band_list):
@@ -177,6 +192,23 @@ def add(
             )
     target.reload()  # other processes may have added models meanwhile
     console.print(f"zoo {target.path}: {len(target)} models ({added_here} added by this run)")
+
+
+def _report_parity(model: LoadedModel, parity_data: Path | None, tolerance: float | None) -> None:
+    """Check an ONNX model on real inputs when given (recording that report), and print the figure."""
+    from geosane.zoo.onnx import DEFAULT_PARITY_TOLERANCE, check_parity, load_parity_images
+
+    if parity_data is not None:
+        images = load_parity_images(parity_data, model)
+        report = check_parity(model, images, DEFAULT_PARITY_TOLERANCE if tolerance is None else tolerance)
+        model.info["metadata"]["onnx_parity"] = report.to_dict()
+    parity = model.info["metadata"]["onnx_parity"]
+    if parity["checked"]:
+        console.print(
+            f"parity {model.source} as {model.arch.library}:{model.arch.name} vs onnxruntime: max |diff| "
+            f"{parity['max_abs']:.2g} (relative {parity['relative']:.1e}, tolerance {parity['tolerance']:.0e}), "
+            f"argmax agreement {100 * parity['argmax_agreement']:.2f}% on {parity['inputs']}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Formats:
 - ``.pt`` / ``.pth`` / ``.bin`` pickles, through ``torch.load(weights_only=True)`` only;
 - Lightning ``.ckpt`` (weights-only pickle): its ``state_dict``, with a prefix shared by every key
   (``model.``, ``net.``, ``backbone.``, ``module.``) stripped;
-- ``.onnx``: the graph initializers, read with the ``onnx`` package (``numpy_helper``).
+- ``.onnx``: the graph initializers, read with the ``onnx`` package (``numpy_helper``); the
+  architecture and metadata are added by :mod:`geosane.zoo.onnx` when the source is resolved.
 
 A pickle that needs anything beyond tensors and plain containers is refused with
 :class:`UnsafeCheckpointError` naming the file and the globals it would import; nothing is run.
@@ -238,15 +239,22 @@ def _read_onnx(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         except (OSError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
             raise SourceError(f"{path}: cannot read initializer '{init.name}': {_first_line(exc)}") from None
         tensors[init.name] = torch.from_numpy(array.copy())
-    info: dict[str, Any] = {"onnx_producer": graph.name or model.producer_name or None}
+    info: dict[str, Any] = {"onnx_producer": graph.name or model.producer_name or None, "onnx_file": str(path.resolve())}
     initializer_names = set(tensors)
     for graph_input in graph.input:
         if graph_input.name in initializer_names:
             continue
         dims = graph_input.type.tensor_type.shape.dim
+        info["onnx_input_shape"] = [int(d.dim_value) for d in dims]  # 0: dynamic
         if len(dims) == 4 and dims[1].dim_value > 0:
             info["in_chans"] = int(dims[1].dim_value)
+        if len(dims) == 4 and dims[2].dim_value > 0 and dims[3].dim_value > 0:
+            info["onnx_input_size"] = [int(dims[2].dim_value), int(dims[3].dim_value)]
         break
+    for graph_output in graph.output[:1]:
+        dims = graph_output.type.tensor_type.shape.dim
+        if len(dims) >= 2 and dims[1].dim_value > 0:
+            info["onnx_output_channels"] = int(dims[1].dim_value)
     return tensors, info
 
 

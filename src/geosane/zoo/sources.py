@@ -34,6 +34,7 @@ from torch import nn
 
 from geosane.errors import SourceError
 from geosane.zoo.formats import first_nonfinite, load_weights_file, read_weights
+from geosane.zoo.libraries import ARCH_LIBRARIES, arch_library
 
 __all__ = [
     "ArchSpec",
@@ -41,6 +42,7 @@ __all__ = [
     "arch_family",
     "build_architecture",
     "check_fits",
+    "empty_architecture",
     "first_nonfinite",
     "load_weights_file",
     "network_errors",
@@ -55,7 +57,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """How to instantiate an architecture: ``timm.create_model(name, **kwargs)`` for ``library='timm'``."""
+    """How to instantiate an architecture: ``timm.create_model(name, **kwargs)`` for ``library='timm'``,
+    ``segmentation_models_pytorch.create_model(name, **kwargs)`` for ``'smp'`` (:mod:`geosane.zoo.libraries`)."""
 
     library: str
     name: str
@@ -86,12 +89,18 @@ class LoadedModel:
     def num_params(self) -> int:
         return sum(t.numel() for t in self.state_dict.values())
 
+    @property
+    def unknown_architecture(self) -> str:
+        """Why the architecture is unknown, as a sentence to append to an error (``""``: no reason known)."""
+        reason = self.info.get("no_architecture")
+        return f" ({reason})" if reason else ""
+
     def build(self, load_weights: bool = True) -> nn.Module:
         """Instantiate the architecture and (by default) load these weights strictly."""
         if self.arch is None:
             raise SourceError(
                 f"{self.source}: the architecture is unknown, so a model cannot be built from these weights "
-                "(use a timm:/zoo source or a checkpoint with an architecture record)"
+                f"(use a timm:/zoo source or a checkpoint with an architecture record){self.unknown_architecture}"
             )
         model = build_architecture(self.arch)
         if load_weights:
@@ -105,17 +114,8 @@ class LoadedModel:
 
 
 def build_architecture(arch: ArchSpec) -> nn.Module:
-    """Instantiate an architecture with random weights (no download)."""
-    if arch.library == "timm":
-        import timm
-
-        try:
-            return timm.create_model(arch.name, pretrained=False, **arch.kwargs)
-        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            raise SourceError(
-                f"cannot instantiate timm architecture '{arch.name}' with {arch.kwargs}: {exc}"
-            ) from None
-    raise SourceError(f"unknown architecture library '{arch.library}' (supported: timm)")
+    """Instantiate an architecture with random weights (no download), through its library."""
+    return arch_library(arch.library).build(arch.name, dict(arch.kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,21 +136,18 @@ def register_scheme(scheme: str) -> Callable[[Resolver], Resolver]:
 
 
 def parse_arch(text: str | ArchSpec | None, kwargs: Mapping[str, Any] | None = None) -> ArchSpec | None:
-    """``"timm:NAME"`` (or a bare timm name) plus kwargs as an :class:`ArchSpec`."""
+    """``"timm:NAME"`` / ``"smp:NAME"`` (or a bare timm name) plus kwargs as an :class:`ArchSpec`."""
     if text is None or isinstance(text, ArchSpec):
         return text
     library, sep, name = text.partition(":")
     if not sep:
         library, name = "timm", text
-    if library != "timm" or not name:
+    if library not in ARCH_LIBRARIES or not name:
         raise SourceError(
-            f"architecture '{text}' must look like timm:NAME (only timm architectures are supported)"
+            f"architecture '{text}' must look like timm:NAME or smp:NAME (e.g. timm:resnet18, smp:Unet)"
         )
-    import timm
-
-    if not timm.is_model(name.split(".")[0]):
-        raise SourceError(f"unknown timm architecture '{name}'")
-    return ArchSpec("timm", name, dict(kwargs or {}))
+    arch_library(library).check_name(name)
+    return ArchSpec(library, name, dict(kwargs or {}))
 
 
 def resolve(
@@ -161,6 +158,8 @@ def resolve(
     num_classes: int | None = None,
     allow_nonfinite: bool = False,
     arch: ArchSpec | str | None = None,
+    parity_images: torch.Tensor | None = None,
+    parity_tolerance: float | None = None,
 ) -> LoadedModel:
     """Resolve ``source`` into a validated :class:`LoadedModel`.
 
@@ -169,6 +168,11 @@ def resolve(
     where the source says nothing). ``arch`` records the architecture of weights whose source does
     not name one (it must fit them). The state dict must be non-empty and finite unless
     ``allow_nonfinite``; when the architecture is known, keys come in the architecture's order.
+
+    An ONNX file gets an architecture from its sidecar (smp) or by conversion, and the rebuilt
+    module is checked against onnxruntime (:mod:`geosane.zoo.onnx`) on ``parity_images`` (real
+    data) or seeded random input, within ``parity_tolerance``; the report lands in
+    ``info["metadata"]["onnx_parity"]``.
     """
     scheme, sep, rest = source.partition(":")
     kwargs = {"random_init": random_init, "in_chans": in_chans, "num_classes": num_classes}
@@ -190,6 +194,11 @@ def resolve(
     if num_classes is not None:
         model.info.setdefault("num_classes", num_classes)
     spec = parse_arch(arch)
+    onnx_file = model.info.get("onnx_file")
+    if onnx_file and spec is None and model.arch is None:
+        from geosane.zoo.onnx import describe_onnx
+
+        model = describe_onnx(model)
     if spec is not None:
         problems = check_fits(spec, model.state_dict)
         if problems:
@@ -199,10 +208,17 @@ def resolve(
         model.arch = spec
     if model.arch is not None:
         model.state_dict = order_like_architecture(model.state_dict, model.arch)
+        library = arch_library(model.arch.library)
         if model.info.get("in_chans") is None:
-            model.info["in_chans"] = model.arch.kwargs.get("in_chans", 3)
+            model.info["in_chans"] = model.arch.kwargs.get(library.in_chans_key, 3)
         if model.info.get("num_classes") is None:
-            model.info["num_classes"] = model.arch.kwargs.get("num_classes")
+            model.info["num_classes"] = model.arch.kwargs.get(library.classes_key)
+    if onnx_file and model.arch is not None:
+        from geosane.zoo.onnx import DEFAULT_PARITY_TOLERANCE, check_parity
+
+        tolerance = DEFAULT_PARITY_TOLERANCE if parity_tolerance is None else parity_tolerance
+        report = check_parity(model, parity_images, tolerance)
+        model.info["metadata"] = {**(model.info.get("metadata") or {}), "onnx_parity": report.to_dict()}
     if not allow_nonfinite:
         bad = first_nonfinite(model.state_dict)
         if bad is not None:
@@ -219,7 +235,7 @@ def resolve(
 # architectures
 
 
-def _empty_architecture(arch: ArchSpec) -> nn.Module:
+def empty_architecture(arch: ArchSpec) -> nn.Module:
     """The architecture on the meta device (no memory, no init cost), or on CPU if that fails."""
     try:
         with torch.device("meta"):
@@ -232,7 +248,7 @@ def _empty_architecture(arch: ArchSpec) -> nn.Module:
 
 def check_fits(arch: ArchSpec, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Why ``state_dict`` does not load strictly into ``arch`` (empty list: it fits)."""
-    own = _empty_architecture(arch).state_dict()
+    own = empty_architecture(arch).state_dict()
     problems = []
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -252,7 +268,7 @@ def check_fits(arch: ArchSpec, state_dict: Mapping[str, torch.Tensor]) -> list[s
 def order_like_architecture(state_dict: dict[str, torch.Tensor], arch: ArchSpec) -> dict[str, torch.Tensor]:
     """``state_dict`` with keys in the architecture's own order (unknown keys last, as given)."""
     try:
-        order = list(_empty_architecture(arch).state_dict())
+        order = list(empty_architecture(arch).state_dict())
     except SourceError:
         return state_dict
     ordered = {k: state_dict[k] for k in order if k in state_dict}
@@ -261,15 +277,11 @@ def order_like_architecture(state_dict: dict[str, torch.Tensor], arch: ArchSpec)
 
 
 def arch_family(arch: ArchSpec | None) -> str | None:
-    """The family of a timm architecture: the timm module defining it (``resnet``, ``convnext`` ...)."""
-    if arch is None or arch.library != "timm":
+    """The family of an architecture: the timm module defining it (``resnet``, ``convnext`` ...), or
+    for smp the decoder and encoder family (``unet-efficientnet``)."""
+    if arch is None or arch.library not in ARCH_LIBRARIES:
         return None
-    import timm
-
-    base = arch.name.split(".")[0]
-    if not timm.is_model(base):
-        return None
-    return timm.models.model_entrypoint(base).__module__.rsplit(".", 1)[-1]
+    return arch_library(arch.library).family(arch.name, dict(arch.kwargs))
 
 
 def timm_arch_from_config(config: Mapping[str, Any]) -> ArchSpec | None:
@@ -660,7 +672,7 @@ def _resolve_torchgeo(
         "torchgeo": {k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     }
     if arch is not None and state_dict:
-        fresh = _empty_architecture(arch).state_dict()
+        fresh = empty_architecture(arch).state_dict()
         filled = [k for k in fresh if k not in state_dict and k in _TORCHGEO_TOLERATED]
         if filled:
             initial = build_architecture(arch).state_dict()
