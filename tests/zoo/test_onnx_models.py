@@ -181,7 +181,7 @@ def test_generation_with_a_csmask_prompt(tmp_path: Path) -> None:
     out = tmp_path / "gen"
     config = config_from_kwargs(ae=tmp_path / "ae.safetensors", prompt=f"zoo:{zoo.path}#model_6b_l2a", out=out,
                                 num_candidates=2, top_k=2, decode="residual", bandwidth=0.0)  # fmt: skip
-    result = generate(config)
+    generate(config)
     card = json.loads((out / "model_card.json").read_text())
     assert card["arch"]["library"] == "smp" and len(card["candidates"]) == 2
     candidate = load_file(out / "candidate_1.safetensors")
@@ -301,3 +301,31 @@ def test_smp_architectures_build_segmenters_and_refuse_to_classify() -> None:
     assert model.eval()(torch.randn(2, 4, 64, 64)).shape == (2, 5, 64, 64)
     with pytest.raises(GeosaneError, match=r"smp:Unet is a segmentation model; it cannot be a classifier"):
         build_classifier(spec, num_classes=3)
+
+
+def test_torchgeo_unet_weights_are_smp_unets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TorchGeo U-Net checkpoint, written in its published layout (the smp state dict) where
+    TorchGeo caches it, resolves to the smp U-Net with the weights' metadata."""
+    pytest.importorskip("torchgeo")
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import constants
+    from torchgeo.models import get_weight
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    name = "Unet_Weights.OAM_RGB_RESNET34_TCD"
+    weights = get_weight(name)
+    torch.manual_seed(0)
+    published = smp.create_model("Unet", encoder_name="resnet34", encoder_weights=None, in_channels=3, classes=2)
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        cached = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
+        cached.parent.mkdir(parents=True)
+        torch.save(published.state_dict(), cached)
+        loaded = resolve(f"torchgeo:{name}")
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+    assert loaded.arch == ArchSpec("smp", "Unet", {"encoder_name": "resnet34", "in_channels": 3, "classes": 2})
+    assert (loaded.info["task"], loaded.info["num_classes"]) == ("segmentation", 2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.build().eval()(x), published.eval()(x))

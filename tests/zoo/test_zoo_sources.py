@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from geosane.errors import SourceError, UnsafeCheckpointError
 from geosane.zoo import ArchSpec, Zoo, build_architecture, resolve
+from geosane.zoo.formats import read_weights
 from geosane.zoo.sources import check_fits, choose_weight_files, torchgeo_arch
 from tests.conftest import run_cli
 
@@ -466,8 +467,12 @@ def test_onnx_external_data_inside_its_folder_is_read(tmp_path):
     pytest.importorskip("onnx")
     path = _onnx_with_external_data(tmp_path / "m", "weights.bin")
     (tmp_path / "m" / "weights.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
-    loaded = resolve(str(path))
-    assert torch.equal(loaded.state_dict["w"], torch.arange(12, dtype=torch.float32).reshape(4, 3))
+    weight = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    initializers, _ = read_weights(path)
+    assert torch.equal(initializers["w"], weight)
+    loaded = resolve(str(path))  # the graph converts (onnx2torch) and computes x @ w
+    x = torch.randn(1, 4)
+    assert loaded.arch.library == "onnx" and torch.allclose(loaded.build()(x), x @ weight)
 
 
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/hostname"])

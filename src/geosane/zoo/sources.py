@@ -601,11 +601,13 @@ def _torchgeo_weights(name: str) -> Any:
 
 
 def torchgeo_arch(weights: Any) -> ArchSpec | None:
-    """The timm architecture TorchGeo loads ``weights`` into (None for non-timm models).
+    """The architecture TorchGeo loads ``weights`` into (None for models neither timm nor smp build).
 
     The timm model name is the name of TorchGeo's builder for the weights' enum (``resnet18`` for
     ``ResNet18_Weights``); ``in_chans`` and, for DINOv2 ViTs, ``img_size`` come from the weights'
-    ``meta``. Heads are absent from TorchGeo's backbone weights, so ``num_classes=0``.
+    ``meta``. Heads are absent from TorchGeo's backbone weights, so ``num_classes=0``. TorchGeo's
+    ``unet`` builder is ``smp.create_model("Unet", encoder_name=meta["encoder"], ...)`` with the
+    full model (head included) in its weights.
     """
     import timm
     from torchgeo.models import get_model_weights, list_models
@@ -618,9 +620,13 @@ def torchgeo_arch(weights: Any) -> ArchSpec | None:
                 break
         except (KeyError, ValueError):
             continue
+    meta = weights.meta
+    if builder == "unet" and meta.get("encoder"):
+        kwargs_smp = {"encoder_name": str(meta["encoder"]), "in_channels": int(meta.get("in_chans") or 3),
+                      "classes": int(meta.get("num_classes") or 1)}  # fmt: skip
+        return ArchSpec("smp", "Unet", kwargs_smp)
     if builder is None or not timm.is_model(builder):
         return None
-    meta = weights.meta
     kwargs: dict[str, Any] = {"num_classes": 0}
     if meta.get("in_chans"):
         kwargs["in_chans"] = int(meta["in_chans"])
@@ -661,13 +667,14 @@ def _resolve_torchgeo(
     arch = torchgeo_arch(weights)
     state_dict = load_weights_file(_torchgeo_download(weights, name))
     meta = dict(weights.meta)
+    segmenter = arch is not None and arch.library == "smp"
     info: dict[str, Any] = {
         "pretrained": True,
         "in_chans": meta.get("in_chans"),
-        "num_classes": 0 if arch else None,
+        "num_classes": meta.get("num_classes") if segmenter else (0 if arch else None),
         "bands": meta.get("bands"),
         "license": meta.get("license"),
-        "task": "backbone",
+        "task": "segmentation" if segmenter else "backbone",
         "name": f"torchgeo-{name}",
         "torchgeo": {k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     }
@@ -681,6 +688,6 @@ def _resolve_torchgeo(
         problems = check_fits(arch, state_dict)
         if problems:
             raise SourceError(
-                f"torchgeo:{name}: weights do not fit timm:{arch.name} {arch.kwargs}: {problems[0]}"
+                f"torchgeo:{name}: weights do not fit {arch.library}:{arch.name} {arch.kwargs}: {problems[0]}"
             )
     return LoadedModel(source=f"torchgeo:{name}", state_dict=state_dict, arch=arch, info=info)
