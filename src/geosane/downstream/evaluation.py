@@ -21,8 +21,9 @@ import torch
 from geosane.console import console
 from geosane.downstream.config import FinetuneConfig
 from geosane.downstream.data import load_task_data, recorded_normalization
-from geosane.downstream.finetuning import build_task_model, initialization_from_source, output_dir
-from geosane.errors import ConfigError, GeosaneError
+from geosane.downstream.finetuning import build_task_model, output_dir
+from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
+from geosane.errors import ConfigError, GeosaneError, SourceError
 from geosane.io import claim_out_dir, write_json
 from geosane.tasks import evaluate
 from geosane.tasks.loop import primary_metric_name
@@ -72,7 +73,14 @@ def evaluate_source(config: FinetuneConfig, out: Path | None = None) -> Evaluati
         raise ConfigError("evaluate needs trained weights (init), not scratch")
     if out is not None:
         out = output_dir(out, "evaluate", {"init": config.init, "data.root": config.data.root})
-    init = initialization_from_source(config.init, config.arch)
+    # the model as it is: its own architecture record wins over the preset's (which serves scratch)
+    loaded = load_source(config.init)
+    arch = loaded.arch or arch_from_config(config.arch)
+    if arch is None:
+        raise SourceError(
+            f"{config.init}: the architecture of these weights is unknown; set arch.name" + loaded.unknown_architecture
+        )
+    init = Initialization("init", "source", arch, loaded.state_dict, config.init, normalization_info(loaded))
     recorded = recorded_normalization(init.info)
     data = load_task_data(config.data, config.task.kind, recorded)
     task = dataclasses.replace(config.task, reset_head=False)
