@@ -106,3 +106,18 @@ def test_channels_last_and_windowed_outputs() -> None:
         pytest.raises(GeosaneError, match="not one row per image"),
     ):
         rec.run(torch.randn(2, 3, 64, 64))
+
+
+def test_smp_segmenters_probe_their_encoder_and_decoder_blocks() -> None:
+    import segmentation_models_pytorch as smp
+
+    from geosane.analysis.layers import LayerRecorder
+
+    unet = smp.Unet("resnet18", encoder_weights=None, in_channels=4, classes=2).eval()
+    layers = block_layers(unet)
+    assert layers == [*(f"encoder.layer{i}" for i in range(1, 5)), *(f"decoder.blocks.{i}" for i in range(5))]
+    with LayerRecorder(unet, layers) as recorder:
+        maps = recorder.run(torch.randn(2, 4, 64, 64))
+    assert list(maps) == layers and maps["decoder.blocks.4"].shape[-1] == 64
+    effnet = smp.Unet("efficientnet-b0", encoder_weights=None, in_channels=3, classes=2)
+    assert block_layers(effnet)[0] == "encoder._blocks.0" and block_layers(effnet)[-1] == "decoder.blocks.4"

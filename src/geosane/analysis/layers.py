@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 Pooling = Literal["cls", "mean", "gap", "flatten"]
-Family = Literal["vit", "swin", "resnet", "convnext", "cnn"]
+Family = Literal["vit", "swin", "resnet", "convnext", "segmenter", "cnn"]
 
 _SUBLAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -58,6 +58,8 @@ def model_family(model: nn.Module) -> Family:
         return "resnet"
     if "stages" in children:
         return "convnext"
+    if {"encoder", "decoder", "segmentation_head"} <= children.keys():
+        return "segmenter"  # segmentation_models_pytorch
     return "cnn"
 
 
@@ -66,7 +68,8 @@ def _numbered(module: nn.Module, prefix: str) -> list[str]:
 
 
 def block_layers(model: nn.Module) -> list[str]:
-    """The default probe layers: every transformer block, or every CNN stage."""
+    """The default probe layers: every transformer block, every CNN stage, or for an smp segmenter
+    every encoder block (stage) and decoder block."""
     family = model_family(model)
     if family == "vit":
         return _numbered(model.get_submodule("blocks"), "blocks")
@@ -80,6 +83,15 @@ def block_layers(model: nn.Module) -> list[str]:
         return [f"layer{i}" for i in range(1, 5)]
     if family == "convnext":
         return _numbered(model.get_submodule("stages"), "stages")
+    if family == "segmenter":  # the encoder's blocks (or stages), then every decoder block
+        encoder = model.get_submodule("encoder")
+        if hasattr(encoder, "_blocks"):  # EfficientNet encoders
+            inner = _numbered(encoder.get_submodule("_blocks"), "encoder._blocks")
+        else:
+            inner = [f"encoder.{path}" for path in block_layers(encoder)]
+        decoder = model.get_submodule("decoder")
+        blocks = _numbered(decoder.get_submodule("blocks"), "decoder.blocks") if hasattr(decoder, "blocks") else []
+        return inner + blocks
     info = getattr(model, "feature_info", None)
     modules = [entry["module"] for entry in info] if isinstance(info, list) else []
     if not modules:
