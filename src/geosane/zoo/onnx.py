@@ -32,7 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from torch import nn
 
 from geosane.errors import SourceError
 from geosane.io import sha256_file
+
+if TYPE_CHECKING:  # sources imports this module lazily; the types only
+    from geosane.zoo.sources import ArchSpec, LoadedModel
 
 __all__ = [
     "DEFAULT_PARITY_TOLERANCE",
@@ -166,7 +169,9 @@ def _common_prefix(names: Sequence[str]) -> str:
     return first if all(n.startswith(first) for n in names) else ""
 
 
-def _smp_mapping(model: Any, sidecar: OnnxSidecar) -> tuple[Any, dict[str, torch.Tensor], list[str]] | None:
+def _smp_mapping(
+    model: LoadedModel, sidecar: OnnxSidecar
+) -> tuple[ArchSpec, dict[str, torch.Tensor], list[str]] | None:
     """The smp ArchSpec, state dict and filled tensors, when the sidecar names an smp model the
     initializers fit; None when it names none (a mismatch is reported, then conversion is tried)."""
     from geosane.console import console
@@ -302,7 +307,7 @@ def build_converted(kwargs: dict[str, Any]) -> nn.Module:
     return _convert(path)
 
 
-def describe_onnx(model: Any) -> Any:
+def describe_onnx(model: LoadedModel) -> LoadedModel:
     """``model`` (initializers read from an ONNX file) with an architecture and its sidecar's metadata."""
     import dataclasses
 
@@ -410,7 +415,7 @@ class ParityReport:
         }
 
 
-def parity_inputs(model: Any, images: torch.Tensor | None = None, batch: int = 2) -> tuple[torch.Tensor, str]:
+def parity_inputs(model: LoadedModel, images: torch.Tensor | None = None, batch: int = 2) -> tuple[torch.Tensor, str]:
     """Model inputs for the parity check and their description.
 
     ``images`` (real data, ``[N, C, H, W]`` in the units the model's normalisation expects) are
@@ -437,7 +442,7 @@ def parity_inputs(model: Any, images: torch.Tensor | None = None, batch: int = 2
 
 
 def check_parity(
-    model: Any,
+    model: LoadedModel,
     images: torch.Tensor | None = None,
     tolerance: float = DEFAULT_PARITY_TOLERANCE,
 ) -> ParityReport:
@@ -481,7 +486,7 @@ def check_parity(
     return report
 
 
-def load_parity_images(path: str | Path, model: Any, limit: int = 8) -> torch.Tensor:
+def load_parity_images(path: str | Path, model: LoadedModel, limit: int = 8) -> torch.Tensor:
     """Up to ``limit`` real images from ``path`` for :func:`check_parity`, in the model's input size.
 
     ``path``: a folder of csmask-style ``.npz`` scenes (cut into chips of the model's input size)
