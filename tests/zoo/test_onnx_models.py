@@ -162,7 +162,7 @@ def test_pretrained_unet_beats_the_same_unet_from_scratch(csmask_root: Path, tmp
 
 
 @_NEEDS_CSMASK
-def test_generation_with_a_csmask_prompt(tmp_path: Path) -> None:
+def test_generation_with_a_csmask_prompt(tmp_path: Path, csmask_root: Path) -> None:
     from safetensors.torch import load_file
 
     from geosane.autoencoder import ModelConfig, WeightAutoencoder, save_autoencoder
@@ -178,12 +178,18 @@ def test_generation_with_a_csmask_prompt(tmp_path: Path) -> None:
     ae = WeightAutoencoder(ModelConfig(d_t=1024, d_model=32, n_heads=2, n_layers=1, lat_dim=16, window=64,
                                        max_layers=1024, max_chunks=4096, proj_hidden=16, proj_dim=8))  # fmt: skip
     save_autoencoder(ae, tmp_path / "ae.safetensors", extra={"tokenizer": json.dumps(store.settings)})
+    select = tmp_path / "select"  # the selection scene only: the test scene (landsat7) never ranks
+    select.mkdir()
+    shutil.copy(csmask_root / "sentinel2.npz", select / "sentinel2.npz")
     out = tmp_path / "gen"
     config = config_from_kwargs(ae=tmp_path / "ae.safetensors", prompt=f"zoo:{zoo.path}#model_6b_l2a", out=out,
-                                num_candidates=2, top_k=2, decode="residual", bandwidth=0.0)  # fmt: skip
+                                num_candidates=2, top_k=2, decode="residual", bandwidth=0.0,
+                                select_data=select, select_split="all", image_size=64, bn_batches=0)  # fmt: skip
     generate(config)
     card = json.loads((out / "model_card.json").read_text())
     assert card["arch"]["library"] == "smp" and len(card["candidates"]) == 2
+    assert card["proxy"] == "miou" and card["prompt_proxy_score"] > 0.6  # the real model, its own head
+    assert all(c["proxy_score"] == pytest.approx(card["prompt_proxy_score"], abs=1e-6) for c in card["candidates"])
     candidate = load_file(out / "candidate_1.safetensors")
     prompt = zoo.load_state_dict("model_6b_l2a")
     model = zoo.load("model_6b_l2a").build()
@@ -329,3 +335,21 @@ def test_torchgeo_unet_weights_are_smp_unets(tmp_path: Path, monkeypatch: pytest
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.build().eval()(x), published.eval()(x))
+
+
+@_NEEDS_CSMASK
+def test_scene_selection_data_must_be_a_folder_of_selection_scenes(
+    tmp_path: Path, csmask_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geosane.autoencoder import ModelConfig, WeightAutoencoder, save_autoencoder
+
+    ae = WeightAutoencoder(ModelConfig(d_t=32, d_model=32, n_heads=2, n_layers=1, lat_dim=16, window=16,
+                                       max_layers=256, max_chunks=256, proj_hidden=16, proj_dim=8))  # fmt: skip
+    save_autoencoder(ae, tmp_path / "ae.safetensors")
+    code, _, err = run_cli(
+        capsys, "generate", "--ae", str(tmp_path / "ae.safetensors"), "--prompt", str(csmask_file("model_6b_l2a.onnx")),
+        "--select-data", str(csmask_root), "--out", str(tmp_path / "gen"),
+    )  # fmt: skip
+    message = " ".join(err.split())
+    assert code == 2 and "holds .npz scenes: pass --select-split all with a folder of the selection scenes only" in message
+    assert not (tmp_path / "gen").exists()

@@ -13,13 +13,13 @@ if TYPE_CHECKING:
     from geosane.data.csmask import CSMASK_CLASSES, IGNORE_INDEX, SegmentationChips, load_csmask
     from geosane.data.folder import ImageFolderData, count_folder_images, load_image_folder
     from geosane.data.splits import DEFAULT_FRACTIONS, group_split, stratified_split
-    from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate
+    from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate, recorded_normalization
 
 _EXPORTS = {
     "csmask": ("CSMASK_CLASSES", "IGNORE_INDEX", "SegmentationChips", "load_csmask"),
     "folder": ("ImageFolderData", "count_folder_images", "load_image_folder"),
     "splits": ("DEFAULT_FRACTIONS", "group_split", "stratified_split"),
-    "tensors": ("Normalization", "TensorImageDataset", "flip_rotate"),
+    "tensors": ("Normalization", "TensorImageDataset", "flip_rotate", "recorded_normalization"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -36,5 +36,6 @@ __all__ = [
     "group_split",
     "load_csmask",
     "load_image_folder",
+    "recorded_normalization",
     "stratified_split",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -14,6 +16,7 @@ __all__ = [
     "TensorImageDataset",
     "default_normalization",
     "flip_rotate",
+    "recorded_normalization",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,6 +50,16 @@ class Normalization:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(shape)
         std = torch.tensor(self.std, dtype=x.dtype).view(shape)
         return (x - mean) / std
+
+
+def recorded_normalization(info: Mapping[str, Any]) -> Normalization | None:
+    """The per-band mean/std a model source records (``metadata.normalization``, e.g. from an ONNX
+    model's sidecar), or None."""
+    metadata = info.get("metadata") or {}
+    norm = info.get("normalization") or metadata.get("normalization")
+    if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
+        return None
+    return Normalization(tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))
 
 
 def default_normalization(images: torch.Tensor) -> Normalization:

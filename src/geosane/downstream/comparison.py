@@ -31,8 +31,9 @@ from rich.progress import Progress
 
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
+from geosane.data import recorded_normalization
 from geosane.downstream.config import CompareConfig, check_compare_config, load_compare_config
-from geosane.downstream.data import TaskData, load_task_data, recorded_normalization
+from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.finetuning import (
     FinetuneResult,
     RunPlan,

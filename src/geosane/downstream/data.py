@@ -18,7 +18,6 @@ classes and bands, checked before anything runs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,11 +380,3 @@ def load_task_data(
     loaders = {"folder": _folder_task_data, "csmask": _chips_task_data, "torchgeo": _torchgeo_task_data}
     return loaders[config.kind](config, task, model_normalization)
 
-
-def recorded_normalization(info: Mapping[str, Any]) -> Normalization | None:
-    """The per-band mean/std a model source records (``metadata.normalization``), or None."""
-    metadata = info.get("metadata") or {}
-    norm = info.get("normalization") or metadata.get("normalization")
-    if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
-        return None
-    return Normalization(tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))

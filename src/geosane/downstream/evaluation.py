@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from geosane.console import console
+from geosane.data import recorded_normalization
 from geosane.downstream.config import FinetuneConfig
-from geosane.downstream.data import load_task_data, recorded_normalization
+from geosane.downstream.data import load_task_data
 from geosane.downstream.finetuning import build_task_model, output_dir
 from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
 from geosane.errors import ConfigError, GeosaneError, SourceError

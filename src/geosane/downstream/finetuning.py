@@ -34,8 +34,9 @@ from torch import nn
 
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
+from geosane.data import recorded_normalization
 from geosane.downstream.config import FinetuneConfig, TaskConfig
-from geosane.downstream.data import TaskData, load_task_data, recorded_normalization
+from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text

@@ -19,7 +19,7 @@ def generate_command(
     top_k: int = typer.Option(3, "--top-k", help="Best candidates kept."),
     in_chans: int | None = typer.Option(None, "--in-chans", help="Input bands; the prompt's stem is adapted if it differs."),
     num_classes: int | None = typer.Option(None, "--num-classes", help="Classes of the new head (default: from --select-data)."),
-    select_data: Path | None = typer.Option(None, "--select-data", help="Labelled image folder for BN recalibration and ranking."),
+    select_data: Path | None = typer.Option(None, "--select-data", help="Labelled image folder (or, for smp segmenters, a folder of .npz selection scenes with --select-split all) for BN recalibration and ranking."),
     select_split: str = typer.Option("select", "--select-split", help="'select' (seeded selection split of --select-data) or 'all'."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the train/select/test split."),
     image_size: int = typer.Option(64, "--image-size", help="Images are resized to this size."),

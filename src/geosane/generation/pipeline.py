@@ -28,10 +28,11 @@ from torch import nn
 from geosane import __version__
 from geosane.console import console, make_progress
 from geosane.data import (
-    ImageFolderData,
     Normalization,
     TensorImageDataset,
+    load_csmask,
     load_image_folder,
+    recorded_normalization,
     stratified_split,
 )
 from geosane.errors import DataError, GeosaneError
@@ -42,6 +43,7 @@ from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
 from geosane.generation.stem import adapt_stem
 from geosane.io import check_out_dir, mark_out_dir, save_safetensors, sha256_file, write_json
+from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
 __all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
@@ -67,9 +69,34 @@ class GenerationResult:
 # validation and inputs
 
 
-def _selection_data(
-    cfg: GenerateConfig, num_classes: int | None
-) -> tuple[ImageFolderData, Normalization] | None:
+@dataclass(frozen=True)
+class Selection:
+    """Labelled selection data: images with class labels (folders) or masks (``.npz`` scene chips)."""
+
+    task: str  # "classification" | "segmentation"
+    images: torch.Tensor
+    targets: torch.Tensor
+    classes: tuple[str, ...]
+    normalization: Normalization | None  # None: decided once the prompt is known (segmentation)
+
+    @property
+    def num_bands(self) -> int:
+        return int(self.images.shape[1])
+
+
+def _scene_selection(cfg: GenerateConfig) -> Selection:
+    """Chips of the ``.npz`` scenes in ``--select-data`` (all of them: the folder is the selection split)."""
+    assert cfg.select_data is not None
+    if cfg.select_split != "all":
+        raise DataError(
+            f"{cfg.select_data} holds .npz scenes: pass --select-split all with a folder of the selection "
+            "scenes only, so that no chip of a scene your fine-tuning tests on is used for ranking"
+        )
+    chips = load_csmask(cfg.select_data, chip_size=cfg.image_size)
+    return Selection("segmentation", chips.images, chips.masks, chips.classes, None)
+
+
+def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection | None:
     """The labelled images candidates are ranked on (never the test split) and their normalization.
 
     The normalization matches ``geosane zoo build`` and ``geosane finetune``'s default: per-band
@@ -78,6 +105,8 @@ def _selection_data(
     """
     if cfg.select_data is None:
         return None
+    if Path(cfg.select_data).is_dir() and any(Path(cfg.select_data).glob("*.npz")):
+        return _scene_selection(cfg)
     data = load_image_folder(cfg.select_data, cfg.image_size)
     train = data
     if cfg.select_split == "select":
@@ -96,8 +125,10 @@ def _selection_data(
             "image(s) in some class: --proxy linear needs at least 2 per class (use --proxy knn or more data)"
         )
     if cfg.normalization == "imagenet" and data.num_bands == 3:
-        return data, Normalization.imagenet()
-    return data, Normalization.from_images(train.images)
+        norm = Normalization.imagenet()
+    else:
+        norm = Normalization.from_images(train.images)
+    return Selection("classification", data.images, data.labels, data.classes, norm)
 
 
 def prepare_prompt(
@@ -109,7 +140,7 @@ def prepare_prompt(
     classifier head is re-initialised when the class count differs. Raises when the prompt's
     architecture is unknown or cannot be instantiated.
     """
-    from geosane.tasks import build_classifier
+    from geosane.tasks import build_classifier, build_segmenter
 
     prompt = resolve(source, random_init=random_init)
     if prompt.arch is None:
@@ -120,13 +151,19 @@ def prepare_prompt(
         )
     if in_chans is not None:
         prompt = adapt_stem(prompt, in_chans)
+    library = arch_library(prompt.arch.library)
     try:
-        model = build_classifier(prompt, num_classes) if num_classes is not None else prompt.build()
+        if num_classes is None:
+            model = prompt.build()
+        elif library.task == "segmentation":  # smp: its own head is kept when it fits the classes
+            model = build_segmenter(prompt, num_classes, reset_head=False)
+        else:
+            model = build_classifier(prompt, num_classes)
     except GeosaneError as exc:
         raise GeosaneError(f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}") from None
     kwargs = dict(prompt.arch.kwargs)
     if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+        kwargs[library.classes_key] = num_classes
     arch = ArchSpec(prompt.arch.library, prompt.arch.name, kwargs)
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     info = {**prompt.info, "num_classes": num_classes if num_classes is not None else prompt.info.get("num_classes")}
@@ -197,12 +234,22 @@ def _bn_batches(select: TensorImageDataset | None, cfg: GenerateConfig) -> list[
 
 
 def _score_candidate(
-    model: nn.Module, select: TensorImageDataset | None, bn_batches: list[torch.Tensor], cfg: GenerateConfig
+    model: nn.Module,
+    select: TensorImageDataset | None,
+    bn_batches: list[torch.Tensor],
+    cfg: GenerateConfig,
+    task: str = "classification",
+    num_classes: int = 0,
 ) -> tuple[float, int]:
-    """BatchNorm recalibration on unlabeled selection images, then the proxy score."""
+    """BatchNorm recalibration on unlabeled selection images, then the proxy score (segmentation:
+    the mIoU of the candidate's own head)."""
     if select is None:
         return float("nan"), 0
     seen = recalibrate_batchnorm(model, bn_batches) if bn_batches and has_batchnorm(model) else 0
+    if task == "segmentation":  # the segmenter's own head on the selection chips (mIoU)
+        from geosane.tasks import evaluate
+
+        return evaluate(model, "segmentation", num_classes, select)["miou"], seen
     return proxy_score(model, select, kind=cfg.proxy), seen
 
 
@@ -223,8 +270,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         raise GeosaneError(
             f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
         )
-    selection = _selection_data(cfg, cfg.num_classes)
-    select_images, norm = selection if selection is not None else (None, None)
+    select_images = _selection_data(cfg, cfg.num_classes)
     num_classes = cfg.num_classes if cfg.num_classes is not None else (
         len(select_images.classes) if select_images is not None else None
     )
@@ -238,8 +284,16 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             "(pass --in-chans to adapt the prompt's stem)"
         )
     select = None
+    select_task = select_images.task if select_images is not None else "classification"
     if select_images is not None:
-        select = TensorImageDataset(select_images.images, select_images.labels, norm)
+        if select_task == "segmentation" and arch_library(prompt.arch.library).task != "segmentation":
+            raise DataError(
+                f"{cfg.select_data} holds segmentation scenes but the prompt {prompt.source} is a "
+                f"{prompt.arch.library}:{prompt.arch.name} classifier; rank with a labelled image folder"
+            )
+        norm = select_images.normalization  # scenes: the prompt's recorded statistics, else the chips'
+        norm = norm or recorded_normalization(prompt.info) or Normalization.from_images(select_images.images)
+        select = TensorImageDataset(select_images.images, select_images.targets, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     prompt_tm = tokenize(
@@ -278,13 +332,13 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             state_dict = detokenize(prompt_tm, tokens.to(prompt_tm.tokens.dtype))
             model = prompt.build(load_weights=False)
             model.load_state_dict(state_dict)
-            score, seen = _score_candidate(model, select, bn_batches, cfg)
+            score, seen = _score_candidate(model, select, bn_batches, cfg, select_task, num_classes or 0)
             state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
             candidates.append(Candidate(index, state_dict, score, seen))
             progress.update(task, advance=1, status=f"proxy {score:.3f}")
     prompt_score = float("nan")
     if select is not None:
-        prompt_score, _ = _score_candidate(prompt.build(), select, bn_batches, cfg)
+        prompt_score, _ = _score_candidate(prompt.build(), select, bn_batches, cfg, select_task, num_classes or 0)
 
     ranked = sorted(candidates, key=lambda c: (-c.score if c.score == c.score else float("inf"), c.index))
     chosen = ranked[: cfg.top_k]
@@ -305,7 +359,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         ]},
         "num_candidates": cfg.num_candidates,
         "top_k": cfg.top_k,
-        "proxy": cfg.proxy,
+        "proxy": "miou" if select_task == "segmentation" else cfg.proxy,
         "select_data": str(cfg.select_data) if cfg.select_data else None,
         "select_split": cfg.select_split,
         "normalization": cfg.normalization,
@@ -319,7 +373,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
                 "file": f"candidate_{rank}.safetensors",
                 "candidate_index": c.index,
                 "proxy_score": _finite_or_none(c.score),
-                "proxy": cfg.proxy,
+                "proxy": "miou" if select_task == "segmentation" else cfg.proxy,
                 "bn_recalibrated_on": c.bn_images,
             }
             for rank, c in enumerate(chosen, start=1)
