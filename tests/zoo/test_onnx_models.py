@@ -368,3 +368,52 @@ def test_the_real_graph_without_its_sidecar_is_converted_and_parity_decides(tmp_
     assert loaded.arch.library == "onnx" and loaded.info["metadata"]["onnx_parity"]["relative"] < 5e-2
     assert loaded.info["license"] is None  # a copy outside the package: no license is claimed
     assert loaded.build().eval()(torch.randn(1, 6, 64, 64)).shape == (1, 3, 64, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# out-of-domain members: the MTCNN face detectors of facenet-pytorch
+
+
+class _PNet(torch.nn.Module):
+    """facenet-pytorch's MTCNN P-Net, layer for layer (its ``data/pnet.pt`` is this state dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = torch.nn.Conv2d(3, 10, 3), torch.nn.PReLU(10)
+        self.conv2, self.prelu2 = torch.nn.Conv2d(10, 16, 3), torch.nn.PReLU(16)
+        self.conv3, self.prelu3 = torch.nn.Conv2d(16, 32, 3), torch.nn.PReLU(32)
+        self.conv4_1, self.conv4_2 = torch.nn.Conv2d(32, 2, 1), torch.nn.Conv2d(32, 4, 1)
+
+
+def _mtcnn_files(tmp_path: Path) -> list[Path]:
+    """The real files when facenet-pytorch is installed (``pip install --no-deps facenet-pytorch``),
+    else a P-Net checkpoint written in the published layout (an OrderedDict saved by torch.save)."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is not None and spec.origin is not None:
+        data = Path(spec.origin).parent / "data"
+        return [data / f"{name}.pt" for name in ("pnet", "rnet", "onet")]
+    torch.manual_seed(0)
+    path = tmp_path / "pnet.pt"
+    torch.save(_PNet().state_dict(), path)
+    return [path]
+
+
+def test_mtcnn_face_detectors_are_out_of_domain_members(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from geosane.tokens import TokenStore, detokenize
+
+    files = _mtcnn_files(tmp_path)
+    zoo_dir = tmp_path / "zoo"
+    code, _, err = run_cli(
+        capsys, "zoo", "add", *map(str, files), "--zoo", str(zoo_dir),
+        "--task", "face-detection", "--modality", "rgb", "--license", "MIT",
+    )  # fmt: skip
+    assert code == 0, err
+    entry = Zoo(zoo_dir).get("pnet")
+    assert (entry.task, entry.modality, entry.license, entry.arch) == ("face-detection", "rgb", "MIT", None)
+    assert entry.num_params == 6632  # P-Net's published size
+    code, _, err = run_cli(capsys, "tokenize", "--zoo", str(zoo_dir), "--out", str(tmp_path / "store"))
+    assert code == 0, err
+    store = TokenStore(tmp_path / "store")
+    back = detokenize(store.load("pnet"))
+    want = Zoo(zoo_dir).load_state_dict("pnet")
+    assert list(back) == list(want) and all(torch.equal(back[k], want[k]) for k in want)
