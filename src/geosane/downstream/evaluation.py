@@ -94,9 +94,10 @@ def evaluate_source(config: FinetuneConfig, out: Path | None = None) -> Evaluati
     for split in ("select", "test"):
         result = evaluate(model, data.task, data.num_classes, getattr(data, split), per_class=True)
         scores[split], per_class[split] = result[metric], result["per_class"]
-    normalization = "model" if recorded is not None and config.data.normalization in ("auto", "model") else config.data.normalization
-    if normalization == "auto":
-        normalization = "dataset"
+    if recorded is not None and data.normalization == recorded:
+        normalization = "model"
+    else:  # what load_task_data chose: auto without a record means the dataset's statistics
+        normalization = "dataset" if config.data.normalization == "auto" else config.data.normalization
     result = EvaluationResult(
         config.init, data.task, metric, list(data.classes), scores, per_class, normalization,
         time.perf_counter() - started,

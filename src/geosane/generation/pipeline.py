@@ -285,6 +285,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         )
     select = None
     select_task = select_images.task if select_images is not None else "classification"
+    proxy_name = "miou" if select_task == "segmentation" else cfg.proxy  # segmenters: their own head
     if select_images is not None:
         if select_task == "segmentation" and arch_library(prompt.arch.library).task != "segmentation":
             raise DataError(
@@ -359,7 +360,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         ]},
         "num_candidates": cfg.num_candidates,
         "top_k": cfg.top_k,
-        "proxy": "miou" if select_task == "segmentation" else cfg.proxy,
+        "proxy": proxy_name,
         "select_data": str(cfg.select_data) if cfg.select_data else None,
         "select_split": cfg.select_split,
         "normalization": cfg.normalization,
@@ -373,7 +374,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
                 "file": f"candidate_{rank}.safetensors",
                 "candidate_index": c.index,
                 "proxy_score": _finite_or_none(c.score),
-                "proxy": "miou" if select_task == "segmentation" else cfg.proxy,
+                "proxy": proxy_name,
                 "bn_recalibrated_on": c.bn_images,
             }
             for rank, c in enumerate(chosen, start=1)

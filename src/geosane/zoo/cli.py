@@ -156,10 +156,11 @@ def add(
             num_classes=num_classes,
             allow_nonfinite=allow_nonfinite,
             arch=spec,
+            parity_data=parity_data,
             parity_tolerance=parity_tolerance,
         )
         if model.info.get("onnx_file") and model.arch is not None:
-            _report_parity(model, parity_data, parity_tolerance)
+            _report_parity(model)
         loaded.append(model)
         if band_list is not None:
             known = loaded[-1].info.get("in_chans")
@@ -194,14 +195,8 @@ def add(
     console.print(f"zoo {target.path}: {len(target)} models ({added_here} added by this run)")
 
 
-def _report_parity(model: LoadedModel, parity_data: Path | None, tolerance: float | None) -> None:
-    """Check an ONNX model on real inputs when given (recording that report), and print the figure."""
-    from geosane.zoo.onnx import DEFAULT_PARITY_TOLERANCE, check_parity, load_parity_images
-
-    if parity_data is not None:
-        images = load_parity_images(parity_data, model)
-        report = check_parity(model, images, DEFAULT_PARITY_TOLERANCE if tolerance is None else tolerance)
-        model.info["metadata"]["onnx_parity"] = report.to_dict()
+def _report_parity(model: LoadedModel) -> None:
+    """Print the figure of the onnxruntime parity check that resolving the ONNX model ran."""
     parity = model.info["metadata"]["onnx_parity"]
     if parity["checked"]:
         console.print(

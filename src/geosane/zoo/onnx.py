@@ -27,6 +27,7 @@ installed package that ships the file. A sidecar that contradicts the weights is
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 from collections.abc import Sequence
@@ -211,7 +212,7 @@ def _smp_mapping(
 
     completed = {k: state_dict[k] if k in state_dict else fill(k) for k in initial}
     completed.update((k, v) for k, v in state_dict.items() if k not in completed)
-    problems = check_fits(arch, completed)
+    problems = check_fits(arch, completed, reference=initial)
     if problems:
         console.print(
             f"[yellow]warning:[/] {model.source}: the sidecar names smp:{arch.name} {kwargs} but the "
@@ -231,9 +232,10 @@ def _register_widened_versions() -> None:
 
     for op, (known, newer) in _WIDENED_ONLY.items():
         converter = _CONVERTER_REGISTRY.get(OperationDescription("", op, known))
+        if converter is None:
+            continue
         for version in newer:
-            if converter is not None:
-                _CONVERTER_REGISTRY.setdefault(OperationDescription("", op, version), converter)
+            _CONVERTER_REGISTRY.setdefault(OperationDescription("", op, version), converter)
 
 
 def unsupported_ops(proto: Any) -> list[tuple[str, str]]:
@@ -309,8 +311,6 @@ def build_converted(kwargs: dict[str, Any]) -> nn.Module:
 
 def describe_onnx(model: LoadedModel) -> LoadedModel:
     """``model`` (initializers read from an ONNX file) with an architecture and its sidecar's metadata."""
-    import dataclasses
-
     from geosane.zoo.sources import ArchSpec
 
     path = Path(model.info["onnx_file"])
@@ -373,8 +373,8 @@ def _check_sidecar(sidecar: OnnxSidecar, state_dict: dict[str, torch.Tensor], in
     graph_bands = info.get("in_chans")
     if sidecar.in_chans is not None and graph_bands is not None and sidecar.in_chans != graph_bands:
         raise SourceError(f"{where} says in_channels {sidecar.in_chans}, but the weights take {graph_bands} bands")
+    expected = sidecar.in_chans if sidecar.in_chans is not None else graph_bands
     for name, values in (("band_names", sidecar.bands), ("mean", sidecar.mean), ("std", sidecar.std)):
-        expected = sidecar.in_chans if sidecar.in_chans is not None else graph_bands
         if values is not None and expected is not None and len(values) != expected:
             raise SourceError(f"{where} lists {len(values)} {name} for {expected} bands")
     outputs = info.get("onnx_output_channels")
@@ -405,14 +405,12 @@ class ParityReport:
         return not self.checked or self.relative <= self.tolerance
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "checked": self.checked,
-            "max_abs": self.max_abs,
-            "relative": self.relative,
-            "argmax_agreement": self.argmax_agreement,
-            "tolerance": self.tolerance,
-            "inputs": self.inputs,
-        }
+        return dataclasses.asdict(self)
+
+
+def _input_size(model: LoadedModel) -> list[int]:
+    """Height and width the model takes: its sidecar's, else the graph's static input, else 64."""
+    return (model.info.get("metadata") or {}).get("input_size") or model.info.get("onnx_input_size") or [64, 64]
 
 
 def parity_inputs(model: LoadedModel, images: torch.Tensor | None = None, batch: int = 2) -> tuple[torch.Tensor, str]:
@@ -422,16 +420,14 @@ def parity_inputs(model: LoadedModel, images: torch.Tensor | None = None, batch:
     normalised with ``metadata.normalization`` when recorded; without them, seeded standard-normal
     inputs of the graph's input size (the normalised space) are used.
     """
-    metadata = model.info.get("metadata") or {}
-    if images is not None:
-        x = images.float()
-        norm = metadata.get("normalization")
-        if norm:
-            mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
-            std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
-            x = (x - mean) / std
+    from geosane.data import Normalization, recorded_normalization
+
+    if images is not None:  # 8-bit images are scaled to [0, 1] either way
+        channels = int(images.shape[1])
+        norm = recorded_normalization(model.info) or Normalization((0.0,) * channels, (1.0,) * channels)
+        x = norm(images)
         return x, f"{x.shape[0]} real image(s) {tuple(x.shape[1:])}"
-    size = metadata.get("input_size") or model.info.get("onnx_input_size") or [64, 64]
+    size = _input_size(model)
     shape = list(model.info.get("onnx_input_shape") or [0, int(model.info.get("in_chans") or 3), 0, 0])
     if len(shape) == 4:  # images: dynamic height and width take the model's input size
         shape[2], shape[3] = shape[2] or int(size[0]), shape[3] or int(size[1])
@@ -497,14 +493,13 @@ def load_parity_images(path: str | Path, model: LoadedModel, limit: int = 8) -> 
     from geosane.errors import DataError
 
     root = Path(path).expanduser()
-    size = (model.info.get("metadata") or {}).get("input_size") or model.info.get("onnx_input_size") or [64, 64]
+    size = _input_size(model)
     wanted = int(model.info.get("in_chans") or 3)
     if root.is_dir() and any(root.glob("*.npz")):
         chips = load_csmask(root, chip_size=int(size[0]))
         images, bands = chips.images, list(chips.bands)
     else:
-        folder = load_image_folder(root, int(size[0]))
-        images, bands = folder.images.float() / 255.0, None
+        images, bands = load_image_folder(root, int(size[0])).images, None  # 8-bit: scaled by Normalization
     model_bands = model.info.get("bands")
     if images.shape[1] != wanted and bands and model_bands:
         aliases = {"swir16": "swir1", "swir22": "swir2"}
@@ -516,4 +511,4 @@ def load_parity_images(path: str | Path, model: LoadedModel, limit: int = 8) -> 
     if images.shape[1] != wanted:
         raise DataError(f"parity data {root} has {images.shape[1]} bands, the model takes {wanted}")
     step = max(1, len(images) // limit)
-    return images[::step][:limit].float()
+    return images[::step][:limit]

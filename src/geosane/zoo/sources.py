@@ -158,7 +158,7 @@ def resolve(
     num_classes: int | None = None,
     allow_nonfinite: bool = False,
     arch: ArchSpec | str | None = None,
-    parity_images: torch.Tensor | None = None,
+    parity_data: str | Path | None = None,
     parity_tolerance: float | None = None,
 ) -> LoadedModel:
     """Resolve ``source`` into a validated :class:`LoadedModel`.
@@ -170,9 +170,9 @@ def resolve(
     ``allow_nonfinite``; when the architecture is known, keys come in the architecture's order.
 
     An ONNX file gets an architecture from its sidecar (smp) or by conversion, and the rebuilt
-    module is checked against onnxruntime (:mod:`geosane.zoo.onnx`) on ``parity_images`` (real
-    data) or seeded random input, within ``parity_tolerance``; the report lands in
-    ``info["metadata"]["onnx_parity"]``.
+    module is checked against onnxruntime (:mod:`geosane.zoo.onnx`) on real inputs read from
+    ``parity_data`` (``.npz`` scenes or an image folder) or else seeded random input, within
+    ``parity_tolerance``; the report lands in ``info["metadata"]["onnx_parity"]``.
     """
     scheme, sep, rest = source.partition(":")
     kwargs = {"random_init": random_init, "in_chans": in_chans, "num_classes": num_classes}
@@ -195,10 +195,12 @@ def resolve(
         model.info.setdefault("num_classes", num_classes)
     spec = parse_arch(arch)
     onnx_file = model.info.get("onnx_file")
+    in_arch_order = False
     if onnx_file and spec is None and model.arch is None:
         from geosane.zoo.onnx import describe_onnx
 
         model = describe_onnx(model)
+        in_arch_order = True  # built from the architecture's own state dict, in its order
     if spec is not None:
         problems = check_fits(spec, model.state_dict)
         if problems:
@@ -207,17 +209,19 @@ def resolve(
             )
         model.arch = spec
     if model.arch is not None:
-        model.state_dict = order_like_architecture(model.state_dict, model.arch)
+        if not in_arch_order:
+            model.state_dict = order_like_architecture(model.state_dict, model.arch)
         library = arch_library(model.arch.library)
         if model.info.get("in_chans") is None:
             model.info["in_chans"] = model.arch.kwargs.get(library.in_chans_key, 3)
         if model.info.get("num_classes") is None:
             model.info["num_classes"] = model.arch.kwargs.get(library.classes_key)
     if onnx_file and model.arch is not None:
-        from geosane.zoo.onnx import DEFAULT_PARITY_TOLERANCE, check_parity
+        from geosane.zoo.onnx import DEFAULT_PARITY_TOLERANCE, check_parity, load_parity_images
 
         tolerance = DEFAULT_PARITY_TOLERANCE if parity_tolerance is None else parity_tolerance
-        report = check_parity(model, parity_images, tolerance)
+        images = load_parity_images(parity_data, model) if parity_data is not None else None
+        report = check_parity(model, images, tolerance)
         model.info["metadata"] = {**(model.info.get("metadata") or {}), "onnx_parity": report.to_dict()}
     if not allow_nonfinite:
         bad = first_nonfinite(model.state_dict)
@@ -246,9 +250,16 @@ def empty_architecture(arch: ArchSpec) -> nn.Module:
         return build_architecture(arch)
 
 
-def check_fits(arch: ArchSpec, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Why ``state_dict`` does not load strictly into ``arch`` (empty list: it fits)."""
-    own = empty_architecture(arch).state_dict()
+def check_fits(
+    arch: ArchSpec,
+    state_dict: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor] | None = None,
+) -> list[str]:
+    """Why ``state_dict`` does not load strictly into ``arch`` (empty list: it fits).
+
+    ``reference``: a state dict of ``arch`` the caller already built (saves building it again).
+    """
+    own = empty_architecture(arch).state_dict() if reference is None else reference
     problems = []
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -685,7 +696,7 @@ def _resolve_torchgeo(
             initial = build_architecture(arch).state_dict()
             state_dict = {**state_dict, **{k: initial[k].clone() for k in filled}}
             info["filled_from_init"] = filled
-        problems = check_fits(arch, state_dict)
+        problems = check_fits(arch, state_dict, reference=fresh)
         if problems:
             raise SourceError(
                 f"torchgeo:{name}: weights do not fit {arch.library}:{arch.name} {arch.kwargs}: {problems[0]}"
