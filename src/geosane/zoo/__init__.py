@@ -12,12 +12,28 @@ from geosane._lazy import lazy_exports
 if TYPE_CHECKING:
     from geosane.zoo.build import BuildPlan, build_zoo, prepare_build
     from geosane.zoo.manifest import Zoo, ZooEntry, verify_zoo
+    from geosane.zoo.provenance import (
+        TrainedOn,
+        check_disjoint,
+        image_digest,
+        members_seeing,
+        read_image_list,
+        record_trained_on,
+    )
     from geosane.zoo.recipe import ZooRecipe, load_recipe
     from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture, load_weights_file, resolve
 
 _EXPORTS = {
     "build": ("BuildPlan", "build_zoo", "prepare_build"),
     "manifest": ("Zoo", "ZooEntry", "verify_zoo"),
+    "provenance": (
+        "TrainedOn",
+        "check_disjoint",
+        "image_digest",
+        "members_seeing",
+        "read_image_list",
+        "record_trained_on",
+    ),
     "recipe": ("ZooRecipe", "load_recipe"),
     "sources": ("ArchSpec", "LoadedModel", "build_architecture", "load_weights_file", "resolve"),
 }
@@ -27,14 +43,20 @@ __all__ = [
     "ArchSpec",
     "BuildPlan",
     "LoadedModel",
+    "TrainedOn",
     "Zoo",
     "ZooEntry",
     "ZooRecipe",
     "build_architecture",
     "build_zoo",
+    "check_disjoint",
+    "image_digest",
     "load_recipe",
     "load_weights_file",
+    "members_seeing",
     "prepare_build",
+    "read_image_list",
+    "record_trained_on",
     "resolve",
     "verify_zoo",
 ]

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.errors import ConfigError, GeosaneError
 from geosane.zoo.manifest import Zoo, ZooEntry, _slug
+from geosane.zoo.provenance import ZOO_BUILD_SPLITS, record_trained_on
 from geosane.zoo.recipe import PlannedMember, ZooRecipe, load_recipe, plan_members
 from geosane.zoo.sources import LoadedModel, build_architecture, first_nonfinite
 
@@ -44,6 +45,9 @@ class BuildPlan:
     band_names: tuple[str, ...]
     splits: dict[str, Any]
     data: Any
+    # image path -> content digest, filled while members record what they were trained on, so a
+    # large zoo hashes each image once per build
+    image_digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def status(self, zoo_dir: str | Path) -> dict[str, str]:
         """``member -> 'done' | 'todo'`` for a zoo directory (raises on conflicting members)."""
@@ -167,6 +171,34 @@ def _member_datasets(plan: BuildPlan, member: PlannedMember) -> dict[str, Any]:
     return {"datasets": datasets, "normalization": norm, "sizes": {k: len(v) for k, v in parts.items()}}
 
 
+def _lineage_classes(plan: BuildPlan, member: PlannedMember) -> list[str]:
+    """The member's classes, then any more its ``init_from`` ancestors were trained on.
+
+    A fine-tuned child's weights start from its parent's, so the parent's images count as seen.
+    """
+    by_name = {m.name: m for m in plan.members}
+    classes = list(member.classes)
+    parent = member.init_from
+    while parent is not None:
+        ancestor = by_name[parent]
+        classes += [c for c in ancestor.classes if c not in classes]
+        parent = ancestor.init_from
+    return classes
+
+
+def _trained_on_splits(member: PlannedMember) -> str:
+    if member.init_from is None:
+        return ZOO_BUILD_SPLITS
+    return f"{ZOO_BUILD_SPLITS}, with those of its init_from ancestors (starting at '{member.init_from}')"
+
+
+def _member_paths(plan: BuildPlan, classes: Sequence[str]) -> list[str]:
+    """Every image of ``classes``, all splits (train is fitted, select and test are evaluated)."""
+    wanted = {plan.data.classes.index(c) for c in classes}
+    labels = plan.data.labels.tolist()
+    return [path for path, label in zip(plan.data.paths, labels, strict=True) if label in wanted]
+
+
 def _progress_callback(progress: Any, task_id: Any, epochs: int) -> Any:
     import lightning as L
 
@@ -233,6 +265,16 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
     select = evaluate(model, "classification", member.num_classes, datasets["select"])["accuracy"]
     seconds = time.perf_counter() - start
     recipe = plan.recipe
+    # provenance lives in metadata only: train_config is compared on resume
+    seen_classes = _lineage_classes(plan, member)
+    trained_on = record_trained_on(
+        zoo.path,
+        plan.data.root,
+        seen_classes,
+        _member_paths(plan, seen_classes),
+        splits=_trained_on_splits(member),
+        cache=plan.image_digests,
+    )
     metadata = {
         **member.metadata,
         "accuracy": test,
@@ -244,6 +286,7 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
         "recipe": recipe.name,
         "init_from": member.init_from,
         "train_seconds": round(seconds, 2),
+        "trained_on": trained_on.to_dict(),
     }
     loaded = LoadedModel(
         source=f"zoo-build:{recipe.name}#{member.name}",
