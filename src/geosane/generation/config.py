@@ -6,7 +6,7 @@ so a bad flag is refused in well under a second.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -53,7 +53,9 @@ class GenerateConfig:
     bn_batches: int = 4  # batches of selection images for BatchNorm recalibration (0: keep carried stats)
     batch_size: int = 64
     overwrite: bool = False
-
+    # fnmatch globs over state-dict names (e.g. ["*bn*", "*norm*"]): only matching tokenized tensors are
+    # generated, every other tensor is the prompt's own (p-diff style); empty: generate every tokenized one
+    generate_only: list[str] = field(default_factory=list)
 
 
 def validate_config(cfg: GenerateConfig) -> None:
@@ -80,6 +82,15 @@ def validate_config(cfg: GenerateConfig) -> None:
     ):
         if value not in (allowed := get_args(kind)):
             raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
+    if isinstance(cfg.generate_only, str) or not isinstance(cfg.generate_only, (list, tuple)):
+        raise GeosaneError(
+            f"generate_only must be a list of glob patterns (e.g. ['*bn*']), got {cfg.generate_only!r}"
+        )
+    for pattern in cfg.generate_only:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise GeosaneError(
+                f"--generate-only patterns must be non-empty strings (globs over tensor names), got {pattern!r}"
+            )
     if cfg.select_split not in ("select", "all"):
         raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
     ours = check_out_dir(cfg.out, "generate", generation_inputs(cfg))

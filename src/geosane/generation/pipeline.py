@@ -3,8 +3,9 @@
     prompt source ──► classifier for the target bands/classes ──► tokenize (the AE's settings)
       ──► encode with halo windows ──► KDE around the prompt latent (+ nearest same-layout zoo
       models as extra anchors) ──► N candidate latents, independent noise per token ──► decode
-      ──► detokenize onto the prompt's layout ──► recalibrate BatchNorm on unlabeled selection
-      images ──► rank by a frozen-feature proxy on the selection split ──► keep the top k
+      ──► detokenize onto the prompt's layout (with ``generate_only``: tensors matching no pattern
+      are the prompt's own) ──► recalibrate BatchNorm on unlabeled selection images ──► rank by a
+      frozen-feature proxy on the selection split ──► keep the top k
 
 Everything is validated before anything is written, and the output directory appears in one
 rename once every file is complete.
@@ -13,6 +14,7 @@ rename once every file is complete.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import shutil
@@ -47,6 +49,7 @@ from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
 __all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
+
 
 @dataclass
 class Candidate:
@@ -160,13 +163,18 @@ def prepare_prompt(
         else:
             model = build_classifier(prompt, num_classes)
     except GeosaneError as exc:
-        raise GeosaneError(f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}") from None
+        raise GeosaneError(
+            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}"
+        ) from None
     kwargs = dict(prompt.arch.kwargs)
     if num_classes is not None:
         kwargs[library.classes_key] = num_classes
     arch = ArchSpec(prompt.arch.library, prompt.arch.name, kwargs)
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    info = {**prompt.info, "num_classes": num_classes if num_classes is not None else prompt.info.get("num_classes")}
+    info = {
+        **prompt.info,
+        "num_classes": num_classes if num_classes is not None else prompt.info.get("num_classes"),
+    }
     return LoadedModel(prompt.source, state_dict, arch, info)
 
 
@@ -181,10 +189,43 @@ def tokenizer_settings(ae: Any, metadata: dict[str, str]) -> dict[str, Any]:
     return settings
 
 
+def _layer_blocks(tm: Any) -> dict[tuple[tuple[str, tuple[int, ...]], ...], tuple[int, int]]:
+    """Token range of every layer, keyed by the names and shapes of the tensors it holds."""
+    layers: dict[int, list[Any]] = {}
+    for entry in tm.layout.values():
+        if entry.kind == "tokenized" and entry.layer is not None:
+            layers.setdefault(entry.layer, []).append(entry)
+    blocks = {}
+    for entries in layers.values():
+        key = tuple(sorted((e.name, tuple(e.shape)) for e in entries))
+        blocks[key] = (min(e.start for e in entries), max(e.stop for e in entries))
+    return blocks
+
+
+def _aligned_rows(prompt_tm: Any, tm: Any) -> list[tuple[int, int, int]]:
+    """``(prompt_start, anchor_start, length)`` of the layers both models hold with one shape.
+
+    A zoo model trained for other classes has another head (and one with other bands another
+    stem); its other layers still line up with the prompt's, so it can anchor those tokens.
+    """
+    theirs = _layer_blocks(tm)
+    rows = []
+    for key, (start, stop) in _layer_blocks(prompt_tm).items():
+        other = theirs.get(key)
+        if other is not None and other[1] - other[0] == stop - start:
+            rows.append((start, other[0], stop - start))
+    return rows
+
+
 def _nearest_anchors(
     cfg: GenerateConfig, ae: Any, prompt_tm: Any, prompt_latent: torch.Tensor
 ) -> list[dict[str, Any]]:
-    """Latents of the ``cfg.anchors`` store models nearest to the prompt that share its layout."""
+    """Latents of the ``cfg.anchors`` store models nearest to the prompt, in the prompt's layout.
+
+    A model qualifies when at least half of the prompt's tokens belong to layers it holds with the
+    same tensor names and shapes (same architecture; the head or stem may differ); its latent
+    fills those tokens and the prompt's own latent the rest. Distances are over the shared tokens.
+    """
     from geosane.autoencoder import encode_sequence
     from geosane.tokens import TokenStore
 
@@ -196,23 +237,93 @@ def _nearest_anchors(
         )
     found = []
     for record in store.records:
-        if record.num_tokens != prompt_tm.num_tokens:
-            continue
         tm = store.load(record.id)
-        if not torch.equal(tm.positions, prompt_tm.positions) or not torch.equal(tm.layer_type, prompt_tm.layer_type):
+        rows = _aligned_rows(prompt_tm, tm)
+        shared = sum(n for _, _, n in rows)
+        if shared * 2 < prompt_tm.num_tokens:
             continue
-        if torch.equal(tm.tokens, prompt_tm.tokens):
+        mine = torch.cat([torch.arange(p, p + n) for p, _, n in rows])
+        theirs = torch.cat([torch.arange(a, a + n) for _, a, n in rows])
+        if torch.equal(tm.tokens[theirs], prompt_tm.tokens[mine]):
             continue  # the prompt itself is a zoo member: it is already the first anchor
         z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
-        distance = float((z - prompt_latent).pow(2).mean())
-        found.append({"id": record.id, "distance": distance, "latent": z})
+        latent = prompt_latent.clone()
+        latent[mine] = z[theirs].to(latent.dtype)
+        distance = float((latent[mine] - prompt_latent[mine]).pow(2).mean())
+        found.append({"id": record.id, "distance": distance, "latent": latent,
+                      "shared_tokens": shared / prompt_tm.num_tokens})  # fmt: skip
     found.sort(key=lambda a: a["distance"])
     if len(found) < cfg.anchors:
         console.print(
-            f"[yellow]warning:[/] --anchors {cfg.anchors}: the store has {len(found)} model(s) with the "
-            "prompt's exact layout (architecture, bands, classes); using those"
+            f"[yellow]warning:[/] --anchors {cfg.anchors}: the store has {len(found)} model(s) sharing at least "
+            "half of the prompt's layers (same architecture); using those"
         )
     return found[: cfg.anchors]
+
+
+def _example_names(names: list[str], count: int = 5) -> str:
+    """A few names spread over ``names`` (first to last), for messages."""
+    if len(names) <= count:
+        return ", ".join(names)
+    step = (len(names) - 1) / (count - 1)
+    picks = list(dict.fromkeys(names[round(i * step)] for i in range(count)))
+    return ", ".join(picks[:-1]) + f", ..., {picks[-1]}"
+
+
+def split_generated(tm: Any, patterns: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``(generated, kept from the prompt)``: the tokenized tensors (and their tied aliases) that
+    ``generate_only`` selects, and the rest. Empty ``patterns``: everything is generated.
+
+    Patterns are ``fnmatch`` globs over state-dict names (case-sensitive). A tied alias shares its
+    tensor with the name it is tied to, so the two are generated or kept together (either name
+    matching selects both). Raises :class:`GeosaneError` when the patterns select no tokenized tensor.
+    """
+    tokenized, tied = tm.names("tokenized"), tm.names("tied")
+    if not patterns:
+        return tokenized + tied, []
+
+    def hit(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    owners = {n for n in tokenized if hit(n)} | {tm.layout[n].tied_to for n in tied if hit(n)}
+    owners &= set(tokenized)
+    flag = " ".join(f"--generate-only '{p}'" for p in patterns)
+    verb = "matches" if len(patterns) == 1 else "match"
+    if not owners:
+        carried = [n for n in tm.names("carried") if hit(n)]
+        if carried:
+            raise GeosaneError(
+                f"{flag} {verb} only tensors carried from the prompt unchanged ({_example_names(carried, 3)}), "
+                f"none that the autoencoder generates (tensors look like: {_example_names(tokenized)})"
+            )
+        raise GeosaneError(
+            f"{flag} {verb} no tensor of the prompt (tensors look like: {_example_names(tokenized)})"
+        )
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in tm.layout):
+            console.print(f"[yellow]warning:[/] --generate-only '{pattern}' matches no tensor of the prompt")
+
+    def generated(name: str) -> bool:
+        return (tm.layout[name].tied_to or name) in owners
+
+    names = tokenized + tied
+    return [n for n in names if generated(n)], [n for n in names if not generated(n)]
+
+
+def keep_from_prompt(
+    state_dict: dict[str, torch.Tensor], tm: Any, prompt: dict[str, torch.Tensor], kept: set[str]
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` (detokenized from ``tm``'s layout) with the ``kept`` tensors replaced by
+    copies of the prompt's own (the state dict that was tokenized); tied aliases follow their tensor."""
+    out: dict[str, torch.Tensor] = {}
+    for name, entry in tm.layout.items():
+        if entry.kind == "tied":
+            out[name] = out[entry.tied_to]
+        elif name in kept:
+            out[name] = prompt[name].detach().clone()
+        else:
+            out[name] = state_dict[name]
+    return out
 
 
 def _finite_or_none(score: float) -> float | None:
@@ -271,8 +382,10 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
         )
     select_images = _selection_data(cfg, cfg.num_classes)
-    num_classes = cfg.num_classes if cfg.num_classes is not None else (
-        len(select_images.classes) if select_images is not None else None
+    num_classes = (
+        cfg.num_classes
+        if cfg.num_classes is not None
+        else (len(select_images.classes) if select_images is not None else None)
     )
     with torch.random.fork_rng():  # a random-init prompt or a new head: reproducible under --seed
         torch.manual_seed(cfg.seed)
@@ -306,15 +419,23 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
         module=prompt.build(load_weights=False),
     )
+    generated, kept = split_generated(prompt_tm, cfg.generate_only)  # before any work: a typo costs nothing
     console.print(
-        f"prompt {prompt.source}: {prompt_tm.num_tokens} tokens, "
-        f"{len(prompt_tm.names('tokenized'))} tensors generated, {len(prompt_tm.names('carried'))} carried"
+        f"prompt {prompt.source}: {prompt_tm.num_tokens} tokens, {len(generated)} tensors generated, "
+        + (f"{len(kept)} kept from the prompt (--generate-only), " if kept else "")
+        + f"{len(prompt_tm.names('carried'))} carried"
     )
-    z_prompt = encode_sequence(ae, prompt_tm.tokens, prompt_tm.positions, prompt_tm.layer_type, prompt_tm.mask, halo=cfg.halo)
+    z_prompt = encode_sequence(
+        ae, prompt_tm.tokens, prompt_tm.positions, prompt_tm.layer_type, prompt_tm.mask, halo=cfg.halo
+    )
     anchors = _nearest_anchors(cfg, ae, prompt_tm, z_prompt) if cfg.anchors else []
     anchor_latents = torch.stack([z_prompt, *[a["latent"] for a in anchors]])
     latents = sample_latents(
-        anchor_latents, cfg.num_candidates, cfg.bandwidth, mode=cfg.kde_mode, generator=generator,
+        anchor_latents,
+        cfg.num_candidates,
+        cfg.bandwidth,
+        mode=cfg.kde_mode,
+        generator=generator,
         scale=latent_scale(anchor_latents),
     )
 
@@ -331,6 +452,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
                 tokens = prompt_tm.tokens.to(tokens.dtype) + (tokens - base)
             tokens = tokens * prompt_tm.mask
             state_dict = detokenize(prompt_tm, tokens.to(prompt_tm.tokens.dtype))
+            if kept:  # generate_only: the unselected tensors are the prompt's own, bit for bit
+                state_dict = keep_from_prompt(state_dict, prompt_tm, prompt.state_dict, set(kept))
             model = prompt.build(load_weights=False)
             model.load_state_dict(state_dict)
             score, seen = _score_candidate(model, select, bn_batches, cfg, select_task, num_classes or 0)
@@ -339,7 +462,9 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             progress.update(task, advance=1, status=f"proxy {score:.3f}")
     prompt_score = float("nan")
     if select is not None:
-        prompt_score, _ = _score_candidate(prompt.build(), select, bn_batches, cfg, select_task, num_classes or 0)
+        prompt_score, _ = _score_candidate(
+            prompt.build(), select, bn_batches, cfg, select_task, num_classes or 0
+        )
 
     ranked = sorted(candidates, key=lambda c: (-c.score if c.score == c.score else float("inf"), c.index))
     chosen = ranked[: cfg.top_k]
@@ -347,17 +472,25 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         "format": "geosane-generated",
         "geosane_version": __version__,
         "prompt": prompt.source,
-        "prompt_info": {k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "prompt_info": {
+            k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))
+        },
         "arch": prompt.arch.to_dict() if prompt.arch else None,
         "ae_checkpoint": str(Path(cfg.ae).resolve()),
-        "ae_sha256": sha256_file(Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae),
+        "ae_sha256": sha256_file(
+            Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae
+        ),
         "token_size": token_size,
         "mode": mode,
         "seed": cfg.seed,
         "decode": cfg.decode,
-        "kde": {"mode": cfg.kde_mode, "bandwidth": cfg.bandwidth, "anchors": [
-            {"id": a["id"], "distance": a["distance"]} for a in anchors
-        ]},
+        "kde": {
+            "mode": cfg.kde_mode,
+            "bandwidth": cfg.bandwidth,
+            "anchors": [
+                {"id": a["id"], "distance": a["distance"], "shared_tokens": a["shared_tokens"]} for a in anchors
+            ],
+        },
         "num_candidates": cfg.num_candidates,
         "top_k": cfg.top_k,
         "proxy": proxy_name,
@@ -379,13 +512,17 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             }
             for rank, c in enumerate(chosen, start=1)
         ],
-        "generated_tensors": prompt_tm.names("tokenized") + prompt_tm.names("tied"),
+        "generate_only": list(cfg.generate_only),
+        "generated_tensors": generated,
+        "prompt_tensors": kept,
         "carried_tensors": prompt_tm.names("carried"),
         "carried_note": (
             "carried tensors are copied from the prompt; BatchNorm running statistics among them were "
-            "recalibrated on unlabeled selection images" if any(c.bn_images for c in chosen) else
-            "carried tensors are copied from the prompt"
-        ),
+            "recalibrated on unlabeled selection images"
+            if any(c.bn_images for c in chosen)
+            else "carried tensors are copied from the prompt"
+        )
+        + ("; prompt_tensors match no generate_only pattern and are the prompt's own values" if kept else ""),
     }
     files = _write_output(cfg, card, chosen)
     return GenerationResult(Path(cfg.out), card, files)
@@ -411,7 +548,10 @@ def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candid
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [out / e["file"] for e in card["candidates"]] + [out / "model_card.json", out / "load_generated.py"]
+    return [out / e["file"] for e in card["candidates"]] + [
+        out / "model_card.json",
+        out / "load_generated.py",
+    ]
 
 
 def config_from_kwargs(**kwargs: Any) -> GenerateConfig:

@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from geosane.generation.config import ProxyKind
 
-__all__ = ["ProxyKind", "frozen_features", "knn_accuracy", "linear_probe_accuracy", "proxy_score"]
+__all__ = [
+    "ProxyKind",
+    "frozen_features",
+    "knn_accuracy",
+    "knn_predictions",
+    "linear_probe_accuracy",
+    "proxy_score",
+]
 
 
 
@@ -43,8 +50,8 @@ def frozen_features(
     return torch.cat(features), torch.cat(labels)
 
 
-def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
-    """Leave-one-out k-NN accuracy with cosine similarity and majority vote (ties: nearest wins)."""
+def knn_predictions(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Leave-one-out k-NN predictions ``[N]`` with cosine similarity and majority vote (ties: nearest wins)."""
     n = features.shape[0]
     if n < 2:
         raise ValueError("k-NN proxy needs at least two samples")
@@ -59,7 +66,12 @@ def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> fl
     # Break ties toward nearer neighbours with a tiny rank-decreasing bonus.
     bonus = torch.linspace(1e-3, 0, k, dtype=torch.float64).expand(n, k)
     counts.scatter_add_(1, votes, 1.0 + bonus)
-    return float((counts.argmax(dim=1) == labels).double().mean())
+    return counts.argmax(dim=1)
+
+
+def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
+    """Leave-one-out k-NN accuracy (:func:`knn_predictions` against ``labels``)."""
+    return float((knn_predictions(features, labels, k) == labels).double().mean())
 
 
 def linear_probe_accuracy(
