@@ -94,22 +94,25 @@ class _InterruptSecondRun(L.Callback):
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("test_curve", [False, True])
 def test_an_interrupted_compare_resumes_and_records_wall_time(
-    rsscn7_root: Path, tiny_zoo: Path, tmp_path: Path
+    rsscn7_root: Path, tiny_zoo: Path, tmp_path: Path, test_curve: bool
 ) -> None:
     out = tmp_path / "cmp"
     overrides = {
         "seeds": [0], "inits": ["scratch", "zoo_average"], "arch.name": "test_resnet", "zoo.dir": tiny_zoo,
         "data.root": rsscn7_root, "data.image_size": 16, "data.train_per_class": 2,
         "data.max_samples": {"select": 7, "test": 14}, "train.epochs": 2, "train.batch_size": 7, "out": out,
+        "test_curve": test_curve,
     }  # fmt: skip
+    epochs = [0.0, 1.0, 2.0] if test_curve else [1.0, 2.0]  # the test curve starts at the init itself
     config = load_compare_config("compare_rsscn7", overrides)
     with pytest.raises(Interrupted, match="rerun the same command to resume"):
         compare(config, show_progress=False, callbacks=[_InterruptSecondRun()])
     first, second = out / "runs" / "scratch" / "seed0", out / "runs" / "zoo_average" / "seed0"
     assert (first / "metrics.json").is_file() and not (second / "metrics.json").exists()
     checkpoint = torch.load(second / "checkpoint.ckpt", weights_only=True)
-    assert len(checkpoint["geosane_history"]) == 1 and not (out / "report.md").exists()
+    assert len(checkpoint["geosane_history"]) == len(epochs) - 1 and not (out / "report.md").exists()
     elapsed_before = next(v for v in checkpoint["callbacks"].values() if "elapsed_s" in v)["elapsed_s"]
     before = _mtimes(out)
 
@@ -117,8 +120,8 @@ def test_an_interrupted_compare_resumes_and_records_wall_time(
     finished = str(first.relative_to(out) / "metrics.json")
     assert _mtimes(out)[finished] == before[finished]  # the finished run was not redone
     resumed = result.results["zoo_average"][0]
-    assert [row["epoch"] for row in resumed.history] == [1.0, 2.0]
-    assert resumed.history[0] == checkpoint["geosane_history"][0]  # epoch 1 was not redone
+    assert [row["epoch"] for row in resumed.history] == epochs
+    assert resumed.history[:-1] == checkpoint["geosane_history"]  # epoch 1 (and 0) were not redone
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["resumed"] and metrics["wall_s"] > elapsed_before > 0 and metrics["threads"] == 1
     assert not (second / "checkpoint.ckpt").exists() and result.report == out / "report.md"

@@ -132,13 +132,20 @@ def initialization_from_source(source: str, arch_config: Any, name: str | None =
         return Initialization(name or "scratch", "scratch", arch, None, "random init")
     loaded = load_source(source, arch)
     assert loaded.arch is not None
-    return Initialization(name or "init", "source", loaded.arch, loaded.state_dict, source, normalization_info(loaded))
+    return Initialization(
+        name or "init", "source", loaded.arch, loaded.state_dict, source, normalization_info(loaded)
+    )
 
 
 def _fingerprint(
-    init: Initialization, data: TaskData, task: TaskConfig, fit_config: FitConfig, data_config: Any
+    init: Initialization,
+    data: TaskData,
+    task: TaskConfig,
+    fit_config: FitConfig,
+    data_config: Any,
+    test_curve: bool = False,
 ) -> str:
-    record = {
+    record: dict[str, Any] = {
         "weights": init.fingerprint(),
         "arch": init.arch.to_dict(),
         "task": to_dict(task),
@@ -147,6 +154,8 @@ def _fingerprint(
         "sizes": data.sizes(),
         "classes": list(data.classes),
     }
+    if test_curve:  # only then: runs finished before the option existed keep their fingerprint
+        record["test_curve"] = True
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -158,9 +167,10 @@ def plan_run(
     fit_config: FitConfig,
     data_config: Any,
     overwrite: bool = False,
+    test_curve: bool = False,
 ) -> RunPlan:
     """Check ``out_dir`` against this run (before anything is written)."""
-    fingerprint = _fingerprint(init, data, task, fit_config, data_config)
+    fingerprint = _fingerprint(init, data, task, fit_config, data_config, test_curve)
     metrics, started = out_dir / "metrics.json", out_dir / "run.json"
     for path, state in ((metrics, "done"), (started, "resume")):
         if path.is_file():
@@ -183,6 +193,8 @@ def _history_rows(history: list[dict[str, float]], metric: str) -> list[dict[str
         out["train_loss"] = row.get("train_loss", float("nan"))
         out["lr"] = row.get("lr", float("nan"))
         out[f"select_{metric}"] = row.get(f"val_{metric}", float("nan"))
+        if f"report_{metric}" in row:
+            out[f"test_{metric}"] = row[f"report_{metric}"]
         rows.append(out)
     return rows
 
@@ -202,14 +214,17 @@ def _result_from_metrics(path: Path) -> FinetuneResult:
     with open(path / "history.csv", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             parsed = {k: float(v) for k, v in row.items()}
-            history.append(
-                {
-                    "epoch": parsed["epoch"],
-                    "train_loss": parsed["train_loss"],
-                    "lr": parsed["lr"],
-                    f"val_{data['metric']}": parsed[f"select_{data['metric']}"],
-                }
-            )
+            entry = {
+                "epoch": parsed["epoch"],
+                "train_loss": parsed["train_loss"],
+                "lr": parsed["lr"],
+                f"val_{data['metric']}": parsed[f"select_{data['metric']}"],
+            }
+            if f"test_{data['metric']}" in parsed:
+                entry[f"report_{data['metric']}"] = parsed[f"test_{data['metric']}"]
+            if entry["epoch"] == 0:  # the test curve's epoch-0 row: the init before any training step
+                del entry["train_loss"], entry["lr"]
+            history.append(entry)
     return FinetuneResult(
         data["init"],
         data["seed"],
@@ -255,10 +270,13 @@ def run_finetune(
     progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
+    test_curve: bool = False,
 ) -> FinetuneResult:
     """Fine-tune ``init`` on ``data`` into ``plan.out_dir`` (skips a finished run, resumes a started one).
 
     ``callbacks`` are extra Lightning callbacks (logging, profiling) added to the training loop.
+    ``test_curve``: also record the test metric before training and after every epoch
+    (``history.csv`` column ``test_<metric>``); it is only reported, never used for selection.
     """
     if plan.state == "done":
         return _result_from_metrics(plan.out_dir)
@@ -282,7 +300,7 @@ def run_finetune(
         callbacks.append(FitProgress(progress, task_id))
     result = fit(
         model, data.task, data.num_classes, data.train, data.select, fit_config,
-        checkpoint_path=checkpoint_path, callbacks=callbacks,
+        checkpoint_path=checkpoint_path, callbacks=callbacks, report=data.test if test_curve else None,
     )  # fmt: skip
     test = evaluate(model, data.task, data.num_classes, data.test)[metric]
     wall = clock.elapsed_s  # build, training (over every resumed attempt) and test evaluation
@@ -352,7 +370,9 @@ def finetune(
     is written.
     """
     out = output_dir(
-        config.out, "finetune", {"init": config.init, "data.root": config.data.root, "data.test_data": config.data.test_data}
+        config.out,
+        "finetune",
+        {"init": config.init, "data.root": config.data.root, "data.test_data": config.data.test_data},
     )
     init = initialization_from_source(
         config.init, config.arch, name="scratch" if config.init == "scratch" else "init"

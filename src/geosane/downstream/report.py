@@ -197,7 +197,9 @@ def plot_curves(results: dict[str, list[FinetuneResult]], metric: str, path: Pat
             values = np.array(
                 [[r.history[i].get(key, np.nan) for i in range(length)] for r in runs], dtype=float
             )
-            epochs = np.arange(1, length + 1)
+            epochs = np.array([runs[0].history[i].get("epoch", i + 1) for i in range(length)], dtype=float)
+            seen = ~np.isnan(values).all(axis=0)  # an epoch-0 row (test_curve) has no training loss
+            values, epochs = values[:, seen], epochs[seen]
             mean = np.nanmean(values, axis=0)  # sample std over seeds, as in the report's table
             std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
             if key != "train_loss":

@@ -128,6 +128,7 @@ class TaskModule(L.LightningModule):
         self.task = task
         self.config = config
         self.val_metric = make_metric(task, num_classes)
+        self.report_metric = make_metric(task, num_classes)
         self.metric_name = primary_metric_name(task)
         self.history: list[dict[str, float]] = []
         self._epoch_loss: list[float] = []
@@ -152,9 +153,12 @@ class TaskModule(L.LightningModule):
         self._epoch_loss.append(float(loss.detach()))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         x, y = batch
-        self.val_metric.update(_metric_input(self.task, self(x)), y)
+        metric = self.val_metric if dataloader_idx == 0 else self.report_metric
+        metric.update(_metric_input(self.task, self(x)), y)
 
     def on_train_epoch_end(self) -> None:
         row = {
@@ -172,13 +176,16 @@ class TaskModule(L.LightningModule):
         if self.trainer.sanity_checking:
             self.val_metric.reset()
             return
-        value = float(self.val_metric.compute())
+        values = {f"val_{self.metric_name}": float(self.val_metric.compute())}
         self.val_metric.reset()
+        if self.report_metric.update_called:
+            values[f"report_{self.metric_name}"] = float(self.report_metric.compute())
+            self.report_metric.reset()
         epoch = float(self.current_epoch + 1)
         if self.history and self.history[-1].get("epoch") == epoch:
-            self.history[-1][f"val_{self.metric_name}"] = value
+            self.history[-1].update(values)
         else:
-            self.history.append({"epoch": epoch, f"val_{self.metric_name}": value})
+            self.history.append({"epoch": epoch, **values})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["geosane_history"] = [dict(row) for row in self.history]
@@ -275,8 +282,13 @@ def fit(
     config: FitConfig | None = None,
     checkpoint_path: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    report: Dataset | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``train`` under ``config``; evaluate on ``val`` after every epoch.
+
+    ``report``: a dataset that is only *reported* (a test split): its metric is recorded as
+    ``report_<metric>`` after every epoch and, with ``val``, both are recorded before training as an
+    epoch-0 row (the initialization as it is, SANE's epoch-0 accuracy). Never used for selection.
 
     Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
     given seed on CPU. ``callbacks`` are extra Lightning callbacks (e.g. a progress display). With
@@ -298,11 +310,26 @@ def fit(
         num_workers=config.num_workers,
         generator=generator,
     )
-    val_loader = (
+    val_loader: DataLoader | list[DataLoader] | None = (
         DataLoader(val, batch_size=config.batch_size * 2, num_workers=config.num_workers)
         if val is not None
         else None
     )
+    resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
+    if report is not None and val_loader is not None:
+        assert isinstance(val_loader, DataLoader)
+        val_loader = [
+            val_loader,
+            DataLoader(report, batch_size=config.batch_size * 2, num_workers=config.num_workers),
+        ]
+        if resume is None:  # a resumed run has its epoch-0 row in the checkpoint's history
+            metric = module.metric_name
+            before = {
+                f"val_{metric}": evaluate(model, task, num_classes, val, config.batch_size * 2)[metric],
+                f"report_{metric}": evaluate(model, task, num_classes, report, config.batch_size * 2)[metric],
+            }
+            module.history.append({"epoch": 0.0, **before})
+            model.train()
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator="auto",
@@ -312,14 +339,17 @@ def fit(
         enable_checkpointing=checkpoint_path is not None,
         callbacks=[
             *callbacks,
-            *([EpochCheckpoint(checkpoint_path), ResumableRandomness(data_order=generator)] if checkpoint_path else []),
+            *(
+                [EpochCheckpoint(checkpoint_path), ResumableRandomness(data_order=generator)]
+                if checkpoint_path
+                else []
+            ),
         ],
         enable_model_summary=False,
         enable_progress_bar=config.progress,
         num_sanity_val_steps=0,
         deterministic=False,
     )
-    resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
     fit_resumable(
         trainer,
         module,
@@ -373,7 +403,11 @@ def evaluate(
 def _per_class_metric(task: TaskKind, num_classes: int) -> torchmetrics.Metric:
     if task == "segmentation":
         return torchmetrics.JaccardIndex(
-            task="multiclass", num_classes=num_classes, ignore_index=IGNORE_INDEX, average="none", zero_division=float("nan")
+            task="multiclass",
+            num_classes=num_classes,
+            ignore_index=IGNORE_INDEX,
+            average="none",
+            zero_division=float("nan"),
         )
     if task == "multilabel":
         return torchmetrics.classification.MultilabelAveragePrecision(num_labels=num_classes, average=None)
