@@ -32,7 +32,16 @@ from rich.progress import Progress
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.data import recorded_normalization
-from geosane.downstream.config import CompareConfig, check_compare_config, load_compare_config
+from geosane.downstream.config import CONTROL_KINDS, CompareConfig, check_compare_config, load_compare_config
+from geosane.downstream.controls import (
+    NotApplicable,
+    WeightSource,
+    larger_member,
+    matched_noise,
+    nearest_member,
+    prune_to,
+    select_weights,
+)
 from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.finetuning import (
     FinetuneResult,
@@ -64,9 +73,9 @@ from geosane.downstream.report import (
 )
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import claim_out_dir, save_safetensors, write_json, write_text
-from geosane.zoo import ArchSpec, load_weights_file
+from geosane.zoo import ArchSpec, LoadedModel, load_weights_file
 
-__all__ = ["CompareResult", "build_initializations", "compare", "run_compare"]
+__all__ = ["CompareResult", "build_initializations", "compare", "plan_initializations", "run_compare"]
 
 
 @dataclass
@@ -133,25 +142,46 @@ def _compared_arch(config: CompareConfig, generated: GeneratedDir | None) -> Arc
 
 def build_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initialization]]:
     """Load (and merge) every initialization of ``config``; raises before anything is written."""
+    arch, inits, _ = plan_initializations(config)
+    return arch, inits
+
+
+def plan_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initialization], dict[str, str]]:
+    """The initializations of ``config`` and, with ``controls.not_applicable=report``, the ones that
+    cannot be built (``name -> why``); with ``error`` (the default) those raise instead."""
     generated = _generated(config)
     arch = _compared_arch(config, generated)
     inits: list[Initialization] = []
+    skipped: dict[str, str] = {}
     if "scratch" in config.inits:
         inits.append(Initialization("scratch", "scratch", arch, None, "random init"))
+    prompt_source = config.prompt or (generated.prompt if generated else None)
+    prompt: LoadedModel | None = None
     if "prompt" in config.inits:
-        prompt = config.prompt or (generated.prompt if generated else None)
-        if not prompt:
+        if not prompt_source:
             raise ConfigError(
                 "init 'prompt' needs prompt: SOURCE (or a generated.dir whose model card names it)"
             )
         if not config.prompt and generated is not None and generated.prompt_is_random_init:
             raise ConfigError(
-                f"the prompt of {generated.path} is {prompt} with random weights (no pretrained ones), so "
+                f"the prompt of {generated.path} is {prompt_source} with random weights (no pretrained ones), so "
                 "a 'prompt' run would only be another scratch run: remove 'prompt' from inits or pass --prompt SOURCE"
             )
-        loaded = load_source(prompt, arch)
-        inits.append(Initialization("prompt", "prompt", arch, loaded.state_dict, prompt, normalization_info(loaded)))
-    inits += zoo_initializations(config.zoo, arch, config.inits)
+        prompt = load_source(prompt_source, arch)
+        inits.append(
+            Initialization(
+                "prompt", "prompt", arch, prompt.state_dict, prompt_source, normalization_info(prompt)
+            )
+        )
+    for kinds in (["zoo_average"], ["ties", "dare"]):
+        wanted = [k for k in kinds if k in config.inits]
+        try:
+            inits += zoo_initializations(config.zoo, arch, wanted)
+        except NotApplicable as exc:
+            if config.controls.not_applicable == "error":
+                raise
+            skipped.update(dict.fromkeys(wanted, str(exc)))
+    candidates = []
     if generated is not None:
         for candidate in generated.candidates[: config.generated.top_k]:
             score = (
@@ -159,16 +189,89 @@ def build_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initial
                 if candidate.proxy_score is not None
                 else ""
             )
-            inits.append(
+            candidates.append(
                 Initialization(
                     f"generated-{candidate.rank}", "generated", arch, load_weights_file(candidate.file),
                     f"{candidate.file.name} (rank {candidate.rank}{score})",
                     {"rank": candidate.rank, "proxy_score": candidate.proxy_score},
                 )
             )  # fmt: skip
+    inits += candidates
+    for kind in CONTROL_KINDS:
+        if kind not in config.inits:
+            continue
+        try:
+            inits.append(_control(kind, config, arch, prompt_source, prompt, candidates))
+        except NotApplicable as exc:
+            if config.controls.not_applicable == "error":
+                raise NotApplicable(f"init '{kind}' is not applicable: {exc}") from None
+            skipped[kind] = str(exc)
     order = {kind: i for i, kind in enumerate(config.inits)}
     inits.sort(key=lambda init: order[init.kind])
-    return arch, inits
+    return arch, inits, skipped
+
+
+def _control(
+    kind: str,
+    config: CompareConfig,
+    arch: ArchSpec,
+    prompt_source: str | None,
+    prompt: LoadedModel | None,
+    generated: list[Initialization],
+) -> Initialization:
+    """One control initialization of :mod:`geosane.downstream.controls` (raises NotApplicable)."""
+    from geosane.zoo import Zoo
+
+    if kind in ("prompt_noise", "nearest") and prompt is None:
+        if not prompt_source:
+            raise NotApplicable("it needs the prompt (prompt: SOURCE or a generated.dir naming it)")
+        prompt = load_source(prompt_source, arch)
+    if kind == "prompt_noise":
+        assert prompt is not None
+        if not generated or generated[0].state_dict is None:
+            raise NotApplicable("it needs generated weights to match their distance (generated.dir)")
+        weights, info = matched_noise(prompt.state_dict, generated[0].state_dict, config.controls.noise_seed)
+        source = f"{prompt_source} + Gaussian noise at the rank-1 candidate's distance (relative {info['distance']:.3f})"
+        return Initialization("prompt_noise", kind, arch, weights, source, info)
+    if kind == "reconstruction":
+        if config.controls.reconstruction_dir is None:
+            raise NotApplicable(
+                "it needs controls.reconstruction_dir: a `geosane generate` output for the nearest zoo "
+                "member with bandwidth 0"
+            )
+        recon = read_generated_dir(config.controls.reconstruction_dir)
+        if not same_architecture(recon.arch, arch):
+            raise NotApplicable(
+                f"{recon.path} holds {recon.arch.name} {recon.arch.kwargs}, not the compared architecture"
+            )
+        first = recon.candidates[0]
+        source = f"autoencoder reconstruction of {recon.prompt} ({first.file})"
+        return Initialization(
+            "reconstruction", kind, arch, load_weights_file(first.file), source, {"of": recon.prompt}
+        )
+    if config.zoo.dir is None:
+        raise NotApplicable("it needs a zoo (zoo.dir)")
+    zoo = Zoo(config.zoo.dir)
+    if kind == "nearest":
+        assert prompt is not None
+        chosen = nearest_member(zoo, arch, prompt.state_dict)
+        return Initialization(
+            "nearest", kind, arch, chosen.state_dict, f"zoo member {chosen.note}", {"member": chosen.entry.id}
+        )
+    if config.controls.larger:
+        entry = zoo.get(config.controls.larger)
+        chosen = WeightSource(entry, zoo.load_state_dict(entry.id), f"{entry.id} (controls.larger)")
+    else:
+        chosen = larger_member(zoo, arch)
+    larger_arch = chosen.entry.arch_spec
+    assert larger_arch is not None
+    if kind == "weight_selection":
+        weights = select_weights(arch, chosen.state_dict)
+        how = "weight selection (leading channels, first blocks) from"
+    else:
+        weights = prune_to(arch, larger_arch, chosen.state_dict)
+        how = "L1-ranked hidden units, leading residual channels, pruned from"
+    return Initialization(kind, kind, arch, weights, f"{how} {chosen.note}", {"member": chosen.entry.id})
 
 
 def _notes(config: CompareConfig, inits: list[Initialization], data: TaskData) -> list[str]:
@@ -239,7 +342,7 @@ def compare(
             "data.test_data": config.data.test_data,
         },
     )
-    arch, inits = build_initializations(config)
+    arch, inits, skipped = plan_initializations(config)
     # every run sees the same inputs: the prompt's recorded normalization when it has one
     recorded = next((recorded_normalization(i.info) for i in inits if i.kind == "prompt"), None)
     data = load_task_data(config.data, config.task.kind, recorded)
@@ -254,13 +357,13 @@ def compare(
             fit_config = replace(config.train, seed=seed, progress=False)
             run_dir = out / "runs" / init.name / f"seed{seed}"
             plans[(init.name, seed)] = plan_run(
-                run_dir, init, data, config.task, fit_config, config.data, overwrite
+                run_dir, init, data, config.task, fit_config, config.data, overwrite, config.test_curve
             )
 
     claim_out_dir(out, "compare")
     save_config(config, out / "config.yaml")
     for init in inits:
-        if init.kind in ("zoo_average", "ties", "dare") and init.state_dict is not None:
+        if init.kind in ("zoo_average", "ties", "dare", *CONTROL_KINDS) and init.state_dict is not None:
             save_safetensors(
                 init.state_dict, out / "inits" / f"{init.name}.safetensors", metadata={"source": init.source}
             )
@@ -275,9 +378,15 @@ def compare(
     else:
         finished = _run_sequential(config, data, jobs, plans, out, show_progress, callbacks)
     results = {init.name: [finished[(init.name, seed)] for seed in config.seeds] for init in inits}
-    result = _write_outputs(config, out, data, arch, inits, results)
+    result = _write_outputs(config, out, data, arch, inits, results, skipped)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _jsonable_info(init: Initialization) -> dict[str, Any]:
+    """An initialization's source and the plain values of its info (for summary.json)."""
+    info = {k: v for k, v in init.info.items() if isinstance(v, str | int | float | bool | list) or v is None}
+    return {"source": init.source, **info}
 
 
 def _status(result: FinetuneResult) -> str:
@@ -327,7 +436,7 @@ def _run_one(
     fit_config = replace(config.train, seed=seed, progress=False)
     return run_finetune(
         init, data, config.task, fit_config, plan, save_weights=False, progress=progress,
-        extra={"compare_out": out}, callbacks=callbacks,
+        extra={"compare_out": out}, callbacks=callbacks, test_curve=config.test_curve,
     )  # fmt: skip
 
 
@@ -355,7 +464,9 @@ def _run_parallel(
     for init, seed in jobs:
         plan = plans[(init.name, seed)]
         if plan.state == "done":
-            finished[(init.name, seed)] = run_finetune(init, data, config.task, config.train, plan)
+            finished[(init.name, seed)] = run_finetune(
+                init, data, config.task, config.train, plan
+            )  # reads it back
         else:
             todo.append((init, seed))
     context = multiprocessing.get_context("spawn")
@@ -395,7 +506,9 @@ def _write_outputs(
     arch: ArchSpec,
     inits: list[Initialization],
     results: dict[str, list[FinetuneResult]],
+    skipped: dict[str, str] | None = None,
 ) -> CompareResult:
+    skipped = skipped or {}
     kinds = {i.name: i.kind for i in inits}
     sources = {i.name: i.source for i in inits}
     metric = next(iter(results.values()))[0].metric
@@ -424,11 +537,14 @@ def _write_outputs(
             "verdict": text,
             "meta": meta,
             "inits": [s.__dict__ for s in summaries],
+            "not_applicable": skipped,
+            "init_info": {i.name: _jsonable_info(i) for i in inits},
             "config": to_dict(config),
         },
     )
     if config.plots:
         plot_curves(results, metric, out / "curves.png")
         plot_final(summaries, metric, out / "final_metric.png")
-    write_text(out / "report.md", render_report(summaries, metric, meta, _notes(config, inits, data)))
+    notes = _notes(config, inits, data) + [f"{name}: not applicable: {why}" for name, why in skipped.items()]
+    write_text(out / "report.md", render_report(summaries, metric, meta, notes))
     return CompareResult(out, metric, results, summaries, text)

@@ -17,9 +17,12 @@ from geosane.errors import ConfigError
 from geosane.tasks import FitConfig
 
 __all__ = [
+    "CONTROL_KINDS",
+    "DEFAULT_INITS",
     "INIT_KINDS",
     "ArchConfig",
     "CompareConfig",
+    "ControlsConfig",
     "DareConfig",
     "DataConfig",
     "FinetuneConfig",
@@ -34,7 +37,10 @@ __all__ = [
     "resolve_config_path",
 ]
 
-INIT_KINDS = ("scratch", "prompt", "zoo_average", "ties", "dare", "generated")
+DEFAULT_INITS = ("scratch", "prompt", "zoo_average", "ties", "dare", "generated")
+# the controls of geosane.downstream.controls: what generated weights must beat (method notes §4)
+CONTROL_KINDS = ("prompt_noise", "nearest", "reconstruction", "weight_selection", "pruned")
+INIT_KINDS = (*DEFAULT_INITS, *CONTROL_KINDS)
 
 
 @dataclass
@@ -149,6 +155,25 @@ class GeneratedConfig:
 
 
 @dataclass
+class ControlsConfig:
+    """Settings of the control initializations (``geosane.downstream.controls``).
+
+    ``prompt_noise``: the prompt plus Gaussian noise at the rank-1 generated candidate's distance,
+    per tensor (``noise_seed``). ``nearest``: the zoo member of the compared architecture nearest
+    to the prompt. ``reconstruction``: candidate 1 of ``reconstruction_dir``, a ``geosane generate``
+    output for the nearest member with ``--bandwidth 0`` (the autoencoder's reconstruction of it).
+    ``weight_selection`` / ``pruned``: inherited from the smallest larger zoo model of the same
+    family (``larger``: a zoo id to use instead). ``not_applicable``: ``error`` refuses a control
+    that cannot be built; ``report`` lists it in the report as "not applicable: why".
+    """
+
+    noise_seed: int = 0
+    reconstruction_dir: Path | None = None
+    larger: str | None = None
+    not_applicable: Literal["error", "report"] = "error"
+
+
+@dataclass
 class CompareConfig:
     """``geosane compare``: the same architecture and budget from several initializations.
 
@@ -161,10 +186,12 @@ class CompareConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: FitConfig = field(default_factory=FitConfig)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    inits: list[str] = field(default_factory=lambda: list(INIT_KINDS))
+    inits: list[str] = field(default_factory=lambda: list(DEFAULT_INITS))
     prompt: str | None = None
     zoo: ZooInitConfig = field(default_factory=ZooInitConfig)
     generated: GeneratedConfig = field(default_factory=GeneratedConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
+    test_curve: bool = False  # also record test after every epoch and before training (reported only)
     out: Path | None = None
     plots: bool = True
     workers: int = 1

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from geosane.downstream.config import ArchConfig, ZooInitConfig
+from geosane.downstream.controls import NotApplicable
 from geosane.downstream.merges import average_merge, dare_merge, ties_merge
 from geosane.errors import GeosaneError, SourceError
 from geosane.io import read_json, sha256_tensors
@@ -273,7 +274,7 @@ def _select_members(
                 how += f" fine-tuned from '{base}' (metadata init_from)"
     note = f"{len(members)} members: {how}"
     if not members:
-        raise GeosaneError(
+        raise NotApplicable(
             f"zoo {zoo.path} has no {arch.library}:{arch.name} members to merge (after exclusions); "
             "name them with zoo.members or add models of that architecture"
         )
@@ -308,7 +309,7 @@ def zoo_initializations(config: ZooInitConfig, arch: ArchSpec, kinds: list[str])
     task_merges = [k for k in wanted if k != "zoo_average"]
     if task_merges:
         if base_source is None:
-            raise GeosaneError(
+            raise NotApplicable(
                 f"TIES/DARE need the shared base the zoo members were fine-tuned from: set zoo.base "
                 f"(a zoo id or model source), or record metadata init_from in the zoo {zoo.path}"
             )
