@@ -26,6 +26,7 @@ CLI_MODULES = (
     "geosane.downstream.cli",
     "geosane.analysis.cli",
     "geosane.difuser.cli",
+    "geosane.benchmark.cli",
     "geosane.demo",
 )
 

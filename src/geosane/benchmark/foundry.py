@@ -1,0 +1,432 @@
+"""``geosane bench foundry``: does generation add knowledge a user could not get otherwise?
+
+A transfer benchmark in the paper's setting (method notes §1.6, §4), built from one image folder:
+
+    image folder ──► split per class: SOURCE images | TARGET images (never seen by any model)
+    SOURCE ──► zoo build (class-subset source tasks, 4 families, several sizes)   OUT/zoo
+           ──► prompts (another source task, kept out of the zoo)                  OUT/prompts
+    zoo ──► tokenize ──► autoencoder ──► generate for each prompt case             OUT/generated/<case>
+    TARGET train/select/test ──► compare every control at one budget, N seeds    OUT/compare/<case>
+    levers: other generator settings, generated-only compares on the same seeds  OUT/levers/<name>
+    ──► OUT/report.md, OUT/report.json, plots
+
+Selection (generate's candidate ranking) sees only the target's ``select`` folder; ``test`` is
+only reported. Every stage resumes: a rerun after an interruption skips what is finished and gives
+the numbers of an uninterrupted run (everything is seeded). Settings: ``configs/bench/foundry.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geosane.config import PACKAGED_CONFIGS, load_config, save_config, to_dict
+from geosane.console import console
+from geosane.errors import ConfigError, DataError
+from geosane.io import claim_out_dir, read_json, write_json
+
+__all__ = [
+    "BenchBudget",
+    "FoundryBenchConfig",
+    "FoundryResult",
+    "GeneratorSetting",
+    "PromptCase",
+    "load_bench_config",
+    "run_foundry_bench",
+    "split_source_target",
+]
+
+CONTROLS = [
+    "scratch", "prompt", "prompt_noise", "nearest", "reconstruction", "zoo_average", "ties", "dare",
+    "weight_selection", "pruned", "generated",
+]  # fmt: skip
+
+
+@dataclass
+class GeneratorSetting:
+    """One ``geosane generate`` configuration (the fields of :class:`GenerateConfig` it sets)."""
+
+    num_candidates: int = 10
+    top_k: int = 3
+    bandwidth: float = 0.5
+    anchors: int = 4
+    decode: str = "residual"
+    kde_mode: str = "token"
+    proxy: str = "knn"
+    generate_only: list[str] = field(default_factory=list)
+    bn_batches: int = 4
+
+
+@dataclass
+class PromptCase:
+    """A prompt of the benchmark: a model of the prompts zoo, and what the case tests."""
+
+    name: str
+    prompt: str
+    description: str = ""
+
+
+@dataclass
+class BenchBudget:
+    """The fine-tuning budget every initialization gets on the target (same for all)."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.003
+    warmup_epochs: float = 0.5
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    workers: int = 2
+
+
+@dataclass
+class Lever:
+    """A generator setting measured against the main one (``settings`` override its fields)."""
+
+    name: str
+    description: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FoundryBenchConfig:
+    """Settings of ``geosane bench foundry`` (``configs/bench/foundry.yaml``)."""
+
+    out: Path = Path("geosane-bench-foundry")
+    data: Path | None = None
+    eval_folder: Path | None = None  # a separate folder of the target's classes used as test split
+    image_size: int = 32
+    source_fraction: float = 0.5
+    target_fractions: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.5, "select": 0.2, "test": 0.3}
+    )
+    split_seed: int = 0
+    seed: int = 0
+    zoo_recipe: str = "foundry_source"
+    prompts_recipe: str = "foundry_prompts"
+    token_size: int = 128
+    autoencoder_preset: str = "small"
+    autoencoder: dict[str, Any] = field(default_factory=dict)
+    generator: GeneratorSetting = field(default_factory=GeneratorSetting)
+    cases: list[PromptCase] = field(default_factory=list)
+    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
+    budget: BenchBudget = field(default_factory=BenchBudget)
+    levers: list[Lever] = field(default_factory=list)
+    lever_case: str = "a"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.source_fraction < 1.0:
+            raise ValueError(f"source_fraction must be in (0, 1), got {self.source_fraction}")
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise ValueError(f"unknown control(s) {unknown}; choose from {', '.join(CONTROLS)}")
+        if "generated" not in self.controls:
+            raise ValueError("controls must include 'generated' (what the benchmark measures)")
+        names = [c.name for c in self.cases]
+        if len(names) != len(set(names)):
+            raise ValueError(f"prompt case names must be distinct, got {names}")
+        lever_names = [lever.name for lever in self.levers]
+        if len(lever_names) != len(set(lever_names)):
+            raise ValueError(f"lever names must be distinct, got {lever_names}")
+        known = {f.name for f in dataclasses.fields(GeneratorSetting)}
+        for lever in self.levers:
+            bad = sorted(set(lever.settings) - known)
+            if bad:
+                raise ValueError(
+                    f"lever '{lever.name}': unknown generator setting(s) {bad} (known: {sorted(known)})"
+                )
+        if self.levers and self.lever_case not in names:
+            raise ValueError(f"lever_case '{self.lever_case}' is not a prompt case ({', '.join(names)})")
+
+
+@dataclass
+class FoundryResult:
+    out: Path
+    report: Path
+    seconds: dict[str, float]
+    summary: dict[str, Any]
+
+
+def load_bench_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> FoundryBenchConfig:
+    """The packaged ``foundry`` config (or ``quick``), or a YAML file, plus dotted overrides."""
+    if path is None or str(path) in ("foundry", "quick"):
+        name = "foundry" if path is None or str(path) == "foundry" else "foundry_quick"
+        path = PACKAGED_CONFIGS / "bench" / f"{name}.yaml"
+    try:
+        return load_config(FoundryBenchConfig, path, list(overrides))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
+    """Copy the folder into ``OUT/data``: ``source/`` and ``target/{train,select,test}/``, per class.
+
+    Every class's files are shuffled with ``split_seed``; the first ``source_fraction`` go to the
+    source pool (zoo and prompts), the rest to the target, itself cut by ``target_fractions``.
+    ``OUT/data/split.json`` lists every file. Copies (not links): the benchmark must not change
+    when the original folder does.
+    """
+    from geosane.data.folder import IMAGE_EXTENSIONS
+
+    if cfg.data is None:
+        raise DataError(
+            "pass the image folder with --data (root/<class>/<image>), e.g. ../shared/data/rsscn7"
+        )
+    root = Path(cfg.data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"--data {root} needs at least two class sub-folders")
+    out = cfg.out / "data"
+    parts = {"source": out / "source", **{n: out / "target" / n for n in ("train", "select", "test")}}
+    settings = {"root": str(root.resolve()), "seed": cfg.split_seed, "source_fraction": cfg.source_fraction,
+                "target_fractions": dict(cfg.target_fractions)}  # fmt: skip
+    if (out / "split.json").is_file():
+        recorded = read_json(out / "split.json")
+        changed = [k for k, v in settings.items() if recorded.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"{cfg.out} holds a benchmark split with other settings ({', '.join(changed)}: "
+                f"{[recorded.get(k) for k in changed]} there, {[settings[k] for k in changed]} now); "
+                "its zoo and runs belong to that split: choose another output directory"
+            )
+        return parts
+    fractions = cfg.target_fractions
+    if set(fractions) != {"train", "select", "test"} or min(fractions.values()) <= 0:
+        raise ConfigError(f"target_fractions needs positive train, select and test, got {fractions}")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = random.Random(cfg.split_seed)
+    listing: dict[str, dict[str, list[str]]] = {}
+    total = sum(fractions.values())
+    for cls in classes:
+        files = sorted(p for p in cls.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        rng.shuffle(files)
+        n_source = round(len(files) * cfg.source_fraction)
+        target = files[n_source:]
+        n_train = round(len(target) * fractions["train"] / total)
+        n_select = round(len(target) * fractions["select"] / total)
+        chunks = {
+            "source": files[:n_source],
+            "train": target[:n_train],
+            "select": target[n_train : n_train + n_select],
+            "test": target[n_train + n_select :],
+        }
+        for name, chosen in chunks.items():
+            if not chosen:
+                raise DataError(
+                    f"class {cls.name} has {len(files)} images: too few for a non-empty '{name}' part"
+                )
+            folder = (tmp / "source" if name == "source" else tmp / "target" / name) / cls.name
+            folder.mkdir(parents=True)
+            for f in chosen:
+                shutil.copy2(f, folder / f.name)
+        listing[cls.name] = {name: [f.name for f in chosen] for name, chosen in chunks.items()}
+    write_json(tmp / "split.json", {**settings, "files": listing})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return parts
+
+
+def _target_images(parts: dict[str, Path], eval_folder: Path | None) -> list[Path]:
+    from geosane.data.folder import IMAGE_EXTENSIONS
+
+    folders = [parts["train"], parts["select"], eval_folder or parts["test"]]
+    return sorted(p for folder in folders for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def _build(cfg: FoundryBenchConfig, recipe: str, where: str, source: Path) -> Path:
+    from geosane.zoo import build_zoo
+
+    build_zoo(recipe, cfg.out / where, {"dataset": str(source), "image_size": cfg.image_size,
+                                        "split_seed": cfg.split_seed})  # fmt: skip
+    return cfg.out / where
+
+
+def _check_leakage(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> list[str]:
+    """Refuse zoo or prompt models that saw any target image (the error names them)."""
+    from geosane.zoo import Zoo, check_disjoint
+
+    images = _target_images(parts, cfg.eval_folder)
+    unknown = []
+    for where in ("zoo", "prompts"):
+        unknown += check_disjoint(Zoo(cfg.out / where), images, what="the target")
+    return unknown
+
+
+def _tokens(cfg: FoundryBenchConfig, zoo: Path) -> Path:
+    from geosane.tokens import tokenize_zoo
+
+    tokenize_zoo(zoo, cfg.out / "tokens", token_size=cfg.token_size)
+    return cfg.out / "tokens"
+
+
+def _autoencoder(cfg: FoundryBenchConfig, store: Path) -> Path:
+    from geosane.autoencoder import load_autoencoder_config
+    from geosane.autoencoder.training import checkpoints, train
+
+    out = cfg.out / "autoencoder"
+    overrides = {"model.d_t": cfg.token_size, **cfg.autoencoder, "data.store": str(store),
+                 "train.out": str(out), "train.seed": cfg.seed}  # fmt: skip
+    ae_cfg = load_autoencoder_config(cfg.autoencoder_preset, overrides)
+    export, summary = out / "autoencoder.safetensors", out / "summary.json"
+    if export.exists() and summary.exists() and read_json(summary).get("steps") == ae_cfg.train.max_steps:
+        console.print(f"autoencoder: {export} is finished ({ae_cfg.train.max_steps} steps)")
+        return export
+    return train(ae_cfg, resume=bool(checkpoints(out / "checkpoints"))).export
+
+
+def _generate(cfg: FoundryBenchConfig, setting: GeneratorSetting, prompt: str, out: Path, ae: Path,
+              parts: dict[str, Path]) -> Path:  # fmt: skip
+    from geosane.generation import generate
+    from geosane.generation.pipeline import config_from_kwargs
+
+    if (out / "model_card.json").exists():
+        return out
+    generate(
+        config_from_kwargs(
+            ae=ae, prompt=prompt, out=out, num_candidates=setting.num_candidates,
+            top_k=min(setting.top_k, setting.num_candidates), select_data=parts["select"],
+            select_split="all", image_size=cfg.image_size, kde_mode=setting.kde_mode,
+            bandwidth=setting.bandwidth, seed=cfg.seed, store=cfg.out / "tokens" if setting.anchors else None,
+            anchors=setting.anchors, decode=setting.decode, proxy=setting.proxy,
+            generate_only=list(setting.generate_only), bn_batches=setting.bn_batches, overwrite=True,
+        )
+    )  # fmt: skip
+    return out
+
+
+def _reconstruction(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, ae: Path,
+                    parts: dict[str, Path]) -> tuple[Path | None, str]:  # fmt: skip
+    """The autoencoder's reconstruction of the zoo member nearest to the prompt (bandwidth 0);
+    ``(None, why)`` when there is no such member."""
+    from geosane.downstream.controls import NotApplicable, nearest_member
+    from geosane.downstream.inits import load_source
+    from geosane.zoo import Zoo
+
+    loaded = load_source(prompt)
+    assert loaded.arch is not None
+    try:
+        nearest = nearest_member(Zoo(cfg.out / "zoo"), loaded.arch, loaded.state_dict)
+    except NotApplicable as exc:
+        return None, f"no nearest zoo member to reconstruct ({exc})"
+    setting = GeneratorSetting(num_candidates=1, top_k=1, bandwidth=0.0, anchors=0, decode="direct")
+    source = f"zoo:{(cfg.out / 'zoo').resolve()}#{nearest.entry.id}"
+    out = _generate(
+        cfg, setting, source, cfg.out / "generated" / f"{case.name}-nearest-reconstruction", ae, parts
+    )
+    return out, nearest.entry.id
+
+
+def _compare(cfg: FoundryBenchConfig, name: str, prompt: str, generated: Path, parts: dict[str, Path],
+             inits: list[str], reconstruction: Path | None, test_curve: bool = True) -> Any:  # fmt: skip
+    from geosane.downstream import compare, load_compare_config
+
+    budget = cfg.budget
+    overrides = {
+        "data.root": str(parts["train"]), "data.select_data": str(parts["select"]),
+        "data.test_data": str(cfg.eval_folder or parts["test"]), "data.image_size": cfg.image_size,
+        "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"), "generated.dir": str(generated),
+        "generated.top_k": 1, "arch.name": "", "inits": inits, "seeds": list(budget.seeds),
+        "train.epochs": budget.epochs, "train.batch_size": budget.batch_size, "train.lr": budget.lr,
+        "train.warmup_epochs": budget.warmup_epochs, "workers": budget.workers,
+        "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
+        "controls.reconstruction_dir": str(reconstruction) if reconstruction else None,
+        "test_curve": test_curve, "out": str(cfg.out / name), "plots": True,
+    }  # fmt: skip
+    return compare(load_compare_config("compare_rsscn7", overrides))
+
+
+def _prompt_source(cfg: FoundryBenchConfig, case: PromptCase) -> str:
+    from geosane.zoo import Zoo
+
+    prompts = cfg.out / "prompts"
+    if case.prompt in Zoo(prompts).ids:
+        return f"zoo:{prompts.resolve()}#{case.prompt}"
+    return case.prompt
+
+
+def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
+    """Run (or resume) the benchmark and write ``OUT/report.md``."""
+    from geosane.benchmark.report import case_summary, lever_summary, write_report
+
+    if not cfg.cases:
+        raise ConfigError("the benchmark has no prompt cases (cases: [...])")
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        console.rule(f"[bold]{stage}")
+        started = time.perf_counter()
+        value = fn(*args)
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
+        return value
+
+    if cfg.data is None:
+        raise DataError(
+            "pass the image folder with --data (root/<class>/<image>), e.g. ../shared/data/rsscn7"
+        )
+    if cfg.eval_folder is not None and not Path(cfg.eval_folder).is_dir():
+        raise DataError(f"--eval-folder {cfg.eval_folder} is not a directory (root/<class>/<image>)")
+    created = not cfg.out.exists()
+    claim_out_dir(cfg.out, "bench-foundry", {"--data": cfg.data, "--eval-folder": cfg.eval_folder})
+    started = time.perf_counter()
+    try:
+        parts = timed("data split", split_source_target, cfg)
+    except (DataError, ConfigError):
+        if created:
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
+    save_config(cfg, cfg.out / "bench.yaml")
+    timed("zoo build", _build, cfg, cfg.zoo_recipe, "zoo", parts["source"])
+    timed("prompts", _build, cfg, cfg.prompts_recipe, "prompts", parts["source"])
+    unknown = timed("leakage check", _check_leakage, cfg, parts)
+    store = timed("tokenize", _tokens, cfg, cfg.out / "zoo")
+    ae = timed("autoencoder", _autoencoder, cfg, store)
+    cases = []
+    for case in cfg.cases:
+        prompt = _prompt_source(cfg, case)
+        generated = timed(f"generate ({case.name})", _generate, cfg, cfg.generator, prompt,
+                          cfg.out / "generated" / case.name, ae, parts)  # fmt: skip
+        recon, reasons = None, {}
+        if "reconstruction" in cfg.controls:
+            recon, why = timed(f"reconstruction ({case.name})", _reconstruction, cfg, case, prompt, ae, parts)
+            reasons = {"reconstruction": why} if recon is None and why else {}
+        result = timed(f"compare ({case.name})", _compare, cfg, f"compare/{case.name}", prompt, generated,
+                       parts, list(cfg.controls), recon)  # fmt: skip
+        cases.append(
+            timed(
+                f"novelty ({case.name})", case_summary, cfg, case, prompt, generated, result, parts, reasons
+            )
+        )
+    levers = []
+    lever_case = next((c for c in cfg.cases if c.name == cfg.lever_case), None)
+    for lever in cfg.levers if lever_case is not None else []:
+        assert lever_case is not None
+        setting = dataclasses.replace(cfg.generator, **lever.settings)
+        prompt = _prompt_source(cfg, lever_case)
+        generated = timed("levers", _generate, cfg, setting, prompt, cfg.out / "levers" / lever.name / "generated",
+                          ae, parts)  # fmt: skip
+        result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
+                       ["generated"], None, False)  # fmt: skip
+        levers.append(lever_summary(lever, setting, result))
+    seconds["total"] = time.perf_counter() - started
+    summary = {"config": to_dict(cfg), "cases": cases, "levers": levers, "unknown_provenance": unknown,
+               "seconds": seconds}  # fmt: skip
+    report = write_report(cfg, summary)
+    return FoundryResult(cfg.out, report, seconds, summary)

@@ -1,0 +1,150 @@
+"""``geosane bench foundry``: the source/target split, the leakage check, bad input, and (slow) a
+whole tiny benchmark that resumes to the same numbers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geosane.benchmark.foundry import (
+    FoundryBenchConfig,
+    _check_leakage,
+    load_bench_config,
+    run_foundry_bench,
+    split_source_target,
+)
+from geosane.errors import ConfigError, GeosaneError
+from geosane.zoo import build_zoo
+from tests.conftest import run_cli
+
+S1 = ["aGrass", "bField", "cIndustry", "dRiverLake"]
+S2 = ["eForest", "fResident", "gParking", "aGrass"]
+S4 = ["cIndustry", "dRiverLake", "eForest", "gParking"]
+QUARTER = {"name": "resnet18", "kwargs": {"channels": [16, 32, 64, 128]}}
+
+
+def _recipe(path: Path, members: list[dict[str, object]]) -> Path:
+    recipe = {
+        "name": path.stem, "dataset": "unused", "image_size": 16, "num_threads": 1,
+        "fractions": {"train": 0.7, "select": 0.15, "test": 0.15},
+        "defaults": {"epochs": 1, "lr": 0.003, "batch_size": 64}, "members": members,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _tiny_config(tmp_path: Path, data: Path) -> FoundryBenchConfig:
+    zoo = _recipe(tmp_path / "source.yaml", [
+        {"name": "q-base", "arch": QUARTER, "seed": 1, "classes": S1},
+        {"name": "q-ft", "init_from": "q-base", "seed": 2, "classes": S2},
+        {"name": "h-s1", "arch": {"name": "resnet18", "kwargs": {"channels": [32, 64, 128, 256]}}, "seed": 3, "classes": S1},
+    ])  # fmt: skip
+    prompts = _recipe(
+        tmp_path / "prompts.yaml", [{"name": "prompt-a", "arch": QUARTER, "seed": 4, "classes": S4}]
+    )
+    return load_bench_config("quick", [
+        f"out={tmp_path / 'bench'}", f"data={data}", "image_size=16", f"zoo_recipe={zoo}",
+        f"prompts_recipe={prompts}", "cases=[{name: a, prompt: prompt-a, description: in the zoo}]",
+        "autoencoder.train.max_steps=6", "autoencoder.train.ckpt_every=3", "autoencoder.train.val_every=3",
+        "budget.seeds=[0]",
+    ])  # fmt: skip
+
+
+def test_split_keeps_source_and_target_apart_and_is_seeded(rsscn7_root: Path, tmp_path: Path) -> None:
+    cfg = FoundryBenchConfig(out=tmp_path / "a", data=rsscn7_root)
+    parts = split_source_target(cfg)
+    listing = json.loads((cfg.out / "data" / "split.json").read_text())["files"]
+    assert sorted(listing) == sorted(p.name for p in rsscn7_root.iterdir())
+    for cls, chunks in listing.items():
+        names = [n for chunk in chunks.values() for n in chunk]
+        assert len(names) == len(set(names)) == 300  # every image in exactly one part
+        assert len(chunks["source"]) == 150 and (
+            len(chunks["train"]),
+            len(chunks["select"]),
+            len(chunks["test"]),
+        ) == (75, 30, 45)
+        for part, folder in parts.items():
+            assert sorted(p.name for p in (folder / cls).iterdir()) == sorted(chunks[part])
+    again = split_source_target(FoundryBenchConfig(out=tmp_path / "b", data=rsscn7_root))
+    assert all(
+        sorted(p.name for p in (again[k] / "aGrass").iterdir())
+        == sorted(p.name for p in (parts[k] / "aGrass").iterdir())
+        for k in parts
+    )
+    with pytest.raises(ConfigError, match="split with other settings \\(seed"):
+        split_source_target(FoundryBenchConfig(out=tmp_path / "a", data=rsscn7_root, split_seed=1))
+
+
+def test_a_zoo_member_that_saw_target_images_is_refused_by_name(rsscn7_root: Path, tmp_path: Path) -> None:
+    cfg = _tiny_config(tmp_path, rsscn7_root)
+    parts = split_source_target(cfg)
+    leaky = _recipe(tmp_path / "leaky.yaml", [{"name": "leaky", "arch": QUARTER, "seed": 1, "classes": S1}])
+    build_zoo(leaky, cfg.out / "zoo", {"dataset": str(parts["test"])})  # trained on the target's test images
+    build_zoo(cfg.prompts_recipe, cfg.out / "prompts", {"dataset": str(parts["source"])})
+    with pytest.raises(GeosaneError, match="zoo member 'leaky' saw 180 of the target's 1050 images"):
+        _check_leakage(cfg, parts)
+
+
+def test_bad_settings_and_data_are_refused_before_anything_is_written(
+    rsscn7_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    for override, message in (
+        ("controls=[scratch, nope]", "unknown control(s) ['nope']"),
+        ("controls=[scratch, prompt]", "controls must include 'generated'"),
+        (
+            "levers=[{name: x, settings: {bandwith: 1}}]",
+            "lever 'x': unknown generator setting(s) ['bandwith']",
+        ),
+        ("lever_case=z", "lever_case 'z' is not a prompt case"),
+    ):
+        code, _, err = run_cli(
+            capsys, "bench", "foundry", "--quick", "--data", str(rsscn7_root), "--out", str(out), override
+        )
+        assert code == 2 and message in " ".join(err.split()), err
+    code, _, err = run_cli(
+        capsys, "bench", "foundry", "--quick", "--data", str(tmp_path / "missing"), "--out", str(out)
+    )
+    assert code == 2 and "is not a directory" in err
+    code, _, err = run_cli(capsys, "bench", "foundry", "--quick", "--out", str(out))
+    assert code == 2 and "pass the image folder with --data" in err
+    assert not out.exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(
+        capsys, "bench", "foundry", "--quick", "--data", str(rsscn7_root), "--out", str(tmp_path / "notes")
+    )
+    assert code == 2 and (tmp_path / "notes" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_reports_every_control_and_resumes_to_the_same_numbers(
+    rsscn7_root: Path, tmp_path: Path
+) -> None:
+    cfg = _tiny_config(tmp_path, rsscn7_root)
+    result = run_foundry_bench(cfg)
+    report = result.report.read_text()
+    case = result.summary["cases"][0]
+    names = [r["name"] for r in case["rows"]]
+    assert names == ["scratch", "prompt", "prompt_noise", "nearest", "reconstruction", "zoo_average", "ties",
+                     "dare", "weight_selection", "pruned", "generated-1"]  # fmt: skip
+    assert case["not_applicable"] == {}  # q-ft has a recorded base; h-s1 is larger than the prompt
+    assert "not applicable: knowledge distillation" in report and "## Generator levers" in report
+    assert case["novelty"][0]["nearest"] in ("q-base", "q-ft")
+    for png in ("paired_differences.png", "test_curves.png"):
+        assert (cfg.out / png).read_bytes()[:4] == b"\x89PNG"
+    # interrupted after the first comparison: drop what came later and rerun
+    first = json.loads((cfg.out / "report.json").read_text())
+    shutil.rmtree(cfg.out / "levers")
+    (cfg.out / "report.md").unlink()
+    for run in (cfg.out / "compare" / "a" / "runs" / "generated-1").iterdir():
+        (run / "metrics.json").unlink()
+    again = run_foundry_bench(cfg)
+    second = json.loads((cfg.out / "report.json").read_text())
+    assert second["cases"] == first["cases"] and second["levers"] == first["levers"]
+    assert again.report.read_text().split("## Plots")[0] == report.split("## Plots")[0]
