@@ -132,9 +132,10 @@ def test_tiny_benchmark_reports_every_control_and_resumes_to_the_same_numbers(
     case = result.summary["cases"][0]
     names = [r["name"] for r in case["rows"]]
     assert names == ["scratch", "prompt", "prompt_noise", "nearest", "reconstruction", "zoo_average", "ties",
-                     "dare", "weight_selection", "pruned", "generated-1"]  # fmt: skip
+                     "dare", "weight_selection", "pruned", "distillation", "generated-1"]  # fmt: skip
     assert case["not_applicable"] == {}  # q-ft has a recorded base; h-s1 is larger than the prompt
-    assert "not applicable: knowledge distillation" in report and "## Generator levers" in report
+    assert "## Generator levers" in report and "(teacher)" in report
+    assert sorted(result.summary["teacher"]["fine_tuned"]) == ["h-s1", "q-base", "q-ft"]
     assert case["novelty"][0]["nearest"] in ("q-base", "q-ft")
     for png in ("paired_differences.png", "test_curves.png"):
         assert (cfg.out / png).read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from geosane.downstream.controls import (
     select_weights,
     weight_distance,
 )
+from geosane.errors import GeosaneError
 from geosane.zoo import ArchSpec, LoadedModel, Zoo, build_architecture
 
 from .downstream_fakes import perturbed, write_generated_dir
@@ -142,3 +144,48 @@ def test_compare_runs_the_controls_and_reports_the_inapplicable_ones(
     assert history[0].endswith("test_accuracy") and [row.split(",")[0] for row in history[1:]] == ["0", "1"]
     final = result.results["nearest"][0]
     assert final.history[-1]["report_accuracy"] == pytest.approx(final.test)
+
+
+def test_distillation_loss_is_zero_against_itself_and_positive_otherwise() -> None:
+    from geosane.tasks import Distillation
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    distill = Distillation(teacher, alpha=1.0, temperature=2.0)
+    assert float(distill.loss(teacher(x).detach(), x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill.loss(torch.zeros(8, 3), x)) > 0 and not any(
+        p.requires_grad for p in teacher.parameters()
+    )
+    with pytest.raises(ValueError, match="alpha"):
+        Distillation(teacher, alpha=1.5)
+
+
+def test_compare_distils_from_a_finetuned_teacher_and_refuses_one_for_other_classes(
+    rsscn7_root: Path, tmp_path: Path
+) -> None:
+    from geosane.downstream import finetune, load_finetune_config
+
+    data = {"data.root": str(rsscn7_root), "data.image_size": 16, "data.train_per_class": 3,
+            "data.max_samples.select": 14, "data.max_samples.test": 28, "train.epochs": 1,
+            "train.batch_size": 21, "arch.name": "test_resnet"}  # fmt: skip
+    teacher = finetune(
+        load_finetune_config("rsscn7", {**data, "out": str(tmp_path / "teacher")}), show_progress=False
+    )
+    overrides = {**data, "seeds": [0], "inits": ["scratch", "distillation"], "controls.teacher": str(teacher.out_dir),
+                 "out": str(tmp_path / "cmp"), "plots": False}  # fmt: skip
+    result = compare(load_compare_config("compare_rsscn7", overrides))
+    scratch, distilled = result.results["scratch"][0], result.results["distillation"][0]
+    assert scratch.history[0]["train_loss"] != distilled.history[0]["train_loss"]  # the teacher's term
+    assert (
+        "distilled from"
+        in json.loads((tmp_path / "cmp" / "summary.json").read_text())["init_info"]["distillation"]["source"]
+    )
+    # a teacher for other classes is refused before anything is written
+    three = tmp_path / "three"
+    for cls in sorted(p.name for p in rsscn7_root.iterdir())[:3]:
+        shutil.copytree(rsscn7_root / cls, three / cls)
+    other = {**overrides, "data.root": str(three), "out": str(tmp_path / "cmp3")}
+    with pytest.raises(GeosaneError, match=r"the teacher .* predicts"):
+        compare(load_compare_config("compare_rsscn7", other))
+    assert not (tmp_path / "cmp3").exists()

@@ -6,6 +6,7 @@ A transfer benchmark in the paper's setting (method notes §1.6, §4), built fro
     SOURCE ──► zoo build (class-subset source tasks, 4 families, several sizes)   OUT/zoo
            ──► prompts (another source task, kept out of the zoo)                  OUT/prompts
     zoo ──► tokenize ──► autoencoder ──► generate for each prompt case             OUT/generated/<case>
+    TARGET: every zoo model fine-tuned once, the best on select is the KD teacher OUT/teachers/<id>
     TARGET train/select/test ──► compare every control at one budget, N seeds    OUT/compare/<case>
     levers: other generator settings, generated-only compares on the same seeds  OUT/levers/<name>
     ──► OUT/report.md, OUT/report.json, plots
@@ -44,7 +45,7 @@ __all__ = [
 
 CONTROLS = [
     "scratch", "prompt", "prompt_noise", "nearest", "reconstruction", "zoo_average", "ties", "dare",
-    "weight_selection", "pruned", "generated",
+    "weight_selection", "pruned", "distillation", "generated",
 ]  # fmt: skip
 
 
@@ -334,21 +335,46 @@ def _reconstruction(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, ae: 
     return out, nearest.entry.id
 
 
+def _target_overrides(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> dict[str, Any]:
+    """The target task and budget, the same for every fine-tuning run of the benchmark."""
+    budget = cfg.budget
+    return {
+        "data.root": str(parts["train"]), "data.select_data": str(parts["select"]),
+        "data.test_data": str(cfg.eval_folder or parts["test"]), "data.image_size": cfg.image_size,
+        "arch.name": "", "train.epochs": budget.epochs, "train.batch_size": budget.batch_size,
+        "train.lr": budget.lr, "train.warmup_epochs": budget.warmup_epochs,
+    }  # fmt: skip
+
+
+def _teacher(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> dict[str, Any]:
+    """The distillation teacher: every zoo model fine-tuned on the target (first seed), the best on select."""
+    from geosane.downstream import finetune, load_finetune_config
+    from geosane.zoo import Zoo
+
+    zoo = Zoo(cfg.out / "zoo")
+    scores = {}
+    for entry in zoo:
+        overrides = {**_target_overrides(cfg, parts), "init": f"zoo:{zoo.path.resolve()}#{entry.id}",
+                     "train.seed": cfg.budget.seeds[0], "out": str(cfg.out / "teachers" / entry.id)}  # fmt: skip
+        result = finetune(load_finetune_config("rsscn7", overrides), show_progress=False)
+        scores[entry.id] = {"select": result.select, "test": result.test, "run": str(result.out_dir)}
+    best = max(sorted(scores), key=lambda k: scores[k]["select"])
+    return {"teacher": best, "run": scores[best]["run"], "fine_tuned": scores}
+
+
 def _compare(cfg: FoundryBenchConfig, name: str, prompt: str, generated: Path, parts: dict[str, Path],
-             inits: list[str], reconstruction: Path | None, test_curve: bool = True) -> Any:  # fmt: skip
+             inits: list[str], reconstruction: Path | None, teacher: str | None = None,
+             test_curve: bool = True) -> Any:  # fmt: skip
     from geosane.downstream import compare, load_compare_config
 
     budget = cfg.budget
     overrides = {
-        "data.root": str(parts["train"]), "data.select_data": str(parts["select"]),
-        "data.test_data": str(cfg.eval_folder or parts["test"]), "data.image_size": cfg.image_size,
+        **_target_overrides(cfg, parts),
         "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"), "generated.dir": str(generated),
-        "generated.top_k": 1, "arch.name": "", "inits": inits, "seeds": list(budget.seeds),
-        "train.epochs": budget.epochs, "train.batch_size": budget.batch_size, "train.lr": budget.lr,
-        "train.warmup_epochs": budget.warmup_epochs, "workers": budget.workers,
+        "generated.top_k": 1, "inits": inits, "seeds": list(budget.seeds), "workers": budget.workers,
         "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
         "controls.reconstruction_dir": str(reconstruction) if reconstruction else None,
-        "test_curve": test_curve, "out": str(cfg.out / name), "plots": True,
+        "controls.teacher": teacher, "test_curve": test_curve, "out": str(cfg.out / name), "plots": True,
     }  # fmt: skip
     return compare(load_compare_config("compare_rsscn7", overrides))
 
@@ -398,6 +424,7 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
     unknown = timed("leakage check", _check_leakage, cfg, parts)
     store = timed("tokenize", _tokens, cfg, cfg.out / "zoo")
     ae = timed("autoencoder", _autoencoder, cfg, store)
+    teacher = timed("distillation teacher", _teacher, cfg, parts) if "distillation" in cfg.controls else None
     cases = []
     for case in cfg.cases:
         prompt = _prompt_source(cfg, case)
@@ -408,7 +435,7 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
             recon, why = timed(f"reconstruction ({case.name})", _reconstruction, cfg, case, prompt, ae, parts)
             reasons = {"reconstruction": why} if recon is None and why else {}
         result = timed(f"compare ({case.name})", _compare, cfg, f"compare/{case.name}", prompt, generated,
-                       parts, list(cfg.controls), recon)  # fmt: skip
+                       parts, list(cfg.controls), recon, teacher["run"] if teacher else None)  # fmt: skip
         cases.append(
             timed(
                 f"novelty ({case.name})", case_summary, cfg, case, prompt, generated, result, parts, reasons
@@ -423,10 +450,10 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         generated = timed("levers", _generate, cfg, setting, prompt, cfg.out / "levers" / lever.name / "generated",
                           ae, parts)  # fmt: skip
         result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
-                       ["generated"], None, False)  # fmt: skip
+                       ["generated"], None, None, False)  # fmt: skip
         levers.append(lever_summary(lever, setting, result))
     seconds["total"] = time.perf_counter() - started
     summary = {"config": to_dict(cfg), "cases": cases, "levers": levers, "unknown_provenance": unknown,
-               "seconds": seconds}  # fmt: skip
+               "teacher": teacher, "seconds": seconds}  # fmt: skip
     report = write_report(cfg, summary)
     return FoundryResult(cfg.out, report, seconds, summary)

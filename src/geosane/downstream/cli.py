@@ -48,6 +48,7 @@ def finetune_command(
 ) -> None:
     """Fine-tune one initialization on a task; writes metrics.json, history.csv and weights.safetensors."""
     from geosane.downstream.config import load_finetune_config
+
     cfg = load_finetune_config(
         config,
         _overrides(
@@ -72,7 +73,9 @@ def finetune_command(
 def evaluate_command(
     config: str = typer.Argument(..., help=_CONFIG_HELP),
     overrides: list[str] | None = typer.Argument(None, help=_OVERRIDES_HELP),
-    init: str = typer.Option(..., "--init", help="The trained model: a model source, a zoo:DIR#ID, a generate dir."),
+    init: str = typer.Option(
+        ..., "--init", help="The trained model: a model source, a zoo:DIR#ID, a generate dir."
+    ),
     data: Path | None = typer.Option(None, "--data", help="Task data (data.root)."),
     test_data: Path | None = typer.Option(None, "--test-data", help="Evaluate on this separate folder too."),
     out: Path | None = typer.Option(None, "--out", help="Write evaluation.json here (optional)."),

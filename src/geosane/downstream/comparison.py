@@ -46,6 +46,7 @@ from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.finetuning import (
     FinetuneResult,
     RunPlan,
+    build_distillation,
     build_task_model,
     csv_text,
     output_dir,
@@ -59,6 +60,7 @@ from geosane.downstream.inits import (
     load_source,
     normalization_info,
     read_generated_dir,
+    read_task_weights,
     same_architecture,
     zoo_initializations,
 )
@@ -249,6 +251,17 @@ def _control(
         return Initialization(
             "reconstruction", kind, arch, load_weights_file(first.file), source, {"of": recon.prompt}
         )
+    if kind == "distillation":
+        controls = config.controls
+        if controls.teacher is None:
+            raise NotApplicable(
+                "it needs controls.teacher: a `geosane finetune` run of the best zoo model on this task"
+            )
+        teacher = read_task_weights(controls.teacher, controls.distill_alpha, controls.distill_temperature)
+        source = (
+            f"random init, distilled from {teacher.source} (alpha {teacher.alpha}, T {teacher.temperature})"
+        )
+        return Initialization("distillation", kind, arch, None, source, {"teacher": teacher.source}, teacher)
     if config.zoo.dir is None:
         raise NotApplicable("it needs a zoo (zoo.dir)")
     zoo = Zoo(config.zoo.dir)
@@ -349,6 +362,7 @@ def compare(
     for init in inits:  # every init must load into the task model before anything runs
         try:
             build_task_model(init, data, config.task)
+            build_distillation(init, data)
         except GeosaneError as exc:
             raise GeosaneError(f"initialization '{init.name}' ({init.source}): {exc}") from None
     plans: dict[tuple[str, int], RunPlan] = {}

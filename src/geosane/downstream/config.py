@@ -39,7 +39,7 @@ __all__ = [
 
 DEFAULT_INITS = ("scratch", "prompt", "zoo_average", "ties", "dare", "generated")
 # the controls of geosane.downstream.controls: what generated weights must beat (method notes §4)
-CONTROL_KINDS = ("prompt_noise", "nearest", "reconstruction", "weight_selection", "pruned")
+CONTROL_KINDS = ("prompt_noise", "nearest", "reconstruction", "weight_selection", "pruned", "distillation")
 INIT_KINDS = (*DEFAULT_INITS, *CONTROL_KINDS)
 
 
@@ -163,13 +163,18 @@ class ControlsConfig:
     to the prompt. ``reconstruction``: candidate 1 of ``reconstruction_dir``, a ``geosane generate``
     output for the nearest member with ``--bandwidth 0`` (the autoencoder's reconstruction of it).
     ``weight_selection`` / ``pruned``: inherited from the smallest larger zoo model of the same
-    family (``larger``: a zoo id to use instead). ``not_applicable``: ``error`` refuses a control
+    family (``larger``: a zoo id to use instead). ``distillation``: trained from scratch with the
+    predictions of ``teacher`` (a ``geosane finetune`` run on this task) mixed into the loss
+    (``distill_alpha``, ``distill_temperature``). ``not_applicable``: ``error`` refuses a control
     that cannot be built; ``report`` lists it in the report as "not applicable: why".
     """
 
     noise_seed: int = 0
     reconstruction_dir: Path | None = None
     larger: str | None = None
+    teacher: Path | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
     not_applicable: Literal["error", "report"] = "error"
 
 

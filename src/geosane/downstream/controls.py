@@ -130,7 +130,9 @@ def nearest_member(
     scored = []
     for entry in members:
         weights = zoo.load_state_dict(entry.id)
-        if any(k not in head and (k not in weights or weights[k].shape != v.shape) for k, v in prompt.items()):
+        if any(
+            k not in head and (k not in weights or weights[k].shape != v.shape) for k, v in prompt.items()
+        ):
             continue
         scored.append((weight_distance(prompt, weights), entry.id, entry, weights))
     if not scored:

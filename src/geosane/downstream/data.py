@@ -379,4 +379,3 @@ def load_task_data(
         raise ConfigError("data.image_size and data.chip_size must be positive")
     loaders = {"folder": _folder_task_data, "csmask": _chips_task_data, "torchgeo": _torchgeo_task_data}
     return loaders[config.kind](config, task, model_normalization)
-

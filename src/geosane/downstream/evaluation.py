@@ -49,7 +49,9 @@ class EvaluationResult:
         return dataclasses.asdict(self)
 
 
-def _check_head_kept(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, classes: int) -> None:
+def _check_head_kept(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, classes: int
+) -> None:
     """Refuse a model whose head was re-initialised for the task: zero-shot needs its own head."""
     own = model.state_dict()
     replaced = [k for k, v in state_dict.items() if k in own and not torch.equal(own[k].to(v.dtype), v)]
@@ -79,7 +81,8 @@ def evaluate_source(config: FinetuneConfig, out: Path | None = None) -> Evaluati
     arch = loaded.arch or arch_from_config(config.arch)
     if arch is None:
         raise SourceError(
-            f"{config.init}: the architecture of these weights is unknown; set arch.name" + loaded.unknown_architecture
+            f"{config.init}: the architecture of these weights is unknown; set arch.name"
+            + loaded.unknown_architecture
         )
     init = Initialization("init", "source", arch, loaded.state_dict, config.init, normalization_info(loaded))
     recorded = recorded_normalization(init.info)
@@ -124,5 +127,7 @@ def print_evaluation(result: EvaluationResult) -> None:
 
     for index, name in enumerate(result.classes):
         table.add_row(name, *(cell(result.per_class[s][index]) for s in ("select", "test")))
-    table.add_row(f"[bold]{result.metric}[/]", *(f"[bold]{cell(result.scores[s])}[/]" for s in ("select", "test")))
+    table.add_row(
+        f"[bold]{result.metric}[/]", *(f"[bold]{cell(result.scores[s])}[/]" for s in ("select", "test"))
+    )
     console.print(table)

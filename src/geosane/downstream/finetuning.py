@@ -40,7 +40,15 @@ from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text
-from geosane.tasks import FitConfig, FitProgress, build_classifier, build_segmenter, evaluate, fit
+from geosane.tasks import (
+    Distillation,
+    FitConfig,
+    FitProgress,
+    build_classifier,
+    build_segmenter,
+    evaluate,
+    fit,
+)
 from geosane.tasks.loop import primary_metric_name
 from geosane.zoo import LoadedModel
 
@@ -48,6 +56,7 @@ __all__ = [
     "FinetuneResult",
     "RunPlan",
     "WallClock",
+    "build_distillation",
     "build_task_model",
     "finetune",
     "initialization_from_source",
@@ -121,6 +130,26 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
     return build_classifier(
         arch, data.num_classes, state_dict=state_dict, in_chans=data.in_chans, reset_head=task.reset_head
     )
+
+
+def build_distillation(init: Initialization, data: TaskData) -> Distillation | None:
+    """The frozen teacher of a ``distillation`` run, checked against the task's classes."""
+    teacher = init.teacher
+    if teacher is None:
+        return None
+    if data.task != "classification" or list(teacher.classes) != list(data.classes):
+        raise GeosaneError(
+            f"the teacher {teacher.source} predicts {teacher.classes}, the task has {list(data.classes)} "
+            f"({data.task}); distil from a model fine-tuned on this task's classes"
+        )
+    model = build_classifier(
+        teacher.arch,
+        data.num_classes,
+        state_dict=teacher.state_dict,
+        in_chans=data.in_chans,
+        reset_head=False,
+    )
+    return Distillation(model, teacher.alpha, teacher.temperature)
 
 
 def initialization_from_source(source: str, arch_config: Any, name: str | None = None) -> Initialization:
@@ -301,6 +330,7 @@ def run_finetune(
     result = fit(
         model, data.task, data.num_classes, data.train, data.select, fit_config,
         checkpoint_path=checkpoint_path, callbacks=callbacks, report=data.test if test_curve else None,
+        distillation=build_distillation(init, data),
     )  # fmt: skip
     test = evaluate(model, data.task, data.num_classes, data.test)[metric]
     wall = clock.elapsed_s  # build, training (over every resumed attempt) and test evaluation

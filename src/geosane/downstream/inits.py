@@ -26,6 +26,7 @@ members' metadata ``init_from`` names (a zoo id, ``zoo:DIR#ID`` or any model sou
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,7 +59,30 @@ __all__ = [
 MODEL_CARD = "model_card.json"
 CARD_FORMAT = "geosane-generated"
 # kwargs that do not change the backbone: heads are re-initialised and stems adapted per task
-_TASK_KWARGS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "classes", "in_channels")
+_TASK_KWARGS = (
+    "num_classes",
+    "in_chans",
+    "global_pool",
+    "drop_rate",
+    "drop_path_rate",
+    "classes",
+    "in_channels",
+)
+
+
+@dataclass
+class Teacher:
+    """A fine-tuned task model whose predictions a student also learns from (``distillation``)."""
+
+    arch: ArchSpec
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str]
+    source: str
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    def fingerprint(self) -> str:
+        return f"{sha256_tensors(self.state_dict)}|alpha={self.alpha}|T={self.temperature}"
 
 
 @dataclass
@@ -71,10 +95,33 @@ class Initialization:
     state_dict: dict[str, torch.Tensor] | None
     source: str
     info: dict[str, Any] = field(default_factory=dict)
+    teacher: Teacher | None = None
 
     def fingerprint(self) -> str:
-        """SHA-256 of the weights (``scratch`` for random init)."""
-        return sha256_tensors(self.state_dict) if self.state_dict is not None else "scratch"
+        """SHA-256 of the weights (``scratch`` for random init), and of the teacher's if any."""
+        own = sha256_tensors(self.state_dict) if self.state_dict is not None else "scratch"
+        return own if self.teacher is None else f"{own}|teacher={self.teacher.fingerprint()}"
+
+
+def read_task_weights(path: str | Path, alpha: float = 0.5, temperature: float = 4.0) -> Teacher:
+    """A ``geosane finetune`` run's task model (its directory or ``weights.safetensors``) as a teacher."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "weights.safetensors"
+    if not path.is_file():
+        raise GeosaneError(
+            f"teacher weights not found: {path} (a `geosane finetune` run directory or its weights.safetensors)"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "arch" not in meta or "classes" not in meta:
+        raise GeosaneError(f"{path} is not a `geosane finetune` task model (no arch/classes metadata)")
+    return Teacher(
+        ArchSpec.from_dict(json.loads(meta["arch"])), load_weights_file(path), list(json.loads(meta["classes"])),
+        str(path), alpha, temperature,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

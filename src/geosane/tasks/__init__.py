@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from geosane.tasks.config import FitConfig
     from geosane.tasks.heads import DECODERS, LinearSegHead, UNetDecoder, UPerNetHead, build_decoder
     from geosane.tasks.loop import (
+        Distillation,
         EpochCheckpoint,
         FitProgress,
         FitResult,
@@ -35,7 +36,7 @@ _EXPORTS = {
     "config": ("FitConfig",),
     "heads": ("DECODERS", "LinearSegHead", "UNetDecoder", "UPerNetHead", "build_decoder"),
     "loop": (
-        "EpochCheckpoint", "FitProgress", "FitResult", "TaskModule", "evaluate", "fit", "make_metric",
+        "Distillation", "EpochCheckpoint", "FitProgress", "FitResult", "TaskModule", "evaluate", "fit", "make_metric",
         "primary_metric_name",
     ),
     "models": ("SegmentationModel", "TaskKind", "backbone_with_weights", "build_classifier", "build_segmenter"),
@@ -44,6 +45,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DECODERS",
+    "Distillation",
     "EpochCheckpoint",
     "FitConfig",
     "FitProgress",

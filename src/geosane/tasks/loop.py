@@ -36,6 +36,7 @@ from geosane.tasks.config import FitConfig
 from geosane.tasks.models import TaskKind
 
 __all__ = [
+    "Distillation",
     "EpochCheckpoint",
     "FitConfig",
     "FitProgress",
@@ -107,6 +108,36 @@ def task_loss(
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
+@dataclass
+class Distillation:
+    """Knowledge distillation (Hinton et al. 2015): the loss adds the teacher's softened predictions.
+
+    ``loss = (1 - alpha) * task loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+    over the class dimension (per pixel for segmentation). The teacher stays frozen in eval mode and
+    is not part of the trained module, so checkpoints hold the student only.
+    """
+
+    teacher: nn.Module
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
+            raise ValueError(
+                f"distillation needs 0 <= alpha <= 1 and temperature > 0, got {self.alpha}, {self.temperature}"
+            )
+        self.teacher.eval().requires_grad_(False)
+
+    def loss(self, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        t = self.temperature
+        log_student = F.log_softmax(student_logits / t, dim=1)
+        soft_teacher = F.log_softmax(teacher_logits / t, dim=1)
+        kl = F.kl_div(log_student, soft_teacher, log_target=True, reduction="none").sum(dim=1)
+        return kl.mean() * t * t
+
+
 def _backbone_and_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Split parameters into backbone and head (timm classifier head, or a segmenter's decoder)."""
     if hasattr(model, "decoder") and hasattr(model, "backbone"):
@@ -122,9 +153,17 @@ def _backbone_and_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
 class TaskModule(L.LightningModule):
     """LightningModule for classification, multi-label classification and segmentation."""
 
-    def __init__(self, model: nn.Module, task: TaskKind, num_classes: int, config: FitConfig) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TaskKind,
+        num_classes: int,
+        config: FitConfig,
+        distillation: Distillation | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
+        self._distillation = [distillation] if distillation is not None else []  # a list: not a submodule
         self.task = task
         self.config = config
         self.val_metric = make_metric(task, num_classes)
@@ -149,7 +188,11 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = task_loss(self.task, self(x), y, self.config.label_smoothing)
+        logits = self(x)
+        loss = task_loss(self.task, logits, y, self.config.label_smoothing)
+        if self._distillation:
+            distill = self._distillation[0]
+            loss = (1.0 - distill.alpha) * loss + distill.alpha * distill.loss(logits, x)
         self._epoch_loss.append(float(loss.detach()))
         return loss
 
@@ -283,12 +326,14 @@ def fit(
     checkpoint_path: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     report: Dataset | None = None,
+    distillation: Distillation | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``train`` under ``config``; evaluate on ``val`` after every epoch.
 
     ``report``: a dataset that is only *reported* (a test split): its metric is recorded as
     ``report_<metric>`` after every epoch and, with ``val``, both are recorded before training as an
     epoch-0 row (the initialization as it is, SANE's epoch-0 accuracy). Never used for selection.
+    ``distillation``: also learn from a frozen teacher's predictions (:class:`Distillation`).
 
     Returns the per-epoch history and the final validation metric (``final``). Deterministic for a
     given seed on CPU. ``callbacks`` are extra Lightning callbacks (e.g. a progress display). With
@@ -300,7 +345,7 @@ def fit(
     config = config or FitConfig()
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = TaskModule(model, task, num_classes, config)
+    module = TaskModule(model, task, num_classes, config, distillation)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(
         train,
