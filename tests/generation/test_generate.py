@@ -234,3 +234,20 @@ def test_bad_flags_are_refused_before_torch_is_imported(tmp_path: Path) -> None:
                           env={"PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert done.stdout.split() == ["False", "2"], done.stderr
     assert "--top-k 5 must be between 1 and --num-candidates (2)" in done.stderr and not out.exists()
+
+
+def test_zoo_models_for_other_classes_anchor_the_layers_they_share(
+    setup: dict[str, Path], tiny_image_folder: Path, tmp_path: Path
+) -> None:
+    """A target with other classes than the zoo (2 vs 3): the zoo models still anchor every layer
+    but the head, whose tokens keep the prompt's own latent."""
+    import shutil
+
+    shutil.rmtree(tiny_image_folder / "gamma")
+    out = tmp_path / "gen"
+    generate(_cfg(setup, out, tiny_image_folder, store=setup["store"], anchors=2))
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["arch"]["kwargs"]["num_classes"] == 2
+    anchors = card["kde"]["anchors"]
+    assert len(anchors) == 2 and all(0.5 < a["shared_tokens"] < 1.0 for a in anchors)
+    assert {a["id"] for a in anchors} <= {"resnet-0", "resnet-1", "resnet-2"}

@@ -341,6 +341,7 @@ def _target_overrides(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> dict[s
     return {
         "data.root": str(parts["train"]), "data.select_data": str(parts["select"]),
         "data.test_data": str(cfg.eval_folder or parts["test"]), "data.image_size": cfg.image_size,
+        "data.normalization": "dataset",  # every run (and the KD teacher) sees the same inputs
         "arch.name": "", "train.epochs": budget.epochs, "train.batch_size": budget.batch_size,
         "train.lr": budget.lr, "train.warmup_epochs": budget.warmup_epochs,
     }  # fmt: skip
