@@ -251,3 +251,18 @@ def test_zoo_models_for_other_classes_anchor_the_layers_they_share(
     anchors = card["kde"]["anchors"]
     assert len(anchors) == 2 and all(0.5 < a["shared_tokens"] < 1.0 for a in anchors)
     assert {a["id"] for a in anchors} <= {"resnet-0", "resnet-1", "resnet-2"}
+
+
+def test_align_anchors_weight_matches_each_anchor_to_the_prompt(
+    setup: dict[str, Path], tiny_image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gen"
+    generate(_cfg(setup, out, tiny_image_folder, store=setup["store"], anchors=2, align_anchors=True))
+    anchors = json.loads((out / "model_card.json").read_text())["kde"]["anchors"]
+    assert len(anchors) == 2
+    for anchor in anchors:
+        fit = anchor["alignment"]
+        assert fit["rounds"] >= 1 and fit["similarity_after"] >= fit["similarity_before"]
+    code, _, err = run_cli(capsys, "generate", "--ae", str(setup["ae"]), "--prompt", PROMPT, "--random-init",
+                           "--out", str(tmp_path / "no"), "--align-anchors")  # fmt: skip
+    assert code == 2 and "--align-anchors needs --anchors N" in err and not (tmp_path / "no").exists()

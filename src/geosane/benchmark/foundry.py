@@ -57,6 +57,7 @@ class GeneratorSetting:
     top_k: int = 3
     bandwidth: float = 0.5
     anchors: int = 4
+    align_anchors: bool = False
     decode: str = "residual"
     kde_mode: str = "token"
     proxy: str = "knn"
@@ -87,11 +88,16 @@ class BenchBudget:
 
 @dataclass
 class Lever:
-    """A generator setting measured against the main one (``settings`` override its fields)."""
+    """A generator setting measured against the main one (``settings`` override its fields).
+
+    ``autoencoder``: dotted overrides of the benchmark's autoencoder (e.g. ``train.max_steps``);
+    non-empty, the lever trains its own autoencoder (from scratch, in ``OUT/levers/<name>``).
+    """
 
     name: str
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    autoencoder: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -278,12 +284,13 @@ def _tokens(cfg: FoundryBenchConfig, zoo: Path) -> Path:
     return cfg.out / "tokens"
 
 
-def _autoencoder(cfg: FoundryBenchConfig, store: Path) -> Path:
+def _autoencoder(cfg: FoundryBenchConfig, store: Path, out: Path | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
     from geosane.autoencoder import load_autoencoder_config
     from geosane.autoencoder.training import checkpoints, train
 
-    out = cfg.out / "autoencoder"
-    overrides = {"model.d_t": cfg.token_size, **cfg.autoencoder, "data.store": str(store),
+    out = out or cfg.out / "autoencoder"
+    overrides = {"model.d_t": cfg.token_size, **cfg.autoencoder, **(extra or {}), "data.store": str(store),
                  "train.out": str(out), "train.seed": cfg.seed}  # fmt: skip
     ae_cfg = load_autoencoder_config(cfg.autoencoder_preset, overrides)
     export, summary = out / "autoencoder.safetensors", out / "summary.json"
@@ -306,7 +313,8 @@ def _generate(cfg: FoundryBenchConfig, setting: GeneratorSetting, prompt: str, o
             top_k=min(setting.top_k, setting.num_candidates), select_data=parts["select"],
             select_split="all", image_size=cfg.image_size, kde_mode=setting.kde_mode,
             bandwidth=setting.bandwidth, seed=cfg.seed, store=cfg.out / "tokens" if setting.anchors else None,
-            anchors=setting.anchors, decode=setting.decode, proxy=setting.proxy,
+            anchors=setting.anchors, align_anchors=setting.align_anchors and setting.anchors > 0,
+            decode=setting.decode, proxy=setting.proxy,
             generate_only=list(setting.generate_only), bn_batches=setting.bn_batches, overwrite=True,
         )
     )  # fmt: skip
@@ -380,6 +388,14 @@ def _compare(cfg: FoundryBenchConfig, name: str, prompt: str, generated: Path, p
     return compare(load_compare_config("compare_rsscn7", overrides))
 
 
+def _ae_summary(export: Path) -> dict[str, Any]:
+    """Steps, size and reconstruction R^2 (held-out and training models) of an autoencoder run."""
+    summary = read_json(export.parent / "summary.json")
+    return {"steps": summary.get("steps"), "parameters": summary.get("parameters"),
+            "r2_val": summary.get("val", {}).get("r2"), "r2_train": summary.get("train", {}).get("r2"),
+            "val_models": summary.get("val_models")}  # fmt: skip
+
+
 def _prompt_source(cfg: FoundryBenchConfig, case: PromptCase) -> str:
     from geosane.zoo import Zoo
 
@@ -448,13 +464,17 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         assert lever_case is not None
         setting = dataclasses.replace(cfg.generator, **lever.settings)
         prompt = _prompt_source(cfg, lever_case)
+        lever_ae = ae
+        if lever.autoencoder:
+            lever_ae = timed("levers", _autoencoder, cfg, store, cfg.out / "levers" / lever.name / "autoencoder",
+                             lever.autoencoder)  # fmt: skip
         generated = timed("levers", _generate, cfg, setting, prompt, cfg.out / "levers" / lever.name / "generated",
-                          ae, parts)  # fmt: skip
+                          lever_ae, parts)  # fmt: skip
         result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
                        ["generated"], None, None, False)  # fmt: skip
-        levers.append(lever_summary(lever, setting, result))
+        levers.append({**lever_summary(lever, setting, result), "autoencoder_fit": _ae_summary(lever_ae)})
     seconds["total"] = time.perf_counter() - started
     summary = {"config": to_dict(cfg), "cases": cases, "levers": levers, "unknown_provenance": unknown,
-               "teacher": teacher, "seconds": seconds}  # fmt: skip
+               "teacher": teacher, "autoencoder": _ae_summary(ae), "seconds": seconds}  # fmt: skip
     report = write_report(cfg, summary)
     return FoundryResult(cfg.out, report, seconds, summary)

@@ -153,6 +153,7 @@ def lever_summary(lever: Any, setting: Any, result: Any) -> dict[str, Any]:
     s = next(s for s in result.summaries if s.kind == "generated")
     return {
         "name": lever.name, "description": lever.description, "settings": asdict(setting),
+        "autoencoder": dict(lever.autoencoder),
         "test_mean": s.test_mean, "test_std": s.test_std, "select_mean": s.select_mean,
         "values": {r.seed: r.test for r in result.results[s.name]}, "compare": str(result.out_dir),
     }  # fmt: skip
@@ -188,6 +189,17 @@ def _targets(case: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"Generated beats every applicable control ({', '.join(beaten)}) with a paired margin.")
     return lines
+
+
+def _ae_line(ae: dict[str, Any] | None) -> str:
+    if not ae:
+        return "Autoencoder: no summary."
+    r2 = "n/a" if ae.get("r2_val") is None else f"{ae['r2_val']:.3f}"
+    r2t = "n/a" if ae.get("r2_train") is None else f"{ae['r2_train']:.3f}"
+    return (
+        f"Autoencoder (`OUT/autoencoder`): {ae.get('steps')} steps, {ae.get('parameters') or 0:,} parameters; "
+        f"reconstruction R^2 {r2} on held-out zoo models ({', '.join(ae.get('val_models') or [])}), {r2t} on training models."
+    )
 
 
 def _plot(summary: dict[str, Any], out: Path) -> list[Path]:
@@ -268,6 +280,8 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
         f"{cfg.budget.lr}, warm-up {cfg.budget.warmup_epochs}, cosine; seeds {seeds}. Generator: `{cfg.generator}`. "
         "Candidates are ranked on the target's select folder only; test is only reported.",
         "",
+        _ae_line(summary.get("autoencoder")),
+        "",
     ]
     for case in summary["cases"]:
         metric = case["metric"]
@@ -313,8 +327,10 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
         case = next((c for c in summary["cases"] if c["name"] == cfg.lever_case), None)
         base = {r["name"]: dict(zip(seeds, r["values"], strict=False)) for r in case["rows"]} if case else {}
         lines += [f"## Generator levers (case {cfg.lever_case}; same seeds and budget, generated only)", "",
-                  "| lever | what it changes | select | test (%) | vs the prompt, paired | vs scratch, paired |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "Each lever is the main generator setting with the listed change; 'select' is the fine-tuned "
+                  "runs' select accuracy (what a user may choose a setting by), test is only reported.", "",
+                  "| lever | what it changes | autoencoder R^2 (held-out) | select | test (%) | vs the prompt, paired | vs scratch, paired |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for lever in summary["levers"]:
             cells = []
             for ref in ("prompt", "scratch"):
@@ -322,8 +338,10 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
                 diffs = [lever["values"][s] - other[s] for s in lever["values"] if s in other]
                 m, sd = _mean_std(diffs)
                 cells.append(f"{_pct(m, True)} ± {_pct(sd)}" if diffs else "n/a")
+            fit = lever.get("autoencoder_fit") or {}
+            r2 = "n/a" if fit.get("r2_val") is None else f"{fit['r2_val']:.3f}"
             lines.append(
-                f"| {lever['name']} | {lever['description']} | {_pct(lever['select_mean'])} | "
+                f"| {lever['name']} | {lever['description']} | {r2} | {_pct(lever['select_mean'])} | "
                 f"{_pct(lever['test_mean'])} ± {_pct(lever['test_std'])} | {cells[0]} | {cells[1]} |"
             )
         lines.append("")

@@ -48,6 +48,9 @@ def generate_command(
     anchors: int = typer.Option(
         0, "--anchors", help="Nearest same-architecture zoo models used as extra KDE anchors."
     ),
+    align_anchors: bool = typer.Option(
+        False, "--align-anchors", help="Reorder each anchor's units to the prompt's first (git re-basin weight matching)."
+    ),
     proxy: str = typer.Option("knn", "--proxy", help="Ranking proxy on frozen features: knn | linear."),
     decode: str = typer.Option(
         "direct",
@@ -93,6 +96,7 @@ def generate_command(
         random_init=random_init,
         store=store,
         anchors=anchors,
+        align_anchors=align_anchors,
         proxy=proxy,  # type: ignore[arg-type]
         token_size=token_size,
         overwrite=overwrite,

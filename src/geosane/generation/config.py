@@ -43,6 +43,7 @@ class GenerateConfig:
     random_init: bool = False  # allow a timm prompt without pretrained weights
     store: Path | None = None  # token store of the zoo: nearest same-layout models become anchors
     anchors: int = 0  # how many nearest zoo models join the prompt as KDE anchors
+    align_anchors: bool = False  # weight-match each anchor's units to the prompt's before encoding it
     proxy: ProxyKind = "knn"
     # direct: decode(z) as in the paper; residual: prompt + decode(z) - decode(z_prompt), so the
     # autoencoder's reconstruction error of the prompt cancels and only the sampled offset remains
@@ -72,6 +73,8 @@ def validate_config(cfg: GenerateConfig) -> None:
         raise GeosaneError(f"bn_batches must be >= 0 (0: no BatchNorm recalibration), got {cfg.bn_batches}")
     if cfg.anchors < 0:
         raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
+    if cfg.align_anchors and not cfg.anchors:
+        raise GeosaneError("--align-anchors needs --anchors N (the zoo models to align to the prompt)")
     if cfg.anchors and cfg.store is None:
         raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
     for value, kind, flag in (

@@ -217,8 +217,34 @@ def _aligned_rows(prompt_tm: Any, tm: Any) -> list[tuple[int, int, int]]:
     return rows
 
 
+def _aligned_tokens(tm: Any, record: Any, prompt: LoadedModel, tokenizer: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """``tm`` (a zoo model's tokens) with its units reordered to the prompt's (:mod:`.align`)."""
+    from geosane.autoencoder.permutation import permute_state_dict
+    from geosane.generation.align import alignment_groups, weight_matching
+    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, detokenize, tokenize
+    from geosane.zoo.sources import empty_architecture
+
+    groups = alignment_groups(prompt.build(load_weights=False))
+    if not groups:
+        return tm, {}
+    weights = detokenize(tm)
+    perms, info = weight_matching(prompt.state_dict, weights, groups)
+    aligned = permute_state_dict(weights, groups, perms)
+    module = empty_architecture(ArchSpec.from_dict(record.arch)) if record.arch else None
+    return tokenize(
+        aligned, token_size=tm.token_size, mode=tm.mode, include=tokenizer.get("include"),
+        exclude=tokenizer.get("exclude") or (), buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
+        module=module,
+    ), info  # fmt: skip
+
+
 def _nearest_anchors(
-    cfg: GenerateConfig, ae: Any, prompt_tm: Any, prompt_latent: torch.Tensor
+    cfg: GenerateConfig,
+    ae: Any,
+    prompt_tm: Any,
+    prompt_latent: torch.Tensor,
+    prompt: LoadedModel | None = None,
+    tokenizer: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Latents of the ``cfg.anchors`` store models nearest to the prompt, in the prompt's layout.
 
@@ -246,12 +272,15 @@ def _nearest_anchors(
         theirs = torch.cat([torch.arange(a, a + n) for _, a, n in rows])
         if torch.equal(tm.tokens[theirs], prompt_tm.tokens[mine]):
             continue  # the prompt itself is a zoo member: it is already the first anchor
+        alignment: dict[str, float] = {}
+        if cfg.align_anchors and prompt is not None:
+            tm, alignment = _aligned_tokens(tm, record, prompt, tokenizer or {})
         z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
         latent = prompt_latent.clone()
         latent[mine] = z[theirs].to(latent.dtype)
         distance = float((latent[mine] - prompt_latent[mine]).pow(2).mean())
         found.append({"id": record.id, "distance": distance, "latent": latent,
-                      "shared_tokens": shared / prompt_tm.num_tokens})  # fmt: skip
+                      "shared_tokens": shared / prompt_tm.num_tokens, "alignment": alignment})  # fmt: skip
     found.sort(key=lambda a: a["distance"])
     if len(found) < cfg.anchors:
         console.print(
@@ -428,7 +457,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     z_prompt = encode_sequence(
         ae, prompt_tm.tokens, prompt_tm.positions, prompt_tm.layer_type, prompt_tm.mask, halo=cfg.halo
     )
-    anchors = _nearest_anchors(cfg, ae, prompt_tm, z_prompt) if cfg.anchors else []
+    anchors = _nearest_anchors(cfg, ae, prompt_tm, z_prompt, prompt, tokenizer) if cfg.anchors else []
     anchor_latents = torch.stack([z_prompt, *[a["latent"] for a in anchors]])
     latents = sample_latents(
         anchor_latents,
@@ -488,7 +517,9 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             "mode": cfg.kde_mode,
             "bandwidth": cfg.bandwidth,
             "anchors": [
-                {"id": a["id"], "distance": a["distance"], "shared_tokens": a["shared_tokens"]} for a in anchors
+                {"id": a["id"], "distance": a["distance"], "shared_tokens": a["shared_tokens"],
+                 "alignment": a["alignment"]}
+                for a in anchors
             ],
         },
         "num_candidates": cfg.num_candidates,
