@@ -25,14 +25,16 @@ def test_quick_demo_on_rsscn7_runs_every_stage_and_resumes(rsscn7_root: Path, tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert str(out / "report.md") in " ".join((done.stdout + done.stderr).split())
     report = (out / "report.md").read_text()
-    for section in ("## prompt", "## cross-architecture", "| scratch |", "| generated-1 |", "| total |"):
+    for section in ("# geosane demo", "## Case a", "## Case b", "| scratch (random init) |",
+                    "| generated (rank 1 on select) |", "prompt + noise", "## Generator levers", "| total |"):  # fmt: skip
         assert section in report
-    for name in ("prompt", "cross-architecture"):
-        compared = out / "compare" / name
+    bench = out / "foundry"
+    for name in ("a", "b"):
+        compared = bench / "compare" / name
         assert (compared / "results.csv").is_file() and (compared / "curves.png").stat().st_size > 0
-        card = json.loads((out / "generated" / name / "model_card.json").read_text())
+        card = json.loads((bench / "generated" / name / "model_card.json").read_text())
         assert card["candidates"][0]["proxy_score"] is not None  # ranked on the selection split
-    assert len(json.loads((out / "zoo" / "manifest.json").read_text())["models"]) >= 4
+    assert len(json.loads((bench / "zoo" / "manifest.json").read_text())["models"]) >= 4
     # a rerun finds every stage done and only rewrites the report
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -71,11 +73,17 @@ def test_no_data_without_torchgeo_says_what_to_pass(
     assert not out.exists()
 
 
-def test_demo_config_overrides_and_unknown_keys() -> None:
-    cfg = load_demo_config("quick", ["autoencoder.overrides.train.max_steps=7", "generate.top_k=1"])
-    assert cfg.autoencoder.overrides["train"]["max_steps"] == 7 and cfg.generate.top_k == 1
-    with pytest.raises(ConfigError, match=r"unknown config key 'generate\.topk'; did you mean 'generate\.top_k'\?"):
-        load_demo_config("quick", ["generate.topk=1"])
+def test_demo_config_overrides_and_unknown_keys(rsscn7_root: Path) -> None:
+    from geosane.demo import bench_config
+
+    cfg = load_demo_config("quick", ["overrides.budget.seeds=[0]", "overrides.autoencoder.train.max_steps=7"])
+    bench = bench_config(cfg, rsscn7_root)
+    assert bench.budget.seeds == [0] and bench.autoencoder["train.max_steps"] == 7
+    assert bench.out == cfg.out / "foundry" and bench.data == rsscn7_root
+    with pytest.raises(ConfigError, match=r"unknown config key 'bnch'; did you mean 'bench'\?"):
+        load_demo_config("quick", ["bnch=demo"])
+    with pytest.raises(ConfigError, match="bench preset 'nope' not found"):
+        bench_config(load_demo_config("quick", ["bench=nope"]), rsscn7_root)
 
 
 def test_expand_dotted_nests_top_level_keys_in_order() -> None:
@@ -104,4 +112,13 @@ def test_offline_without_data_says_what_to_pass_and_leaves_nothing(
     assert code == 2
     assert "EuroSAT could not be downloaded (could not download EuroSAT" in err and "URLError: no network" in err
     assert "data.* hints" not in err and "geosane demo --data ../shared/data/rsscn7" in err
+    assert not out.exists()
+
+
+def test_a_folder_with_too_few_classes_for_the_benchmark_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_image_folder: Path
+) -> None:
+    out = tmp_path / "demo-out"
+    code, _, err = run_cli(capsys, "demo", "--quick", "--data", str(tiny_image_folder), "--out", str(out))
+    assert code == 2 and "needs at least 7 class folders, it has 3" in " ".join(err.split())
     assert not out.exists()

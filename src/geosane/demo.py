@@ -1,12 +1,14 @@
-"""``geosane demo``: the whole model foundry on one image folder, end to end.
+"""``geosane demo``: the model foundry's transfer benchmark on one image folder, end to end.
 
-    image folder ──► zoo build ──► tokenize ──► train the autoencoder ──► generate weights for a
-    prompt (a zoo architecture, and one absent from the zoo) ──► compare fine-tuning from scratch,
-    the prompt, the zoo average, TIES, DARE and the generated weights ──► report.md
+    image folder ──► ``geosane bench foundry`` at the demo's budget (``configs/bench/demo.yaml``):
+    source/target split ──► source zoo and prompts ──► tokenize ──► autoencoder ──► generate
+    ──► every control at one budget, 3 seeds ──► generator levers ──► OUT/report.md
 
-Every stage writes into ``OUT/<stage>`` and resumes: a rerun after an interruption skips what is
-finished (zoo members, tokenized models, autoencoder steps, generated directories, compare runs).
-The settings live in ``configs/demo/default.yaml`` (``--quick``: ``configs/demo/quick.yaml``).
+The protocol is the benchmark's (``docs/bench_foundry.md``): no zoo model sees a target image,
+the prompts are not in the zoo, and the generated weights face scratch, the fine-tuned prompt,
+prompt + noise, the nearest zoo member and its reconstruction, the merges, weight selection,
+pruning and distillation. Every stage resumes. ``--quick`` (``configs/demo/quick.yaml``) is the
+few-minute smoke run CI uses; its numbers say nothing about quality.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,11 @@ import typer
 from geosane.config import PACKAGED_CONFIGS, load_config, save_config
 from geosane.console import console
 from geosane.errors import ConfigError, DataError, GeosaneError
-from geosane.io import claim_out_dir, read_json, write_json, write_text
+from geosane.io import claim_out_dir, write_json, write_text
 
 __all__ = ["DemoConfig", "DemoResult", "load_demo_config", "prepare_data", "register", "run_demo"]
 
-EUROSAT_HINT = (
-    "pass an image folder (root/<class>/<image>), e.g. `geosane demo --data ../shared/data/rsscn7`"
-)
+EUROSAT_HINT = "pass an image folder (root/<class>/<image>), e.g. `geosane demo --data ../shared/data/rsscn7`"
 
 
 @dataclass
@@ -43,59 +42,14 @@ class DemoData:
 
 
 @dataclass
-class DemoZoo:
-    recipe: str = "demo"  # a packaged zoo recipe name or a YAML path
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DemoTokens:
-    token_size: int = 128
-    mode: str = "dense"
-
-
-@dataclass
-class DemoAutoencoder:
-    preset: str = "small"
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DemoGenerate:
-    """Generation for one prompt; ``prompt`` is a zoo member id or any model source."""
-
-    prompt: str = "resnet-base"
-    random_init: bool = False
-    num_candidates: int = 10
-    top_k: int = 3
-    bandwidth: float = 0.2
-    kde_mode: str = "token"
-    anchors: int = 0
-    decode: str = "direct"  # or "residual": prompt + decode(z) - decode(z_prompt) (see docs/demo.md)
-
-
-@dataclass
-class DemoCompare:
-    config: str = "compare_rsscn7"  # a packaged downstream config or a YAML path
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class DemoConfig:
-    """Settings of ``geosane demo`` (``configs/demo/default.yaml``)."""
+    """Settings of ``geosane demo`` (``configs/demo/default.yaml``): data, and the benchmark preset."""
 
     out: Path = Path("geosane-demo")
     data: DemoData = field(default_factory=DemoData)
-    image_size: int = 32
-    split_seed: int = 0
     seed: int = 0
-    zoo: DemoZoo = field(default_factory=DemoZoo)
-    tokens: DemoTokens = field(default_factory=DemoTokens)
-    autoencoder: DemoAutoencoder = field(default_factory=DemoAutoencoder)
-    generate: DemoGenerate = field(default_factory=DemoGenerate)
-    compare: DemoCompare = field(default_factory=DemoCompare)
-    cross_architecture: DemoGenerate | None = None
-    cross_compare: DemoCompare | None = None
+    bench: str = "demo"  # a packaged benchmark preset (configs/bench/<name>.yaml) or a YAML path
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted overrides of the benchmark config
 
 
 @dataclass
@@ -106,7 +60,9 @@ class DemoResult:
     verdicts: dict[str, str]
 
 
-def load_demo_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DemoConfig:
+def load_demo_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> DemoConfig:
     """The packaged default (or ``quick``) demo config, or a YAML file, plus dotted overrides."""
     if path is None or str(path) in ("default", "quick"):
         path = PACKAGED_CONFIGS / "demo" / f"{path or 'default'}.yaml"
@@ -180,12 +136,16 @@ def _download_eurosat(root: Path, folder: Path, per_class: int, seed: int) -> Pa
     console.print(f"no --data given: downloading EuroSAT through TorchGeo into {root} ...")
     existed = root.exists()
     try:
-        dataset = open_torchgeo("eurosat", root, "train", download=True, kwargs={"bands": ("B04", "B03", "B02")})
+        dataset = open_torchgeo(
+            "eurosat", root, "train", download=True, kwargs={"bands": ("B04", "B03", "B02")}
+        )
     except DataError as exc:
         if not existed:  # leave no half-downloaded folder behind
             shutil.rmtree(root, ignore_errors=True)
         cause = str(exc).split("; offline?")[0]  # the download error, without the generic data.* hints
-        raise DataError(f"no --data given and EuroSAT could not be downloaded ({cause}); {EUROSAT_HINT}") from None
+        raise DataError(
+            f"no --data given and EuroSAT could not be downloaded ({cause}); {EUROSAT_HINT}"
+        ) from None
     _export_folder(dataset, folder, per_class, seed)
     return folder
 
@@ -221,138 +181,65 @@ def _export_folder(dataset: Any, folder: Path, per_class: int, seed: int) -> Non
 # stages
 
 
-def _zoo(cfg: DemoConfig, data: Path) -> Path:
-    from geosane.zoo import build_zoo
+def bench_config(cfg: DemoConfig, data: Path) -> Any:
+    """The benchmark the demo runs: its preset with ``overrides``, on ``data``, into ``OUT/foundry``."""
+    from geosane.benchmark.foundry import check_bench_data, dotted, load_bench_config
 
-    overrides = {"dataset": str(data), "image_size": cfg.image_size, "split_seed": cfg.split_seed,
-                 **cfg.zoo.overrides}  # fmt: skip
-    build_zoo(cfg.zoo.recipe, cfg.out / "zoo", overrides)
-    return cfg.out / "zoo"
-
-
-def _tokens(cfg: DemoConfig, zoo: Path) -> Path:
-    from geosane.tokens import tokenize_zoo
-
-    tokenize_zoo(zoo, cfg.out / "tokens", token_size=cfg.tokens.token_size, mode=cfg.tokens.mode)
-    return cfg.out / "tokens"
-
-
-def _autoencoder(cfg: DemoConfig, store: Path) -> Path:
-    from geosane.autoencoder import load_autoencoder_config
-    from geosane.autoencoder.training import checkpoints, train
-
-    out = cfg.out / "autoencoder"
-    overrides = {"model.d_t": cfg.tokens.token_size, **cfg.autoencoder.overrides,
-                 "data.store": str(store), "train.out": str(out), "train.seed": cfg.seed}  # fmt: skip
-    ae_cfg = load_autoencoder_config(cfg.autoencoder.preset, overrides)
-    export, summary = out / "autoencoder.safetensors", out / "summary.json"
-    if export.exists() and summary.exists() and read_json(summary).get("steps") == ae_cfg.train.max_steps:
-        console.print(f"autoencoder: {export} is finished ({ae_cfg.train.max_steps} steps)")
-        return export
-    result = train(ae_cfg, resume=bool(checkpoints(out / "checkpoints")))
-    return result.export
-
-
-def _prompt_source(spec: DemoGenerate, zoo: Path) -> str:
-    from geosane.zoo import Zoo
-
-    ids = set(Zoo(zoo).ids)
-    return f"zoo:{zoo.resolve()}#{spec.prompt}" if spec.prompt in ids else spec.prompt
-
-
-def _generate(cfg: DemoConfig, spec: DemoGenerate, name: str, ae: Path, data: Path, store: Path) -> Path:
-    from geosane.generation import generate
-    from geosane.generation.pipeline import config_from_kwargs
-
-    out = cfg.out / "generated" / name
-    if (out / "model_card.json").exists():
-        console.print(f"generate: {out} is finished")
-        return out
-    generate(
-        config_from_kwargs(
-            ae=ae, prompt=_prompt_source(spec, cfg.out / "zoo"), out=out, num_candidates=spec.num_candidates,
-            top_k=spec.top_k, select_data=data, split_seed=cfg.split_seed, image_size=cfg.image_size,
-            kde_mode=spec.kde_mode, bandwidth=spec.bandwidth, seed=cfg.seed, random_init=spec.random_init,
-            store=store if spec.anchors else None, anchors=spec.anchors, decode=spec.decode, overwrite=True,
+    preset = cfg.bench
+    packaged = PACKAGED_CONFIGS / "bench" / f"{preset}.yaml"
+    path = packaged if packaged.is_file() else Path(preset).expanduser()
+    if not path.is_file():
+        presets = sorted(p.stem for p in (PACKAGED_CONFIGS / "bench").glob("*.yaml"))
+        raise ConfigError(
+            f"bench preset '{preset}' not found (packaged: {', '.join(presets)}, or a YAML path)"
         )
-    )
-    return out
+    overrides = [f"{k}={_yaml(v)}" for k, v in dotted(cfg.overrides).items()]
+    bench = load_bench_config(path, overrides)
+    bench.out, bench.data, bench.seed = cfg.out / "foundry", data, cfg.seed
+    check_bench_data(bench)
+    return bench
 
 
-def _compare(cfg: DemoConfig, spec: DemoCompare, gen: DemoGenerate, name: str, data: Path, generated: Path) -> Any:
-    from geosane.downstream import compare, load_compare_config
+def _yaml(value: Any) -> str:
+    import json
 
-    overrides = {
-        "data.root": str(data), "data.image_size": cfg.image_size, "data.split_seed": cfg.split_seed,
-        "prompt": _prompt_source(gen, cfg.out / "zoo"), "zoo.dir": str(cfg.out / "zoo"),
-        "generated.dir": str(generated), "out": str(cfg.out / "compare" / name),
-        "arch.name": "",  # the architecture comes from the prompt / the generated model card
-        **spec.overrides,
-    }  # fmt: skip
-    if gen.random_init and str(overrides["prompt"]).startswith("timm:"):
-        overrides["prompt"] = None  # a random-init prompt is scratch; compare it as "scratch"
-    return compare(load_compare_config(spec.config, overrides))
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    """Run (or resume) every stage of the demo and write ``OUT/report.md``."""
-    seconds: dict[str, float] = {}
+    """Run (or resume) the demo and write ``OUT/report.md``."""
+    from geosane.benchmark.foundry import run_foundry_bench
 
-    def timed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
-        console.rule(f"[bold]{stage}")
-        started = time.perf_counter()
-        value = fn(*args)
-        seconds[stage] = time.perf_counter() - started
-        return value
-
-    if cfg.cross_architecture is not None and cfg.cross_compare is None:
-        raise ConfigError("cross_architecture needs a cross_compare section (the comparison to run)")
     created = not cfg.out.exists()
     claim_out_dir(cfg.out, "demo", {"--data": cfg.data.root})
     started = time.perf_counter()
     try:
-        data = timed("data", prepare_data, cfg)
+        console.rule("[bold]data")
+        data = prepare_data(cfg)
+        bench = bench_config(cfg, data)
     except GeosaneError:
         if created:  # a run that could not even get its data leaves nothing behind
             shutil.rmtree(cfg.out, ignore_errors=True)
         raise
     save_config(cfg, cfg.out / "demo.yaml")
-    zoo = timed("zoo build", _zoo, cfg, data)
-    store = timed("tokenize", _tokens, cfg, zoo)
-    ae = timed("autoencoder", _autoencoder, cfg, store)
-    runs = [("prompt", cfg.generate, cfg.compare)]
-    if cfg.cross_architecture is not None and cfg.cross_compare is not None:
-        runs.append(("cross-architecture", cfg.cross_architecture, cfg.cross_compare))
-    compared: dict[str, Any] = {}
-    for name, gen, cmp in runs:
-        generated = timed(f"generate ({name})", _generate, cfg, gen, name, ae, data, store)
-        compared[name] = timed(f"compare ({name})", _compare, cfg, cmp, gen, name, data, generated)
+    seconds = {"data": time.perf_counter() - started}
+    result = run_foundry_bench(bench)
+    seconds.update({k: v for k, v in result.seconds.items() if k != "total"})
     seconds["total"] = time.perf_counter() - started
-    report = _write_report(cfg, data, seconds, compared)
-    return DemoResult(cfg.out, report, seconds, {k: v.verdict for k, v in compared.items()})
-
-
-def _write_report(cfg: DemoConfig, data: Path, seconds: dict[str, float], compared: dict[str, Any]) -> Path:
-    lines = [
-        "# geosane demo",
-        "",
-        f"Data: `{data}` at {cfg.image_size} px (split seed {cfg.split_seed}). Zoo: `{cfg.out / 'zoo'}`; "
-        f"token store: `{cfg.out / 'tokens'}`; autoencoder: `{cfg.out / 'autoencoder'}`.",
-        "",
-    ]
-    for name, result in compared.items():
-        lines += [f"## {name}", "", result.verdict, "", f"Full report: `{result.report}`", ""]
-        lines += ["| initialization | test " + result.metric + " (%, mean ± std over seeds) |", "|---|---|"]
-        for s in result.summaries:
-            lines.append(f"| {s.name} | {100 * s.test_mean:.1f} ± {100 * s.test_std:.1f} |")
-        lines.append("")
-    lines += ["## Time per stage (this run; resumed stages count only what was left)", "",
-              "| stage | seconds |", "|---|---|"]  # fmt: skip
-    lines += [f"| {stage} | {value:.0f} |" for stage, value in seconds.items()]
+    verdicts = {case["name"]: " ".join(_verdict(case)) for case in result.summary["cases"]}
     report = cfg.out / "report.md"
-    write_text(report, "\n".join(lines) + "\n")
+    text = result.report.read_text(encoding="utf-8")
+    text = text.replace("# geosane bench foundry", f"# geosane demo\n\nData: `{data}`. The benchmark's outputs: "
+                        f"`{bench.out}` (its own report: `{result.report}`).", 1)  # fmt: skip
+    write_text(report, text)
     write_json(cfg.out / "timings.json", seconds)
-    return report
+    return DemoResult(cfg.out, report, seconds, verdicts)
+
+
+def _verdict(case: dict[str, Any]) -> list[str]:
+    from geosane.benchmark.report import target_lines
+
+    return target_lines(case)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,11 +247,19 @@ def _write_report(cfg: DemoConfig, data: Path, seconds: dict[str, float], compar
 
 
 def demo_command(
-    data: Path | None = typer.Option(None, "--data", help="Image folder root/<class>/<image> (default: EuroSAT via TorchGeo)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Image folder root/<class>/<image> (default: EuroSAT via TorchGeo)."
+    ),
     out: Path = typer.Option(Path("geosane-demo"), "--out", help="Where every stage writes (reruns resume)."),
-    quick: bool = typer.Option(False, "--quick", help="A ~2-minute smoke run (tiny zoo, autoencoder and budget)."),
-    config: Path | None = typer.Option(None, "--config", help="A demo YAML config instead of the packaged one."),
-    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides, e.g. compare.overrides.train.epochs=5."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A ~2-minute smoke run (tiny zoo, autoencoder and budget)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="A demo YAML config instead of the packaged one."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Dotted overrides, e.g. compare.overrides.train.epochs=5."
+    ),
 ) -> None:
     """Build a zoo, tokenize it, train the autoencoder, generate weights and compare fine-tuning."""
     cfg = load_demo_config(config or ("quick" if quick else "default"), overrides or [])
@@ -374,7 +269,9 @@ def demo_command(
     result = run_demo(cfg)
     for name, verdict in result.verdicts.items():
         console.print(f"[bold]{name}:[/] {verdict}")
-    console.print(f"demo finished in {result.seconds['total'] / 60:.1f} min; report: [bold]{result.report}[/]")
+    console.print(
+        f"demo finished in {result.seconds['total'] / 60:.1f} min; report: [bold]{result.report}[/]"
+    )
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

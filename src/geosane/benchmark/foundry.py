@@ -38,6 +38,7 @@ __all__ = [
     "FoundryResult",
     "GeneratorSetting",
     "PromptCase",
+    "check_bench_data",
     "load_bench_config",
     "run_foundry_bench",
     "split_source_target",
@@ -99,6 +100,22 @@ class Lever:
     settings: dict[str, Any] = field(default_factory=dict)
     autoencoder: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.autoencoder = dotted(self.autoencoder)
+
+
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for autoencoder overrides written either way (``train.max_steps: 9`` or nested
+    ``train: {max_steps: 9}``, which a command-line override produces); nested keys win."""
+    flat: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            nested.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return {**flat, **nested}
+
 
 @dataclass
 class FoundryBenchConfig:
@@ -127,6 +144,7 @@ class FoundryBenchConfig:
     lever_case: str = "a"
 
     def __post_init__(self) -> None:
+        self.autoencoder = dotted(self.autoencoder)
         if not 0.0 < self.source_fraction < 1.0:
             raise ValueError(f"source_fraction must be in (0, 1), got {self.source_fraction}")
         unknown = [c for c in self.controls if c not in CONTROLS]
@@ -245,6 +263,25 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return parts
+
+
+def check_bench_data(cfg: FoundryBenchConfig) -> None:
+    """Refuse a folder with fewer classes than the recipes' class indices need (before any write)."""
+    from geosane.zoo import load_recipe
+
+    assert cfg.data is not None
+    root = Path(cfg.data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
+    classes = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for recipe in (cfg.zoo_recipe, cfg.prompts_recipe):
+        members = load_recipe(recipe).members
+        used = [c for m in members for c in (m.classes or []) if isinstance(c, int)]
+        if used and max(used) >= len(classes):
+            raise DataError(
+                f"the benchmark's recipe '{recipe}' uses class index {max(used)}: --data {root} needs at least "
+                f"{max(used) + 1} class folders, it has {len(classes)}"
+            )
 
 
 def _target_images(parts: dict[str, Path], eval_folder: Path | None) -> list[Path]:
@@ -426,6 +463,7 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         )
     if cfg.eval_folder is not None and not Path(cfg.eval_folder).is_dir():
         raise DataError(f"--eval-folder {cfg.eval_folder} is not a directory (root/<class>/<image>)")
+    check_bench_data(cfg)
     created = not cfg.out.exists()
     claim_out_dir(cfg.out, "bench-foundry", {"--data": cfg.data, "--eval-folder": cfg.eval_folder})
     started = time.perf_counter()

@@ -165,7 +165,7 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
-def _targets(case: dict[str, Any]) -> list[str]:
+def target_lines(case: dict[str, Any]) -> list[str]:
     """The issue's targets in words: >= scratch + 10, and above every applicable control."""
     rows = {r["name"]: r for r in case["rows"]}
     gen = next((r for r in case["rows"] if r["kind"] == "generated"), None)
@@ -189,6 +189,37 @@ def _targets(case: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"Generated beats every applicable control ({', '.join(beaten)}) with a paired margin.")
     return lines
+
+
+def _chosen_on_select(case: dict[str, Any], levers: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+    """The generator setting with the best select accuracy (main or a lever) against every control.
+
+    A choice made on ``select`` only, as a user would make it; its test figures are then reported
+    against the controls, paired over the same seeds.
+    """
+    main = next((r for r in case["rows"] if r["kind"] == "generated"), None)
+    if main is None:
+        return []
+    options = [("main setting", main["select_mean"], dict(zip(seeds, main["values"], strict=False)))]
+    options += [
+        (lever["name"], lever["select_mean"], {int(k): v for k, v in lever["values"].items()})
+        for lever in levers
+    ]
+    name, select, values = max(options, key=lambda o: o[1])
+    lines = [f"**Chosen on select** among the main setting and the levers: `{name}` (select {_pct(select)}, "
+             f"test {_pct(_mean_std(list(values.values()))[0])}). Against the controls, paired over the same seeds:", "",
+             "| control | its test (%) | chosen generator - control (points) | beaten |", "|---|---|---|---|"]  # fmt: skip
+    for r in case["rows"]:
+        if r["kind"] == "generated":
+            continue
+        theirs = dict(zip(seeds, r["values"], strict=False))
+        diffs = [values[s] - theirs[s] for s in values if s in theirs]
+        m, sd = _mean_std(diffs)
+        beaten = "yes" if m > 0 and m > sd else "**no**"
+        lines.append(
+            f"| {LABELS.get(r['name'], r['name'])} | {_pct(r['test_mean'])} | {_pct(m, True)} ± {_pct(sd)} | {beaten} |"
+        )
+    return [*lines, ""]
 
 
 def _ae_line(ae: dict[str, Any] | None) -> str:
@@ -287,7 +318,7 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
         metric = case["metric"]
         lines += [f"## Case {case['name']}: {case['description']}", "", f"Prompt `{case['prompt']}`; split sizes "
                   f"{case['sizes']}; compare outputs `{case['compare']}`.", ""]  # fmt: skip
-        lines += [*_targets(case), ""]
+        lines += [*target_lines(case), ""]
         lines += [
             f"| initialization | test {metric} (%) | select | epoch 0 | epoch 1 | end | generated - it, paired (points) | beaten |",
             "|---|---|---|---|---|---|---|---|",
@@ -345,6 +376,8 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
                 f"{_pct(lever['test_mean'])} ± {_pct(lever['test_std'])} | {cells[0]} | {cells[1]} |"
             )
         lines.append("")
+        if case is not None:
+            lines += _chosen_on_select(case, summary["levers"], seeds)
     teacher = summary.get("teacher")
     if teacher:
         lines += [f"## The zoo fine-tuned on the target (seed {seeds[0]}; the best on select is the distillation teacher)",

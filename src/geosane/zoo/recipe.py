@@ -72,14 +72,15 @@ class MemberSpec:
     """One explicitly listed member; unset training fields fall back to the recipe ``defaults``.
 
     ``arch`` may be omitted when ``init_from`` names a parent: the child then uses the parent's
-    architecture. ``classes`` are class names (a subset, in the given order); ``bands`` are band
+    architecture. ``classes`` are class names (a subset, in the given order) or indices into the
+    dataset's sorted class names; ``bands`` are band
     indices of the dataset's images.
     """
 
     name: str
     arch: ArchChoice | None = None
     seed: int = 0
-    classes: list[str] | None = None
+    classes: list[Any] | None = None  # names (str) or indices (int): kept as YAML typed them
     bands: list[int] | None = None
     init_from: str | None = None
     epochs: int | None = None
@@ -101,7 +102,7 @@ class GridSpec:
 
     arch: list[ArchChoice] = field(default_factory=list)
     seed: list[int] = field(default_factory=lambda: [0])
-    classes: list[list[str] | None] = field(default_factory=lambda: [None])
+    classes: list[list[Any] | None] = field(default_factory=lambda: [None])
     bands: list[list[int] | None] = field(default_factory=lambda: [None])
     epochs: list[int | None] = field(default_factory=lambda: [None])
     lr: list[float | None] = field(default_factory=lambda: [None])
@@ -319,6 +320,25 @@ def _resolve_train(defaults: TrainSettings, spec: MemberSpec) -> TrainSettings:
         raise ConfigError(f"member '{spec.name}': {exc}") from None
 
 
+def _class_names(member: str, classes: Sequence[str | int] | None, dataset_classes: Sequence[str]) -> tuple[str, ...]:
+    """Class names of a member; an integer is an index into the dataset's sorted class names, so a
+    recipe can name class subsets of any folder (``[0, 1, 2, 3]``)."""
+    if classes is None:
+        return tuple(dataset_classes)
+    names = []
+    for c in classes:
+        if isinstance(c, int) and not isinstance(c, bool):
+            if not 0 <= c < len(dataset_classes):
+                raise ConfigError(
+                    f"member '{member}': class index {c} is out of range; the dataset has "
+                    f"{len(dataset_classes)} classes ({', '.join(dataset_classes)})"
+                )
+            names.append(dataset_classes[c])
+        else:
+            names.append(str(c))
+    return tuple(names)
+
+
 def plan_members(
     recipe: ZooRecipe, dataset_classes: Sequence[str], dataset_bands: int
 ) -> list[PlannedMember]:
@@ -359,7 +379,7 @@ def plan_members(
                     f"member '{spec.name}': init_from '{spec.init_from}' is not a member of this recipe{hint}"
                 )
             parent = plan(by_name[spec.init_from], (*stack, spec.name))
-        classes = tuple(spec.classes) if spec.classes is not None else tuple(dataset_classes)
+        classes = _class_names(spec.name, spec.classes, dataset_classes)
         unknown = [c for c in classes if c not in dataset_classes]
         if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
             problem = f"unknown classes {unknown}" if unknown else "needs >= 2 distinct classes"
