@@ -13,7 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from geosane.io import atomic_path, read_json, write_json, write_text
+from geosane.downstream.report import save_figure
+from geosane.io import read_json, write_json, write_text
 
 __all__ = ["case_summary", "lever_summary", "write_report"]
 
@@ -256,11 +257,9 @@ def _plot(summary: dict[str, Any], out: Path) -> list[Path]:
             ax.set_ylabel(f"generated - control, test {case['metric']} (points)")
             ax.set_title(f"case {case['name']}: paired differences per seed")
         fig.tight_layout()
-        path = out / "paired_differences.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        save_figure(fig, out / "paired_differences.png")
         plt.close(fig)
-        written.append(path)
+        written.append(out / "paired_differences.png")
         fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4), squeeze=False)
         for ax, case in zip(axes[0], cases, strict=True):
             for r in case["rows"]:
@@ -272,11 +271,9 @@ def _plot(summary: dict[str, Any], out: Path) -> list[Path]:
             ax.set_title(f"case {case['name']}")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / "test_curves.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        save_figure(fig, out / "test_curves.png")
         plt.close(fig)
-        written.append(path)
+        written.append(out / "test_curves.png")
     return written
 
 

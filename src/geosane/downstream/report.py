@@ -18,6 +18,7 @@ __all__ = [
     "plot_final",
     "render_report",
     "results_rows",
+    "save_figure",
     "summarize",
     "verdict",
 ]
@@ -177,7 +178,8 @@ def render_report(
     return "\n".join(lines)
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as a PNG, written atomically (every report plot goes through here)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
@@ -211,7 +213,7 @@ def plot_curves(results: dict[str, list[FinetuneResult]], metric: str, path: Pat
     axes[1].legend(fontsize=8, loc="lower right")
     for ax in axes:
         ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -237,6 +239,6 @@ def plot_final(summaries: list[InitSummary], metric: str, path: Path) -> Path:
     ax.set(ylabel=f"test {metric} (%)", title=f"Final test {metric} (mean ± std over seeds)")
     ax.tick_params(axis="x", rotation=30)
     ax.grid(axis="y", alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
