@@ -151,16 +151,19 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_resume(rsscn7_root: Path,
     args = ["finetune", "rsscn7", *TINY, "train.epochs=100", "--data", str(rsscn7_root), "--init", "scratch",
             "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "400"}
+    # the user's shell delivers Ctrl-C: a child inherits an *ignored* SIGINT from its parent, and
+    # something in a long pytest session may leave it ignored, so the child starts with the default
+    inherited = signal.getsignal(signal.SIGINT)
     proc = subprocess.Popen(
         [sys.executable, "-m", "geosane", *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.ckpt").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"parent's SIGINT handler {inherited!r}; {err}"
     lines = [line for line in err.splitlines() if line.strip() and "Detected KeyboardInterrupt" not in line]
     assert lines[-1].startswith("interrupted: the last finished epoch is saved in") and "Traceback" not in err
     assert lines[-1].endswith("rerun the same command to resume")
