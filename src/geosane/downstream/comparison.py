@@ -20,8 +20,9 @@ Finished runs are skipped on rerun; an interrupted run resumes from its checkpoi
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -199,11 +200,14 @@ def plan_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initiali
                 )
             )  # fmt: skip
     inits += candidates
+    if prompt is None and prompt_source and {"prompt_noise", "nearest"} & set(config.inits):
+        prompt = load_source(prompt_source, arch)  # once, for every control that needs it
+    larger = functools.cache(lambda: _larger_source(config, arch))  # weight selection and pruning share it
     for kind in CONTROL_KINDS:
         if kind not in config.inits:
             continue
         try:
-            inits.append(_control(kind, config, arch, prompt_source, prompt, candidates))
+            inits.append(_control(kind, config, arch, prompt_source, prompt, candidates, larger))
         except NotApplicable as exc:
             if config.controls.not_applicable == "error":
                 raise NotApplicable(f"init '{kind}' is not applicable: {exc}") from None
@@ -220,14 +224,13 @@ def _control(
     prompt_source: str | None,
     prompt: LoadedModel | None,
     generated: list[Initialization],
+    larger: Callable[[], WeightSource],
 ) -> Initialization:
     """One control initialization of :mod:`geosane.downstream.controls` (raises NotApplicable)."""
     from geosane.zoo import Zoo
 
     if kind in ("prompt_noise", "nearest") and prompt is None:
-        if not prompt_source:
-            raise NotApplicable("it needs the prompt (prompt: SOURCE or a generated.dir naming it)")
-        prompt = load_source(prompt_source, arch)
+        raise NotApplicable("it needs the prompt (prompt: SOURCE or a generated.dir naming it)")
     if kind == "prompt_noise":
         assert prompt is not None
         if not generated or generated[0].state_dict is None:
@@ -262,20 +265,15 @@ def _control(
             f"random init, distilled from {teacher.source} (alpha {teacher.alpha}, T {teacher.temperature})"
         )
         return Initialization("distillation", kind, arch, None, source, {"teacher": teacher.source}, teacher)
-    if config.zoo.dir is None:
-        raise NotApplicable("it needs a zoo (zoo.dir)")
-    zoo = Zoo(config.zoo.dir)
     if kind == "nearest":
         assert prompt is not None
-        chosen = nearest_member(zoo, arch, prompt.state_dict)
+        if config.zoo.dir is None:
+            raise NotApplicable("it needs a zoo (zoo.dir)")
+        chosen = nearest_member(Zoo(config.zoo.dir), arch, prompt.state_dict)
         return Initialization(
             "nearest", kind, arch, chosen.state_dict, f"zoo member {chosen.note}", {"member": chosen.entry.id}
         )
-    if config.controls.larger:
-        entry = zoo.get(config.controls.larger)
-        chosen = WeightSource(entry, zoo.load_state_dict(entry.id), f"{entry.id} (controls.larger)")
-    else:
-        chosen = larger_member(zoo, arch)
+    chosen = larger()
     larger_arch = chosen.entry.arch_spec
     assert larger_arch is not None
     if kind == "weight_selection":
@@ -285,6 +283,19 @@ def _control(
         weights = prune_to(arch, larger_arch, chosen.state_dict)
         how = "L1-ranked hidden units, leading residual channels, pruned from"
     return Initialization(kind, kind, arch, weights, f"{how} {chosen.note}", {"member": chosen.entry.id})
+
+
+def _larger_source(config: CompareConfig, arch: ArchSpec) -> WeightSource:
+    """The zoo model weight selection and pruning inherit from (``controls.larger`` or the smallest larger)."""
+    from geosane.zoo import Zoo
+
+    if config.zoo.dir is None:
+        raise NotApplicable("it needs a zoo (zoo.dir)")
+    zoo = Zoo(config.zoo.dir)
+    if config.controls.larger:
+        entry = zoo.get(config.controls.larger)
+        return WeightSource(entry, zoo.load_state_dict(entry.id), f"{entry.id} (controls.larger)")
+    return larger_member(zoo, arch)
 
 
 def _notes(config: CompareConfig, inits: list[Initialization], data: TaskData) -> list[str]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from geosane.downstream.merges import is_running_stat
 from geosane.errors import GeosaneError
 from geosane.zoo import ArchSpec, Zoo, ZooEntry
 
@@ -58,16 +59,12 @@ class WeightSource:
     note: str
 
 
-def _is_statistic(key: str) -> bool:
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
-
-
 def _comparable(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> list[str]:
     """Floating tensors present in both with one shape (BatchNorm statistics excluded)."""
     return [
         k
         for k, v in a.items()
-        if k in b and v.is_floating_point() and v.shape == b[k].shape and not _is_statistic(k)
+        if k in b and v.is_floating_point() and v.shape == b[k].shape and not is_running_stat(k)
     ]
 
 
@@ -146,35 +143,38 @@ def nearest_member(
 
 def head_keys(arch: ArchSpec) -> set[str]:
     """State-dict keys of the architecture's task head (they are re-initialised for a task)."""
+    return _template(arch)[1]
+
+
+def _template(arch: ArchSpec) -> tuple[dict[str, torch.Size], set[str]]:
+    """Shapes of every tensor of ``arch`` and its head's keys (one meta-device build)."""
     from geosane.tasks.models import _head_names
     from geosane.zoo.libraries import arch_library
     from geosane.zoo.sources import empty_architecture
 
-    return _head_names(empty_architecture(arch), arch_library(arch.library).head_prefixes)
+    model = empty_architecture(arch)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    return shapes, _head_names(model, arch_library(arch.library).head_prefixes)
 
 
-def _template(arch: ArchSpec) -> dict[str, torch.Size]:
-    from geosane.zoo.sources import empty_architecture
-
-    return {k: v.shape for k, v in empty_architecture(arch).state_dict().items()}
+def _covers(source: torch.Tensor | None, shape: torch.Size) -> bool:
+    """Whether leading selection from ``source`` can give a tensor of ``shape``."""
+    return (
+        source is not None
+        and source.ndim == len(shape)
+        and all(s >= t for s, t in zip(source.shape, shape, strict=True))
+    )
 
 
 def _uncovered(
     template: Mapping[str, torch.Size], larger: Mapping[str, torch.Tensor], head: set[str]
 ) -> list[str]:
     """Keys of ``template`` (head excluded) that ``larger`` cannot supply by leading selection."""
-    bad = []
-    for key, shape in template.items():
-        if key in head or key.endswith("num_batches_tracked"):
-            continue
-        source = larger.get(key)
-        if (
-            source is None
-            or source.ndim != len(shape)
-            or any(s < t for s, t in zip(source.shape, shape, strict=True))
-        ):
-            bad.append(key)
-    return bad
+    return [
+        key
+        for key, shape in template.items()
+        if key not in head and not key.endswith("num_batches_tracked") and not _covers(larger.get(key), shape)
+    ]
 
 
 def select_weights(arch: ArchSpec, larger: Mapping[str, torch.Tensor]) -> StateDict:
@@ -185,8 +185,7 @@ def select_weights(arch: ArchSpec, larger: Mapping[str, torch.Tensor]) -> StateD
     consistent choice along every axis, as the residual connections require). Head tensors of
     another shape are left out (the task head is re-initialised).
     """
-    template = _template(arch)
-    head = head_keys(arch)
+    template, head = _template(arch)
     bad = _uncovered(template, larger, head)
     if bad:
         raise NotApplicable(
@@ -195,12 +194,9 @@ def select_weights(arch: ArchSpec, larger: Mapping[str, torch.Tensor]) -> StateD
     out: StateDict = {}
     for key, shape in template.items():
         source = larger.get(key)
-        if (
-            source is None
-            or source.ndim != len(shape)
-            or any(s < t for s, t in zip(source.shape, shape, strict=True))
-        ):
+        if not _covers(source, shape):
             continue  # a head of another shape, or a counter the model rebuilds
+        assert source is not None
         out[key] = source[tuple(slice(0, t) for t in shape)].clone()
     return out
 
@@ -212,8 +208,7 @@ def larger_member(zoo: Zoo, arch: ArchSpec, exclude: Iterable[str] = ()) -> Weig
     """
     from geosane.downstream.inits import same_architecture
 
-    template = _template(arch)
-    head = head_keys(arch)
+    template, head = _template(arch)
     skip = set(exclude)
     candidates = []
     for entry in zoo:

@@ -70,7 +70,8 @@ class MergeResult:
         }
 
 
-def _is_running_stat(key: str) -> bool:
+def is_running_stat(key: str) -> bool:
+    """A BatchNorm running mean or variance (statistics, not weights: averaged, never task-vectored)."""
     return key.rsplit(".", 1)[-1] in RUNNING_STAT_SUFFIXES
 
 
@@ -98,7 +99,7 @@ def _classify(models: Sequence[StateDict]) -> dict[str, str]:
             kinds[key] = "skip"
         elif not ref.is_floating_point():
             kinds[key] = "copy"
-        elif _is_running_stat(key):
+        elif is_running_stat(key):
             kinds[key] = "stat"
         else:
             kinds[key] = "weight"

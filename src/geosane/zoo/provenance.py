@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geosane.errors import GeosaneError
-from geosane.io import contained_path, read_json, write_json
+from geosane.io import contained_path, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:
     from geosane.zoo.manifest import Zoo
@@ -53,14 +53,10 @@ ZOO_BUILD_SPLITS = (
 
 def image_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of the file's bytes, first 16 hex chars: content identity, independent of the path."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        return sha256_file(path)[:DIGEST_CHARS]
     except OSError as exc:
         raise GeosaneError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def _digests(paths: Iterable[str | os.PathLike[str]], cache: MutableMapping[str, str] | None) -> list[str]:
