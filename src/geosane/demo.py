@@ -75,7 +75,7 @@ def load_demo_config(
 
 def prepare_data(cfg: DemoConfig) -> Path:
     """The image folder every stage uses (a seeded per-class subset when ``max_per_class`` is set)."""
-    from geosane.data.folder import IMAGE_EXTENSIONS
+    from geosane.data.folder import image_files
 
     if cfg.data.root is None:
         check_data_source(cfg)  # TorchGeo present (or EuroSAT already exported)
@@ -93,7 +93,7 @@ def prepare_data(cfg: DemoConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     rng = random.Random(cfg.seed)
     for cls in classes:
-        files = sorted(p for p in cls.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(cls)
         rng.shuffle(files)
         (tmp / cls.name).mkdir(parents=True)
         for f in files[: cfg.data.max_per_class]:
@@ -105,9 +105,11 @@ def prepare_data(cfg: DemoConfig) -> Path:
 
 
 def _class_folders(source: Path) -> list[Path]:
+    from geosane.data.folder import class_dirs
+
     if not source.is_dir():
         raise DataError(f"--data {source} is not a directory; {EUROSAT_HINT}")
-    classes = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_dirs(source)
     if len(classes) < 2:
         raise DataError(f"--data {source} needs at least two class sub-folders (root/<class>/<image>)")
     return classes

@@ -202,7 +202,7 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     ``OUT/data/split.json`` lists every file. Copies (not links): the benchmark must not change
     when the original folder does.
     """
-    from geosane.data.folder import IMAGE_EXTENSIONS
+    from geosane.data.folder import class_dirs, image_files
 
     if cfg.data is None:
         raise DataError(
@@ -211,7 +211,7 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     root = Path(cfg.data).expanduser()
     if not root.is_dir():
         raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_dirs(root)
     if len(classes) < 2:
         raise DataError(f"--data {root} needs at least two class sub-folders")
     out = cfg.out / "data"
@@ -237,7 +237,7 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     listing: dict[str, dict[str, list[str]]] = {}
     total = sum(fractions.values())
     for cls in classes:
-        files = sorted(p for p in cls.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(cls)
         rng.shuffle(files)
         n_source = round(len(files) * cfg.source_fraction)
         target = files[n_source:]
@@ -267,13 +267,14 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
 
 def check_bench_data(cfg: FoundryBenchConfig) -> None:
     """Refuse a folder with fewer classes than the recipes' class indices need (before any write)."""
+    from geosane.data.folder import class_dirs
     from geosane.zoo import load_recipe
 
     assert cfg.data is not None
     root = Path(cfg.data).expanduser()
     if not root.is_dir():
         raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
-    classes = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    classes = class_dirs(root)
     for recipe in (cfg.zoo_recipe, cfg.prompts_recipe):
         members = load_recipe(recipe).members
         used = [c for m in members for c in (m.classes or []) if isinstance(c, int)]
@@ -285,10 +286,10 @@ def check_bench_data(cfg: FoundryBenchConfig) -> None:
 
 
 def _target_images(parts: dict[str, Path], eval_folder: Path | None) -> list[Path]:
-    from geosane.data.folder import IMAGE_EXTENSIONS
+    from geosane.data.folder import image_files
 
     folders = [parts["train"], parts["select"], eval_folder or parts["test"]]
-    return sorted(p for folder in folders for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for folder in folders for p in image_files(folder))
 
 
 # ---------------------------------------------------------------------------------------------

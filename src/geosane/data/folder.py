@@ -196,7 +196,7 @@ def _load_cached(root: str, image_size: int, mtime_ns: int) -> ImageFolderData:
     paths: list[Path] = []
     labels: list[int] = []
     for cls in classes:
-        files = sorted(p for p in (root_path / cls).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(root_path / cls)
         if not files:
             raise DataError(f"class folder {root_path / cls} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         paths.extend(files)
@@ -213,7 +213,9 @@ def _load_cached(root: str, image_size: int, mtime_ns: int) -> ImageFolderData:
         first_with.setdefault(int(image.shape[0]), path)
     if len(first_with) > 1:
         shown = ", ".join(f"{p.relative_to(root_path)} has {b}" for b, p in sorted(first_with.items()))
-        raise DataError(f"images in {root} have different band counts ({shown}); use one band count per dataset")
+        raise DataError(
+            f"images in {root} have different band counts ({shown}); use one band count per dataset"
+        )
     return ImageFolderData(
         images=torch.stack([image for image, _ in decoded]),
         labels=torch.tensor(labels, dtype=torch.long),
@@ -238,15 +240,19 @@ def load_image_folder(root: str | Path, image_size: int = 64) -> ImageFolderData
     return _load_cached(str(root_path), int(image_size), root_path.stat().st_mtime_ns)
 
 
+def class_dirs(root: str | Path) -> list[Path]:
+    """The class sub-folders of an image folder ``root/<class>/...``, sorted (hidden ones skipped)."""
+    return sorted(p for p in Path(root).expanduser().iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, by extension), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def count_folder_images(root: str | Path) -> int:
     """Number of image files in the class sub-folders of ``root`` (without decoding them)."""
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise DataError(f"image folder not found: {root}")
-    return sum(
-        1
-        for sub in root_path.iterdir()
-        if sub.is_dir() and not sub.name.startswith(".")
-        for p in sub.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return sum(len(image_files(sub)) for sub in class_dirs(root_path))
