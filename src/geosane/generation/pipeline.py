@@ -217,25 +217,37 @@ def _aligned_rows(prompt_tm: Any, tm: Any) -> list[tuple[int, int, int]]:
     return rows
 
 
-def _aligned_tokens(tm: Any, record: Any, prompt: LoadedModel, tokenizer: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+def _tokenize_like_store(
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: dict[str, Any],
+    token_size: int,
+    mode: str,
+    module: nn.Module | None,
+) -> Any:
+    """Tokens of ``state_dict`` with the settings of the store the autoencoder was trained on."""
+    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, tokenize
+
+    return tokenize(
+        state_dict, token_size=token_size, mode=mode, include=tokenizer.get("include"),
+        exclude=tokenizer.get("exclude") or (), buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
+        module=module,
+    )  # fmt: skip
+
+
+def _aligned_tokens(
+    tm: Any, record: Any, prompt: LoadedModel, groups: list[Any], tokenizer: dict[str, Any]
+) -> tuple[Any, dict[str, float]]:
     """``tm`` (a zoo model's tokens) with its units reordered to the prompt's (:mod:`.align`)."""
     from geosane.autoencoder.permutation import permute_state_dict
-    from geosane.generation.align import alignment_groups, weight_matching
-    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, detokenize, tokenize
+    from geosane.generation.align import weight_matching
+    from geosane.tokens import detokenize
     from geosane.zoo.sources import empty_architecture
 
-    groups = alignment_groups(prompt.build(load_weights=False))
-    if not groups:
-        return tm, {}
     weights = detokenize(tm)
     perms, info = weight_matching(prompt.state_dict, weights, groups)
     aligned = permute_state_dict(weights, groups, perms)
     module = empty_architecture(ArchSpec.from_dict(record.arch)) if record.arch else None
-    return tokenize(
-        aligned, token_size=tm.token_size, mode=tm.mode, include=tokenizer.get("include"),
-        exclude=tokenizer.get("exclude") or (), buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
-        module=module,
-    ), info  # fmt: skip
+    return _tokenize_like_store(aligned, tokenizer, tm.token_size, tm.mode, module), info
 
 
 def _nearest_anchors(
@@ -261,6 +273,11 @@ def _nearest_anchors(
             f"token store {cfg.store} uses token size {store.token_size} ({store.mode}) but the autoencoder "
             f"uses {prompt_tm.token_size} ({prompt_tm.mode})"
         )
+    groups: list[Any] = []
+    if cfg.align_anchors and prompt is not None:
+        from geosane.generation.align import alignment_groups
+
+        groups = alignment_groups(prompt.build(load_weights=False))  # once: every anchor is aligned to them
     found = []
     for record in store.records:
         tm = store.load(record.id)
@@ -273,8 +290,8 @@ def _nearest_anchors(
         if torch.equal(tm.tokens[theirs], prompt_tm.tokens[mine]):
             continue  # the prompt itself is a zoo member: it is already the first anchor
         alignment: dict[str, float] = {}
-        if cfg.align_anchors and prompt is not None:
-            tm, alignment = _aligned_tokens(tm, record, prompt, tokenizer or {})
+        if groups and prompt is not None:
+            tm, alignment = _aligned_tokens(tm, record, prompt, groups, tokenizer or {})
         z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
         latent = prompt_latent.clone()
         latent[mine] = z[theirs].to(latent.dtype)
@@ -400,7 +417,7 @@ def _score_candidate(
 def generate(cfg: GenerateConfig) -> GenerationResult:
     """Run generation end to end; see the module docstring."""
     from geosane.autoencoder import decode_sequence, encode_sequence, load_autoencoder
-    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, detokenize, tokenize
+    from geosane.tokens import detokenize
 
     validate_config(cfg)
     ae, ae_meta = load_autoencoder(cfg.ae)
@@ -439,14 +456,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         select = TensorImageDataset(select_images.images, select_images.targets, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    prompt_tm = tokenize(
-        prompt.state_dict,
-        token_size=token_size,
-        mode=mode,
-        include=tokenizer.get("include"),
-        exclude=tokenizer.get("exclude") or (),
-        buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
-        module=prompt.build(load_weights=False),
+    prompt_tm = _tokenize_like_store(
+        prompt.state_dict, tokenizer, token_size, mode, prompt.build(load_weights=False)
     )
     generated, kept = split_generated(prompt_tm, cfg.generate_only)  # before any work: a typo costs nothing
     console.print(
@@ -517,8 +528,12 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             "mode": cfg.kde_mode,
             "bandwidth": cfg.bandwidth,
             "anchors": [
-                {"id": a["id"], "distance": a["distance"], "shared_tokens": a["shared_tokens"],
-                 "alignment": a["alignment"]}
+                {
+                    "id": a["id"],
+                    "distance": a["distance"],
+                    "shared_tokens": a["shared_tokens"],
+                    "alignment": a["alignment"],
+                }
                 for a in anchors
             ],
         },
