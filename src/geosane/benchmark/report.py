@@ -9,16 +9,14 @@ deviation over seeds (the "paired margin larger than the seed spread" of the iss
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
-from geosane.downstream.report import save_figure
+from geosane.downstream.report import TARGET_POINTS, mean_std, save_figure
 from geosane.io import read_json, write_json, write_text
 
 __all__ = ["case_summary", "lever_summary", "write_report"]
 
-TARGET_POINTS = 10.0
 
 # controls the issue names that geosane does not build yet: reported, never silently skipped
 NOT_BUILT: dict[str, str] = {}
@@ -37,13 +35,6 @@ LABELS = {
     "distillation": "scratch + distillation from the best zoo model",
     "generated-1": "generated (rank 1 on select)",
 }
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return float("nan"), float("nan")
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
 def _curve(history: list[dict[str, float]], metric: str) -> dict[int, float]:
@@ -121,9 +112,9 @@ def case_summary(
         by_seed = {r.seed: r for r in runs[s.name]}
         curves = [_curve(r.history, metric) for r in runs[s.name]]
         epochs = sorted(set().union(*[c.keys() for c in curves])) if curves else []
-        mean_curve = {e: _mean_std([c[e] for c in curves if e in c])[0] for e in epochs}
+        mean_curve = {e: mean_std([c[e] for c in curves if e in c])[0] for e in epochs}
         paired = [gen[seed] - r.test for seed, r in by_seed.items() if seed in gen]
-        diff_mean, diff_std = _mean_std(paired)
+        diff_mean, diff_std = mean_std(paired)
         rows.append({
             "name": s.name, "kind": s.kind, "source": s.source, "test_mean": s.test_mean, "test_std": s.test_std,
             "select_mean": s.select_mean, "values": s.values, "curve": mean_curve,
@@ -208,14 +199,14 @@ def _chosen_on_select(case: dict[str, Any], levers: list[dict[str, Any]], seeds:
     ]
     name, select, values = max(options, key=lambda o: o[1])
     lines = [f"**Chosen on select** among the main setting and the levers: `{name}` (select {_pct(select)}, "
-             f"test {_pct(_mean_std(list(values.values()))[0])}). Against the controls, paired over the same seeds:", "",
+             f"test {_pct(mean_std(list(values.values()))[0])}). Against the controls, paired over the same seeds:", "",
              "| control | its test (%) | chosen generator - control (points) | beaten |", "|---|---|---|---|"]  # fmt: skip
     for r in case["rows"]:
         if r["kind"] == "generated":
             continue
         theirs = dict(zip(seeds, r["values"], strict=False))
         diffs = [values[s] - theirs[s] for s in values if s in theirs]
-        m, sd = _mean_std(diffs)
+        m, sd = mean_std(diffs)
         beaten = "yes" if m > 0 and m > sd else "**no**"
         lines.append(
             f"| {LABELS.get(r['name'], r['name'])} | {_pct(r['test_mean'])} | {_pct(m, True)} ± {_pct(sd)} | {beaten} |"
@@ -364,7 +355,7 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
             for ref in ("prompt", "scratch"):
                 other = base.get(ref, {})
                 diffs = [lever["values"][s] - other[s] for s in lever["values"] if s in other]
-                m, sd = _mean_std(diffs)
+                m, sd = mean_std(diffs)
                 cells.append(f"{_pct(m, True)} ± {_pct(sd)}" if diffs else "n/a")
             fit = lever.get("autoencoder_fit") or {}
             r2 = "n/a" if fit.get("r2_val") is None else f"{fit['r2_val']:.3f}"

@@ -13,7 +13,9 @@ from geosane.downstream.finetuning import FinetuneResult
 from geosane.io import atomic_path
 
 __all__ = [
+    "TARGET_POINTS",
     "InitSummary",
+    "mean_std",
     "plot_curves",
     "plot_final",
     "render_report",
@@ -41,7 +43,8 @@ class InitSummary:
     wall_s_mean: float
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds, NaN values (failed metrics) left out."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return float("nan"), float("nan")
@@ -53,8 +56,8 @@ def summarize(
 ) -> list[InitSummary]:
     out = []
     for name, runs in results.items():
-        test_mean, test_std = _mean_std([r.test for r in runs])
-        select_mean, select_std = _mean_std([r.select for r in runs])
+        test_mean, test_std = mean_std([r.test for r in runs])
+        select_mean, select_std = mean_std([r.select for r in runs])
         out.append(
             InitSummary(
                 name, kinds[name], sources[name], test_mean, test_std, select_mean, select_std,
