@@ -1,4 +1,4 @@
-"""Datasets shared by every stage: image folders, multi-band scene chips, splits, normalization.
+"""Datasets shared by every stage: image folders, multi-band scene chips, splits, caps, normalization.
 
 Names are imported lazily so that configs (which use ``DEFAULT_FRACTIONS``) load without torch.
 """
@@ -12,13 +12,17 @@ from geosane._lazy import lazy_exports
 if TYPE_CHECKING:
     from geosane.data.csmask import CSMASK_CLASSES, IGNORE_INDEX, SegmentationChips, load_csmask
     from geosane.data.folder import ImageFolderData, count_folder_images, load_image_folder
+    from geosane.data.normalize import NormalizationChoice, choose_normalization, to_unit_range
     from geosane.data.splits import DEFAULT_FRACTIONS, group_split, stratified_split
+    from geosane.data.task import SPLITS, TaskData, TaskPart, cap_per_class, cap_samples, split_fractions
     from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate, recorded_normalization
 
 _EXPORTS = {
     "csmask": ("CSMASK_CLASSES", "IGNORE_INDEX", "SegmentationChips", "load_csmask"),
     "folder": ("ImageFolderData", "count_folder_images", "load_image_folder"),
+    "normalize": ("NormalizationChoice", "choose_normalization", "to_unit_range"),
     "splits": ("DEFAULT_FRACTIONS", "group_split", "stratified_split"),
+    "task": ("SPLITS", "TaskData", "TaskPart", "cap_per_class", "cap_samples", "split_fractions"),
     "tensors": ("Normalization", "TensorImageDataset", "flip_rotate", "recorded_normalization"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -27,15 +31,24 @@ __all__ = [
     "CSMASK_CLASSES",
     "DEFAULT_FRACTIONS",
     "IGNORE_INDEX",
+    "SPLITS",
     "ImageFolderData",
     "Normalization",
+    "NormalizationChoice",
     "SegmentationChips",
+    "TaskData",
+    "TaskPart",
     "TensorImageDataset",
+    "cap_per_class",
+    "cap_samples",
+    "choose_normalization",
     "count_folder_images",
     "flip_rotate",
     "group_split",
     "load_csmask",
     "load_image_folder",
     "recorded_normalization",
+    "split_fractions",
     "stratified_split",
+    "to_unit_range",
 ]

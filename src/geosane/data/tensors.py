@@ -14,7 +14,6 @@ __all__ = [
     "IMAGENET_STD",
     "Normalization",
     "TensorImageDataset",
-    "default_normalization",
     "flip_rotate",
     "recorded_normalization",
 ]
@@ -60,14 +59,6 @@ def recorded_normalization(info: Mapping[str, Any]) -> Normalization | None:
     if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
         return None
     return Normalization(tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))
-
-
-def default_normalization(images: torch.Tensor) -> Normalization:
-    """ImageNet statistics for 8-bit RGB images (what timm backbones expect), else per-band
-    statistics of ``images`` themselves (multispectral/SAR arrays)."""
-    if images.dtype == torch.uint8 and images.shape[1] == 3:
-        return Normalization.imagenet()
-    return Normalization.from_images(images)
 
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:

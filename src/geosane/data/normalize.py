@@ -1,0 +1,120 @@
+"""The one place that decides how a task's images are normalised.
+
+Every stage that feeds images to a model (``zoo build``, ``generate``'s candidate ranking,
+``finetune`` / ``compare`` / ``evaluate``, probing and CKA) calls :func:`choose_normalization`
+with the user's choice and the *training* split's raw images, so that a model sees the same
+inputs whichever stage prepared them:
+
+- ``dataset``: per-band mean/std of the training images (8-bit images scaled to ``[0, 1]``).
+- ``imagenet``: ImageNet's RGB statistics; only for RGB images (3 bands, or the RGB band indices
+  ``rgb_bands`` of a band subset) on ImageNet's scale: 8-bit (scaled to ``[0, 1]``) or values
+  already within ``[0, 1]``. Unscaled values (a TorchGeo 0..255 float, 16-bit counts) do not fit.
+- ``model``: the statistics the model source records (an ONNX sidecar's), which must exist.
+- ``auto``: the recorded statistics when the model has them, else ``auto_default`` (``imagenet``
+  there only for 8-bit RGB images, else ``dataset``).
+
+SatDiFuser's diffusion UNet instead wants pixels in ``[-1, 1]``: :func:`to_unit_range`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from geosane.data.tensors import Normalization
+from geosane.errors import ConfigError
+
+__all__ = [
+    "NORMALIZATION_CHOICES",
+    "NormalizationChoice",
+    "choose_normalization",
+    "imagenet_applies",
+    "to_unit_range",
+]
+
+NormalizationChoice = Literal["auto", "dataset", "imagenet", "model"]
+NORMALIZATION_CHOICES: tuple[str, ...] = ("auto", "dataset", "imagenet", "model")
+
+
+def _is_rgb(images: torch.Tensor, rgb_bands: Sequence[int] | None) -> bool:
+    if rgb_bands is None:
+        return int(images.shape[1]) == 3
+    return len(rgb_bands) == int(images.shape[1]) and set(rgb_bands) <= {0, 1, 2}
+
+
+def imagenet_applies(images: torch.Tensor, rgb_bands: Sequence[int] | None = None, eight_bit: bool = False) -> bool:
+    """Whether ImageNet's statistics fit ``images [N, C, H, W]``: RGB (3 bands, or ``rgb_bands``
+    all among the red/green/blue indices 0..2, one per channel) and 8-bit or within ``[0, 1]``
+    (only 8-bit with ``eight_bit``)."""
+    if not _is_rgb(images, rgb_bands):
+        return False
+    if images.dtype == torch.uint8:
+        return True
+    return not eight_bit and images.numel() > 0 and bool(images.min() >= 0) and bool(images.max() <= 1)
+
+
+def choose_normalization(
+    choice: str,
+    train_images: torch.Tensor,
+    *,
+    recorded: Normalization | None = None,
+    rgb_bands: Sequence[int] | None = None,
+    auto_default: Literal["dataset", "imagenet"] = "dataset",
+    strict: bool = True,
+    key: str = "data.normalization",
+) -> Normalization:
+    """The normalisation ``choice`` asks for (see the module doc), from the training images.
+
+    ``recorded``: the model's own statistics (``recorded_normalization(info)``) for ``model`` /
+    ``auto``. ``auto_default``: what ``auto`` means without them, ``dataset`` (fine-tuning: the
+    model adapts to the data) or ``imagenet`` (frozen pretrained RGB backbones: ImageNet's where
+    :func:`imagenet_applies`, else the dataset's). ``strict``: an ``imagenet`` request the images
+    do not fit raises a :class:`ConfigError` naming ``key``; with ``strict=False`` (a recipe-wide
+    preference, as in ``zoo build`` where members pick different bands) it falls back to
+    ``dataset``.
+    """
+    if choice not in NORMALIZATION_CHOICES:
+        raise ConfigError(f"{key} must be one of {', '.join(NORMALIZATION_CHOICES)}, got {choice!r}")
+    in_chans = int(train_images.shape[1])
+    if choice == "model" and recorded is None:
+        raise ConfigError(f"{key}=model: the initialization records no normalization; use 'auto' or 'dataset'")
+    if choice in ("auto", "model") and recorded is not None:
+        if len(recorded.mean) != in_chans:
+            raise ConfigError(
+                f"the initialization's normalization has {len(recorded.mean)} bands, the data has {in_chans}; "
+                f"set {key}=dataset (or select bands with data.bands)"
+            )
+        return recorded
+    if choice == "auto":
+        choice = auto_default if imagenet_applies(train_images, rgb_bands, eight_bit=True) else "dataset"
+    if choice == "imagenet":
+        if imagenet_applies(train_images, rgb_bands):
+            return Normalization.imagenet(None if rgb_bands is None else tuple(rgb_bands))
+        if strict and not _is_rgb(train_images, rgb_bands):
+            raise ConfigError(f"{key}=imagenet needs 3 RGB bands, the data has {in_chans}; use 'dataset'")
+        if strict:
+            low, high = float(train_images.min()), float(train_images.max())
+            raise ConfigError(
+                f"{key}=imagenet needs 8-bit RGB images or values within [0, 1], the data's training images "
+                f"hold {low:g}..{high:g}; use 'dataset'"
+            )
+    return Normalization.from_images(train_images)
+
+
+def to_unit_range(images: torch.Tensor, train_idx: np.ndarray | None = None) -> torch.Tensor:
+    """Images as float32 in ``[-1, 1]``, the range diffusion models are trained on.
+
+    8-bit images map linearly (0 -> -1, 255 -> 1); other values per band by the 2nd/98th
+    percentiles of the training images ``images[train_idx]`` (all images without it), clipped.
+    """
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1.0
+    ref = images if train_idx is None else images[torch.as_tensor(train_idx)]
+    flat = ref.transpose(0, 1).reshape(ref.shape[1], -1).float()
+    lo = torch.quantile(flat[:, :: max(flat.shape[1] // 1_000_000, 1)], 0.02, dim=1).view(1, -1, 1, 1)
+    hi = torch.quantile(flat[:, :: max(flat.shape[1] // 1_000_000, 1)], 0.98, dim=1).view(1, -1, 1, 1)
+    scaled = (images.float() - lo) / (hi - lo).clamp_min(1e-6)
+    return (scaled * 2 - 1).clamp(-1, 1)
