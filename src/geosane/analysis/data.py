@@ -21,7 +21,11 @@ import torch
 from geosane.data import (
     DEFAULT_FRACTIONS,
     IGNORE_INDEX,
+    SPLITS,
     Normalization,
+    TaskPart,
+    cap_samples,
+    choose_normalization,
     load_csmask,
     load_image_folder,
     stratified_split,
@@ -31,7 +35,6 @@ from geosane.errors import DataError
 __all__ = ["AnalysisData", "DataSpec", "Split", "TaskName", "label_subset", "load_analysis_data"]
 
 TaskName = Literal["classification", "regression", "segmentation"]
-SPLITS = ("train", "select", "test")
 
 
 @dataclass
@@ -52,19 +55,7 @@ class DataSpec:
     max_samples: int | None = None
 
 
-@dataclass
-class Split:
-    """Raw images ``[N, C, H, W]`` and targets (class ``[N]``, value ``[N]`` or mask ``[N, H, W]``)."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, indices: np.ndarray) -> Split:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return Split(self.images[idx], self.targets[idx])
+Split = TaskPart  # raw images [N, C, H, W] and targets of one split (geosane.data.TaskPart)
 
 
 @dataclass
@@ -144,13 +135,6 @@ def _chip_splits(spec: DataSpec, scenes: tuple[str, ...], count: int) -> dict[st
     return {name: np.sort(part) for name, part in zip(SPLITS, np.split(order, cut), strict=True)}
 
 
-def _cap(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    if limit is None or indices.size <= limit:
-        return indices
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(indices, size=limit, replace=False))
-
-
 def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
     """Load and split the dataset of ``spec`` for ``task``; raises :class:`DataError` on bad input."""
     _check_split_names(spec)
@@ -187,8 +171,8 @@ def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
         if bad:
             raise DataError(f"data.bands {bad} out of range for {images.shape[1]}-band images")
         images = images[:, list(spec.bands)]
-    splits = {
-        name: _cap(idx, spec.max_samples, spec.split_seed + i) for i, (name, idx) in enumerate(splits.items())
+    splits = {  # each split capped with its own seed (split_seed + its position)
+        name: cap_samples(idx, spec.max_samples, spec.split_seed + i) for i, (name, idx) in enumerate(splits.items())
     }
     data = {
         name: Split(images[torch.as_tensor(idx)], targets[torch.as_tensor(idx)])
@@ -216,15 +200,9 @@ def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
 
 
 def _normalization(spec: DataSpec, train_images: torch.Tensor) -> Normalization:
-    rgb8 = train_images.dtype == torch.uint8 and train_images.shape[1] == 3
-    if spec.normalization == "imagenet" and not rgb8:
-        raise DataError(
-            f"normalization 'imagenet' needs 8-bit RGB images, got {train_images.shape[1]} {train_images.dtype} "
-            "bands; use normalization: dataset"
-        )
-    if spec.normalization == "imagenet" or (spec.normalization == "auto" and rgb8):
-        return Normalization.imagenet()
-    return Normalization.from_images(train_images)
+    """``auto``: ImageNet's statistics for 8-bit RGB images (the pretrained backbones' inputs), else
+    the training split's (geosane.data.choose_normalization)."""
+    return choose_normalization(spec.normalization, train_images, auto_default="imagenet")
 
 
 def label_subset(

@@ -19,7 +19,6 @@ the numbers of an uninterrupted run (everything is seeded). Settings: ``configs/
 from __future__ import annotations
 
 import dataclasses
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -197,12 +196,14 @@ def load_bench_config(
 def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     """Copy the folder into ``OUT/data``: ``source/`` and ``target/{train,select,test}/``, per class.
 
-    Every class's files are shuffled with ``split_seed``; the first ``source_fraction`` go to the
-    source pool (zoo and prompts), the rest to the target, itself cut by ``target_fractions``.
+    The files are split per class (``geosane.data.stratified_split`` with ``split_seed``, as every
+    stage splits): ``source_fraction`` to the source pool (zoo and prompts), the rest to the target,
+    itself cut by ``target_fractions``.
     ``OUT/data/split.json`` lists every file. Copies (not links): the benchmark must not change
     when the original folder does.
     """
     from geosane.data.folder import class_dirs, image_files
+    from geosane.data.splits import split_sizes, stratified_split
 
     if cfg.data is None:
         raise DataError(
@@ -233,27 +234,22 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
         raise ConfigError(f"target_fractions needs positive train, select and test, got {fractions}")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    rng = random.Random(cfg.split_seed)
     listing: dict[str, dict[str, list[str]]] = {}
     total = sum(fractions.values())
-    for cls in classes:
-        files = image_files(cls)
-        rng.shuffle(files)
-        n_source = round(len(files) * cfg.source_fraction)
-        target = files[n_source:]
-        n_train = round(len(target) * fractions["train"] / total)
-        n_select = round(len(target) * fractions["select"] / total)
-        chunks = {
-            "source": files[:n_source],
-            "train": target[:n_train],
-            "select": target[n_train : n_train + n_select],
-            "test": target[n_train + n_select :],
-        }
+    cut = {"source": cfg.source_fraction} | {
+        n: (1 - cfg.source_fraction) * fractions[n] / total for n in ("train", "select", "test")
+    }
+    files_of = {cls: image_files(cls) for cls in classes}
+    for cls, files in files_of.items():
+        empty = [name for name, size in split_sizes(len(files), cut).items() if size == 0]
+        if empty:
+            raise DataError(f"class {cls.name} has {len(files)} images: too few for a non-empty '{empty[0]}' part")
+    every = [f for files in files_of.values() for f in files]
+    labels = [number for number, files in enumerate(files_of.values()) for _ in files]
+    indices = stratified_split(labels, cut, seed=cfg.split_seed)
+    for number, cls in enumerate(classes):
+        chunks = {name: [every[i] for i in indices[name] if labels[i] == number] for name in cut}
         for name, chosen in chunks.items():
-            if not chosen:
-                raise DataError(
-                    f"class {cls.name} has {len(files)} images: too few for a non-empty '{name}' part"
-                )
             folder = (tmp / "source" if name == "source" else tmp / "target" / name) / cls.name
             folder.mkdir(parents=True)
             for f in chosen:

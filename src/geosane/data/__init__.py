@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from geosane.data.csmask import CSMASK_CLASSES, IGNORE_INDEX, SegmentationChips, load_csmask
     from geosane.data.folder import ImageFolderData, count_folder_images, load_image_folder
     from geosane.data.normalize import NormalizationChoice, choose_normalization, to_unit_range
-    from geosane.data.splits import DEFAULT_FRACTIONS, group_split, stratified_split
+    from geosane.data.splits import DEFAULT_FRACTIONS, group_split, split_sizes, stratified_split
     from geosane.data.task import SPLITS, TaskData, TaskPart, cap_per_class, cap_samples, split_fractions
     from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate, recorded_normalization
 
@@ -21,7 +21,7 @@ _EXPORTS = {
     "csmask": ("CSMASK_CLASSES", "IGNORE_INDEX", "SegmentationChips", "load_csmask"),
     "folder": ("ImageFolderData", "count_folder_images", "load_image_folder"),
     "normalize": ("NormalizationChoice", "choose_normalization", "to_unit_range"),
-    "splits": ("DEFAULT_FRACTIONS", "group_split", "stratified_split"),
+    "splits": ("DEFAULT_FRACTIONS", "group_split", "split_sizes", "stratified_split"),
     "task": ("SPLITS", "TaskData", "TaskPart", "cap_per_class", "cap_samples", "split_fractions"),
     "tensors": ("Normalization", "TensorImageDataset", "flip_rotate", "recorded_normalization"),
 }
@@ -49,6 +49,7 @@ __all__ = [
     "load_image_folder",
     "recorded_normalization",
     "split_fractions",
+    "split_sizes",
     "stratified_split",
     "to_unit_range",
 ]

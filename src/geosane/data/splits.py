@@ -13,7 +13,7 @@ import numpy as np
 
 from geosane.errors import DataError
 
-__all__ = ["DEFAULT_FRACTIONS", "group_split", "stratified_split"]
+__all__ = ["DEFAULT_FRACTIONS", "group_split", "split_sizes", "stratified_split"]
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.6, "select": 0.1, "test": 0.3}
 
@@ -39,14 +39,10 @@ def stratified_split(
     rng = np.random.default_rng(seed)
     out: dict[str, list[np.ndarray]] = {name: [] for name in fractions}
     names = list(fractions)
-    weights = np.array([fractions[n] for n in names])
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(idx.size)]
-        exact = weights * idx.size
-        counts = np.floor(exact).astype(int)
-        remainder = idx.size - counts.sum()
-        counts[np.argsort(-(exact - counts), kind="stable")[:remainder]] += 1
+        counts = np.array([split_sizes(idx.size, fractions)[n] for n in names])
         if (counts == 0).any():
             empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
             raise DataError(
@@ -56,6 +52,17 @@ def stratified_split(
         for name, part in zip(names, np.split(idx, np.cumsum(counts)[:-1]), strict=True):
             out[name].append(part)
     return {name: np.sort(np.concatenate(parts)) for name, parts in out.items()}
+
+
+def split_sizes(count: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """How many of ``count`` samples (of one class) :func:`stratified_split` puts in each split:
+    the fractions' shares, rounded down, the rest going to the largest remainders (ties in order)."""
+    names = list(fractions)
+    exact = np.array([fractions[n] for n in names]) * count
+    counts = np.floor(exact).astype(int)
+    remainder = count - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:remainder]] += 1
+    return {n: int(c) for n, c in zip(names, counts, strict=True)}
 
 
 def group_split(

@@ -7,14 +7,14 @@ the same seed and fractions sees the same test images.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosane.data import load_csmask, load_image_folder, stratified_split
+from geosane.data import cap_per_class, load_csmask, load_image_folder, stratified_split, to_unit_range
+from geosane.data.task import TaskData as _TaskData
 from geosane.difuser.config import TaskConfig
 from geosane.errors import ConfigError, DataError
 from geosane.tasks import TaskKind
@@ -23,35 +23,15 @@ __all__ = ["TaskData", "load_task_data", "load_training_images", "to_unit_range"
 
 
 @dataclass(frozen=True)
-class TaskData:
-    """Images ``[N, C, S, S]`` float32 in [-1, 1], targets, class names and the split indices."""
+class TaskData(_TaskData):
+    """:class:`geosane.data.TaskData` with images ``[N, C, S, S]`` float32 in [-1, 1] (no further
+    normalization) and the ``ignore_index`` of segmentation masks."""
 
-    images: torch.Tensor
-    targets: torch.Tensor
-    classes: tuple[str, ...]
-    splits: dict[str, np.ndarray]
-    kind: TaskKind
-    ignore_index: int
+    ignore_index: int = 255
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def digest(self) -> str:
-        """SHA-256 of the images (cache keys: same images in the same order -> same features)."""
-        return hashlib.sha256(self.images.contiguous().numpy().tobytes()).hexdigest()
-
-
-def to_unit_range(images: torch.Tensor, train_idx: np.ndarray | None = None) -> torch.Tensor:
-    """8-bit images -> [-1, 1]; float bands -> [-1, 1] by per-band 2nd/98th percentiles (train split)."""
-    if images.dtype == torch.uint8:
-        return images.float() / 127.5 - 1.0
-    ref = images if train_idx is None else images[torch.as_tensor(train_idx)]
-    flat = ref.transpose(0, 1).reshape(ref.shape[1], -1).float()
-    lo = torch.quantile(flat[:, :: max(flat.shape[1] // 1_000_000, 1)], 0.02, dim=1).view(1, -1, 1, 1)
-    hi = torch.quantile(flat[:, :: max(flat.shape[1] // 1_000_000, 1)], 0.98, dim=1).view(1, -1, 1, 1)
-    scaled = (images.float() - lo) / (hi - lo).clamp_min(1e-6)
-    return (scaled * 2 - 1).clamp(-1, 1)
+    def kind(self) -> TaskKind:
+        return self.task  # type: ignore[return-value]
 
 
 def _select_bands(images: torch.Tensor, bands: list[int] | None) -> torch.Tensor:
@@ -61,15 +41,6 @@ def _select_bands(images: torch.Tensor, bands: list[int] | None) -> torch.Tensor
     if bad:
         raise DataError(f"task.bands {bad} out of range for {images.shape[1]}-band images")
     return images[:, list(bands)]
-
-
-def _cap_per_class(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """Indices keeping at most ``limit`` samples per class (seeded), in original order."""
-    if limit is None:
-        return np.arange(labels.size)
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
 
 
 def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
@@ -83,17 +54,17 @@ def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
                 "use classification, or the Python API with your own multi-hot targets"
             )
         data = load_image_folder(task.root, image_size)
-        keep = _cap_per_class(data.labels.numpy(), task.max_per_class, task.split_seed)
+        keep = cap_per_class(data.labels, task.max_per_class, task.split_seed)
         data = data.subset(keep)
         splits = stratified_split(data.labels.numpy(), task.fractions, task.split_seed)
         images = to_unit_range(_select_bands(data.images, task.bands), splits["train"])
-        return TaskData(images, data.labels, data.classes, splits, "classification", task.ignore_index)
+        return TaskData("classification", images, data.labels, data.classes, splits, ignore_index=task.ignore_index)
     if task.kind != "segmentation":
         raise ConfigError("task.dataset csmask needs task.kind segmentation")
     chips = load_csmask(task.root, task.chip_size)
     scene_names = sorted(set(chips.scenes))
     scene_ids = np.array([scene_names.index(s) for s in chips.scenes])
-    keep = _cap_per_class(scene_ids, task.max_per_class, task.split_seed)
+    keep = cap_per_class(scene_ids, task.max_per_class, task.split_seed)  # per scene
     chips = chips.subset(keep)
     scene_ids = scene_ids[keep]
     if task.train_scenes is not None:  # whole scenes for training, the others split into select / test
@@ -111,7 +82,7 @@ def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
     if images.shape[-1] != image_size:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
     images = to_unit_range(images, splits["train"])
-    return TaskData(images, chips.masks, tuple(chips.classes), splits, "segmentation", task.ignore_index)
+    return TaskData("segmentation", images, chips.masks, tuple(chips.classes), splits, ignore_index=task.ignore_index)
 
 
 def load_training_images(

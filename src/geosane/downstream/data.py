@@ -27,13 +27,18 @@ import torch
 from torch.utils.data import Dataset
 
 from geosane.data import (
+    SPLITS,
     ImageFolderData,
     Normalization,
     SegmentationChips,
     TensorImageDataset,
+    cap_per_class,
+    cap_samples,
+    choose_normalization,
     count_folder_images,
     load_csmask,
     load_image_folder,
+    split_fractions,
     stratified_split,
 )
 from geosane.data.splits import group_split
@@ -43,8 +48,9 @@ from geosane.tasks import TaskKind
 
 __all__ = ["SPLITS", "TaskData", "check_same_classes", "check_selection_size", "load_task_data"]
 
-SPLITS = ("train", "select", "test")
 _NORM_SAMPLES = 256
+# caps draw with split_seed + this (geosane.data.task's RNG rule), apart from the split's own draw
+_CAP_SEED_OFFSET = 7919
 
 
 @dataclass
@@ -92,12 +98,7 @@ def check_selection_size(num_images: int, num_classes: int, where: str | Path) -
 
 
 def _fractions(config: DataConfig, names: list[str]) -> dict[str, float]:
-    if set(config.fractions) != set(SPLITS):
-        raise ConfigError(
-            f"data.fractions needs exactly the splits {list(SPLITS)}, got {sorted(config.fractions)}"
-        )
-    total = sum(config.fractions[n] for n in names)
-    return {n: config.fractions[n] / total for n in names}
+    return split_fractions(config.fractions, names)
 
 
 def _needed_splits(config: DataConfig) -> list[str]:
@@ -109,57 +110,26 @@ def _needed_splits(config: DataConfig) -> list[str]:
     ]
 
 
-def _cap(
-    indices: np.ndarray,
-    limit: int | None,
-    seed: int,
-    labels: np.ndarray | None = None,
-    per_class: bool = False,
-) -> np.ndarray:
-    """At most ``limit`` indices (per class with ``per_class``), chosen with ``seed``."""
-    if limit is None:
-        return indices
-    if limit <= 0:
-        raise ConfigError(f"sample limits must be positive, got {limit}")
-    rng = np.random.default_rng(seed + 7919)
-    if per_class and labels is not None:
-        keep = []
-        for cls in np.unique(labels[indices]):
-            members = indices[labels[indices] == cls]
-            keep.append(members[rng.permutation(members.size)[:limit]])
-        return np.sort(np.concatenate(keep))
-    if indices.size <= limit:
-        return indices
-    return np.sort(indices[rng.permutation(indices.size)[:limit]])
+def _cap(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``indices`` (``data.max_samples``), by geosane.data's capping rule."""
+    return cap_samples(indices, limit, seed + _CAP_SEED_OFFSET)
+
+
+def _cap_per_class(indices: np.ndarray, limit: int | None, seed: int, labels: np.ndarray) -> np.ndarray:
+    """At most ``limit`` of ``indices`` per class (``data.train_per_class``), by the same rule."""
+    return cap_per_class(labels, limit, seed + _CAP_SEED_OFFSET, indices=indices)
 
 
 def _normalization(
-    config: DataConfig, train_images: torch.Tensor, in_chans: int, model: Normalization | None = None
+    config: DataConfig, train_images: torch.Tensor, model: Normalization | None = None
 ) -> Normalization:
     """The normalisation ``data.normalization`` asks for: ``auto`` is the model's recorded one when the
     initialization has it (a csmask U-Net's band statistics), else the training split's statistics."""
-    if config.normalization == "imagenet":
-        if in_chans != 3:
-            raise ConfigError(
-                f"data.normalization=imagenet needs 3 RGB bands, the data has {in_chans}; use 'dataset'"
-            )
-        return Normalization.imagenet()
-    if config.normalization == "model" and model is None:
-        raise ConfigError(
-            "data.normalization=model: the initialization records no normalization; use 'auto' or 'dataset'"
-        )
-    if config.normalization in ("auto", "model") and model is not None:
-        if len(model.mean) != in_chans:
-            raise ConfigError(
-                f"the initialization's normalization has {len(model.mean)} bands, the data has {in_chans}; "
-                "set data.normalization=dataset (or select bands with data.bands)"
-            )
-        return model
-    return Normalization.from_images(train_images)
+    return choose_normalization(config.normalization, train_images, recorded=model, auto_default="dataset")
 
 
 def _in_memory_datasets(
-    config: DataConfig, parts: dict[str, Any], in_chans: int, model_norm: Normalization | None = None
+    config: DataConfig, parts: dict[str, Any], model_norm: Normalization | None = None
 ) -> tuple[dict[str, TensorImageDataset], Normalization]:
     """Cap the parts (``max_samples``, as for TorchGeo data), normalise with training statistics, wrap.
 
@@ -170,7 +140,7 @@ def _in_memory_datasets(
             parts[n] = parts[n].subset(
                 _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
             )
-    norm = _normalization(config, parts["train"].images, in_chans, model_norm)
+    norm = _normalization(config, parts["train"].images, model_norm)
     datasets = {}
     for n in SPLITS:
         targets = parts[n].masks if isinstance(parts[n], SegmentationChips) else parts[n].labels
@@ -225,9 +195,9 @@ def _folder_task_data(config: DataConfig, task: str, model_norm: Normalization |
         splits = stratified_split(labels, _fractions(config, names), seed=config.split_seed)
     else:
         splits = {"train": np.arange(len(data))}
-    splits["train"] = _cap(splits["train"], config.train_per_class, config.split_seed, labels, per_class=True)
+    splits["train"] = _cap_per_class(splits["train"], config.train_per_class, config.split_seed, labels)
     parts = {n: data.subset(splits[n]) for n in names} | separate
-    datasets, norm = _in_memory_datasets(config, parts, data.num_bands, model_norm)
+    datasets, norm = _in_memory_datasets(config, parts, model_norm)
     info = {
         "kind": "folder",
         "root": str(root),
@@ -288,7 +258,7 @@ def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | 
     else:
         splits = {"train": np.arange(len(pool))}
     parts = {n: pool.subset(splits[n]) for n in names} | separate
-    datasets, norm = _in_memory_datasets(config, parts, int(chips.images.shape[1]), model_norm)
+    datasets, norm = _in_memory_datasets(config, parts, model_norm)
     info = {
         "kind": "csmask",
         "root": str(root),
@@ -341,7 +311,7 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
                 raise ConfigError(
                     f"data.train_per_class needs single-label data; {config.dataset} is {found}"
                 )
-            idx = _cap(idx, config.train_per_class, config.split_seed, labels, per_class=True)
+            idx = _cap_per_class(idx, config.train_per_class, config.split_seed, labels)
         indices[n] = _cap(idx, config.max_samples.get(n), config.split_seed)
         if indices[n].size == 0:
             raise DataError(f"TorchGeo {config.dataset} split '{n}' under {root} is empty")
@@ -351,7 +321,7 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
     take = np.linspace(0, len(raw) - 1, num=min(len(raw), _NORM_SAMPLES)).astype(int)
     sample_images = torch.stack([raw.raw(int(i))[0] for i in take])
     in_chans = int(sample_images.shape[1])
-    norm = _normalization(config, sample_images, in_chans, model_norm)
+    norm = _normalization(config, sample_images, model_norm)
     datasets = {
         n: TorchGeoSamples(
             opened[n],

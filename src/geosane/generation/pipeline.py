@@ -32,6 +32,7 @@ from geosane.console import console, make_progress
 from geosane.data import (
     Normalization,
     TensorImageDataset,
+    choose_normalization,
     load_csmask,
     load_image_folder,
     recorded_normalization,
@@ -102,9 +103,10 @@ def _scene_selection(cfg: GenerateConfig) -> Selection:
 def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection | None:
     """The labelled images candidates are ranked on (never the test split) and their normalization.
 
-    The normalization matches ``geosane zoo build`` and ``geosane finetune``'s default: per-band
-    statistics of the training split (of every image with ``select_split='all'``), or ImageNet's with
-    ``normalization='imagenet'``, so recalibrated BatchNorm statistics fit the fine-tuning inputs.
+    The normalization is ``geosane.data.choose_normalization``'s, as in ``geosane zoo build`` and
+    ``geosane finetune``: per-band statistics of the training split (of every image with
+    ``select_split='all'``), or ImageNet's with ``normalization='imagenet'`` where the images are
+    RGB (else the statistics), so recalibrated BatchNorm statistics fit the fine-tuning inputs.
     """
     if cfg.select_data is None:
         return None
@@ -127,10 +129,7 @@ def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection |
             f"the selection data ({cfg.select_data}, split '{cfg.select_split}') has {int(per_class.min())} "
             "image(s) in some class: --proxy linear needs at least 2 per class (use --proxy knn or more data)"
         )
-    if cfg.normalization == "imagenet" and data.num_bands == 3:
-        norm = Normalization.imagenet()
-    else:
-        norm = Normalization.from_images(train.images)
+    norm = choose_normalization(cfg.normalization, train.images, strict=False, key="normalization")
     return Selection("classification", data.images, data.labels, data.classes, norm)
 
 
@@ -451,8 +450,9 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
                 f"{cfg.select_data} holds segmentation scenes but the prompt {prompt.source} is a "
                 f"{prompt.arch.library}:{prompt.arch.name} classifier; rank with a labelled image folder"
             )
-        norm = select_images.normalization  # scenes: the prompt's recorded statistics, else the chips'
-        norm = norm or recorded_normalization(prompt.info) or Normalization.from_images(select_images.images)
+        norm = select_images.normalization or choose_normalization(  # scenes: the prompt's recorded
+            "auto", select_images.images, recorded=recorded_normalization(prompt.info), key="normalization"
+        )  # statistics, else the chips'
         select = TensorImageDataset(select_images.images, select_images.targets, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -100,12 +100,12 @@ def prepare_build(
     recipe: str | Path | ZooRecipe | Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] = ()
 ) -> BuildPlan:
     """Load the recipe and dataset and validate every member; trains and writes nothing."""
-    from geosane.data import load_image_folder, stratified_split
+    from geosane.data import cap_per_class, load_image_folder, stratified_split
 
     cfg = load_recipe(recipe, overrides)
     data = load_image_folder(cfg.dataset, cfg.image_size)
     if cfg.limit_per_class is not None:
-        data = data.subset(_limit_per_class(data.labels, cfg.limit_per_class, cfg.split_seed))
+        data = data.subset(cap_per_class(data.labels, cfg.limit_per_class, cfg.split_seed))
     members = plan_members(cfg, data.classes, data.num_bands)
     splits = stratified_split(data.labels.numpy(), cfg.fractions, seed=cfg.split_seed)
     if cfg.band_names is not None:
@@ -117,16 +117,6 @@ def prepare_build(
     for member in members:
         _check_architecture(member, cfg.image_size)
     return BuildPlan(cfg, members, data.classes, band_names, splits, data)
-
-
-def _limit_per_class(labels: torch.Tensor, limit: int, seed: int) -> list[int]:
-    """The first ``limit`` samples of each class after a seeded shuffle (sorted indices)."""
-    generator = torch.Generator().manual_seed(seed)
-    keep: list[int] = []
-    for cls in labels.unique().tolist():
-        idx = (labels == cls).nonzero().squeeze(1)
-        keep.extend(idx[torch.randperm(idx.numel(), generator=generator)][:limit].tolist())
-    return sorted(keep)
 
 
 def _check_architecture(member: PlannedMember, image_size: int) -> None:
@@ -152,16 +142,16 @@ def _check_architecture(member: PlannedMember, image_size: int) -> None:
 
 
 def _member_datasets(plan: BuildPlan, member: PlannedMember) -> dict[str, Any]:
-    from geosane.data import Normalization, TensorImageDataset
+    from geosane.data import TensorImageDataset, choose_normalization
 
     parts = {
         name: plan.data.subset(idx).select_classes(list(member.classes)).select_bands(list(member.bands))
         for name, idx in plan.splits.items()
     }
-    if plan.recipe.normalization == "imagenet" and set(member.bands) <= {0, 1, 2}:
-        norm = Normalization.imagenet(member.bands)
-    else:
-        norm = Normalization.from_images(parts["train"].images)
+    # the recipe's choice is a preference: members whose bands are not RGB get their data's statistics
+    norm = choose_normalization(
+        plan.recipe.normalization, parts["train"].images, rgb_bands=member.bands, strict=False, key="normalization"
+    )
     datasets = {
         name: TensorImageDataset(
             part.images, part.labels, norm, augment=(name == "train" and member.train.augment)
