@@ -112,8 +112,8 @@ def _check_split_names(spec: DataSpec) -> None:
 
 
 def _chip_splits(spec: DataSpec, scenes: tuple[str, ...], count: int) -> dict[str, np.ndarray]:
-    """Chips: whole ``test_scenes`` for testing (if given), a seeded random split otherwise."""
-    rng = np.random.default_rng(spec.split_seed)
+    """Chips: whole ``test_scenes`` for testing (if given), a seeded random split otherwise
+    (:func:`geosane.data.stratified_split` of chips that all share one class)."""
     if spec.test_scenes:
         unknown = sorted(set(spec.test_scenes) - set(scenes))
         if unknown:
@@ -122,17 +122,17 @@ def _chip_splits(spec: DataSpec, scenes: tuple[str, ...], count: int) -> dict[st
         test, rest = np.flatnonzero(is_test), np.flatnonzero(~is_test)
         if rest.size < 2:
             raise DataError("data.test_scenes leaves fewer than 2 chips for train and select")
-        rest = rest[rng.permutation(rest.size)]
-        n_select = max(
-            1, round(rest.size * spec.split["select"] / (spec.split["train"] + spec.split["select"]))
-        )
-        return {"train": np.sort(rest[n_select:]), "select": np.sort(rest[:n_select]), "test": test}
-    order = rng.permutation(count)
-    sizes = [round(count * spec.split[name]) for name in SPLITS[:2]]
-    if min(sizes) < 1 or count - sum(sizes) < 1:
-        raise DataError(f"{count} chips are too few for the split {spec.split}")
-    cut = np.cumsum(sizes)
-    return {name: np.sort(part) for name, part in zip(SPLITS, np.split(order, cut), strict=True)}
+        held = {"select": spec.split["select"], "train": spec.split["train"]}  # select is cut first
+        total = sum(held.values())
+        try:
+            parts = stratified_split(np.zeros(rest.size), {n: f / total for n, f in held.items()}, spec.split_seed)
+        except DataError:
+            raise DataError(f"data.test_scenes leaves {rest.size} chips, too few for the split {held}") from None
+        return {"train": rest[parts["train"]], "select": rest[parts["select"]], "test": test}
+    try:
+        return stratified_split(np.zeros(count), {n: spec.split[n] for n in SPLITS}, spec.split_seed)
+    except DataError:
+        raise DataError(f"{count} chips are too few for the split {spec.split}") from None
 
 
 def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
