@@ -86,8 +86,10 @@ def test_normalization_choices() -> None:
     assert choose_normalization("dataset", rgb8) == Normalization.from_images(rgb8)
     assert choose_normalization("imagenet", rgb8) == Normalization.imagenet()
     assert choose_normalization("imagenet", rgb8[:, 2:], rgb_bands=[2]) == Normalization.imagenet([2])
-    unit = rgb8.float() / 255  # float RGB already on ImageNet's [0, 1] scale
+    unit = rgb8.float() / 255  # float RGB: ImageNet's statistics only when asked for (and 8-bit not required)
     assert choose_normalization("imagenet", unit) == Normalization.imagenet()
+    with pytest.raises(ConfigError, match=r"data\.normalization=imagenet needs 8-bit RGB images, the data holds float32"):
+        choose_normalization("imagenet", unit, eight_bit=True)
     recorded = Normalization((0.1,) * 6, (0.2,) * 6)
     assert choose_normalization("model", six, recorded=recorded) == recorded
     assert choose_normalization("auto", six, recorded=recorded) == recorded
@@ -102,8 +104,6 @@ def test_normalization_choices() -> None:
     ("choice", "images", "recorded", "message"),
     [
         ("imagenet", _rgb8(bands=6), None, "data.normalization=imagenet needs 3 RGB bands, the data has 6; use 'dataset'"),
-        ("imagenet", torch.linspace(0, 255, 3 * 16).view(1, 3, 4, 4), None,
-         "needs 8-bit RGB images or values within [0, 1], the data's training images hold 0..255"),
         ("model", _rgb8(), None, "data.normalization=model: the initialization records no normalization"),
         ("auto", _rgb8(bands=6), Normalization((0.0,) * 4, (1.0,) * 4), "normalization has 4 bands, the data has 6"),
         ("nope", _rgb8(), None, "data.normalization must be one of auto, dataset, imagenet, model, got 'nope'"),
@@ -118,7 +118,7 @@ def test_bad_normalization_requests_are_refused(
 
 
 def test_a_lenient_imagenet_request_falls_back_to_the_data() -> None:
-    for images, bands in ((_rgb8(bands=6), None), (_rgb8().float(), None), (_rgb8(bands=1), [3])):
+    for images, bands in ((_rgb8(bands=6), None), (_rgb8(bands=1), [3])):
         norm = choose_normalization("imagenet", images, rgb_bands=bands, strict=False)
         assert norm == Normalization.from_images(images)
 

@@ -202,7 +202,7 @@ def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
 def _normalization(spec: DataSpec, train_images: torch.Tensor) -> Normalization:
     """``auto``: ImageNet's statistics for 8-bit RGB images (the pretrained backbones' inputs), else
     the training split's (geosane.data.choose_normalization)."""
-    return choose_normalization(spec.normalization, train_images, auto_default="imagenet")
+    return choose_normalization(spec.normalization, train_images, auto_default="imagenet", eight_bit=True)
 
 
 def label_subset(

@@ -7,11 +7,11 @@ inputs whichever stage prepared them:
 
 - ``dataset``: per-band mean/std of the training images (8-bit images scaled to ``[0, 1]``).
 - ``imagenet``: ImageNet's RGB statistics; only for RGB images (3 bands, or the RGB band indices
-  ``rgb_bands`` of a band subset) on ImageNet's scale: 8-bit (scaled to ``[0, 1]``) or values
-  already within ``[0, 1]``. Unscaled values (a TorchGeo 0..255 float, 16-bit counts) do not fit.
+  ``rgb_bands`` of a band subset), and with ``eight_bit`` only for 8-bit ones (the ``[0, 1]``
+  scale the statistics describe; float values are not rescaled).
 - ``model``: the statistics the model source records (an ONNX sidecar's), which must exist.
 - ``auto``: the recorded statistics when the model has them, else ``auto_default`` (``imagenet``
-  there only for 8-bit RGB images, else ``dataset``).
+  there only for 8-bit RGB images, ``dataset`` for the others).
 
 SatDiFuser's diffusion UNet instead wants pixels in ``[-1, 1]``: :func:`to_unit_range`.
 """
@@ -39,21 +39,14 @@ NormalizationChoice = Literal["auto", "dataset", "imagenet", "model"]
 NORMALIZATION_CHOICES: tuple[str, ...] = ("auto", "dataset", "imagenet", "model")
 
 
-def _is_rgb(images: torch.Tensor, rgb_bands: Sequence[int] | None) -> bool:
-    if rgb_bands is None:
-        return int(images.shape[1]) == 3
-    return len(rgb_bands) == int(images.shape[1]) and set(rgb_bands) <= {0, 1, 2}
-
-
 def imagenet_applies(images: torch.Tensor, rgb_bands: Sequence[int] | None = None, eight_bit: bool = False) -> bool:
-    """Whether ImageNet's statistics fit ``images [N, C, H, W]``: RGB (3 bands, or ``rgb_bands``
-    all among the red/green/blue indices 0..2, one per channel) and 8-bit or within ``[0, 1]``
-    (only 8-bit with ``eight_bit``)."""
-    if not _is_rgb(images, rgb_bands):
-        return False
-    if images.dtype == torch.uint8:
-        return True
-    return not eight_bit and images.numel() > 0 and bool(images.min() >= 0) and bool(images.max() <= 1)
+    """Whether ImageNet's statistics fit ``images [N, C, H, W]``: RGB (3 bands, or ``rgb_bands`` all
+    among the red/green/blue indices 0..2, one per channel), and 8-bit with ``eight_bit``."""
+    if rgb_bands is None:
+        rgb = int(images.shape[1]) == 3
+    else:
+        rgb = len(rgb_bands) == int(images.shape[1]) and set(rgb_bands) <= {0, 1, 2}
+    return rgb and (not eight_bit or images.dtype == torch.uint8)
 
 
 def choose_normalization(
@@ -63,6 +56,7 @@ def choose_normalization(
     recorded: Normalization | None = None,
     rgb_bands: Sequence[int] | None = None,
     auto_default: Literal["dataset", "imagenet"] = "dataset",
+    eight_bit: bool = False,
     strict: bool = True,
     key: str = "data.normalization",
 ) -> Normalization:
@@ -70,11 +64,11 @@ def choose_normalization(
 
     ``recorded``: the model's own statistics (``recorded_normalization(info)``) for ``model`` /
     ``auto``. ``auto_default``: what ``auto`` means without them, ``dataset`` (fine-tuning: the
-    model adapts to the data) or ``imagenet`` (frozen pretrained RGB backbones: ImageNet's where
-    :func:`imagenet_applies`, else the dataset's). ``strict``: an ``imagenet`` request the images
-    do not fit raises a :class:`ConfigError` naming ``key``; with ``strict=False`` (a recipe-wide
-    preference, as in ``zoo build`` where members pick different bands) it falls back to
-    ``dataset``.
+    model adapts to the data) or ``imagenet`` (frozen pretrained RGB backbones: ImageNet's for
+    8-bit RGB images, else the dataset's). ``eight_bit``: ``imagenet`` also needs 8-bit images.
+    ``strict``: an ``imagenet`` request the images do not fit raises a :class:`ConfigError` naming
+    ``key``; with ``strict=False`` (a recipe-wide preference, as in ``zoo build`` where members pick
+    different bands) it falls back to ``dataset``.
     """
     if choice not in NORMALIZATION_CHOICES:
         raise ConfigError(f"{key} must be one of {', '.join(NORMALIZATION_CHOICES)}, got {choice!r}")
@@ -91,16 +85,13 @@ def choose_normalization(
     if choice == "auto":
         choice = auto_default if imagenet_applies(train_images, rgb_bands, eight_bit=True) else "dataset"
     if choice == "imagenet":
-        if imagenet_applies(train_images, rgb_bands):
+        if imagenet_applies(train_images, rgb_bands, eight_bit):
             return Normalization.imagenet(None if rgb_bands is None else tuple(rgb_bands))
-        if strict and not _is_rgb(train_images, rgb_bands):
+        if strict and not imagenet_applies(train_images, rgb_bands):
             raise ConfigError(f"{key}=imagenet needs 3 RGB bands, the data has {in_chans}; use 'dataset'")
         if strict:
-            low, high = float(train_images.min()), float(train_images.max())
-            raise ConfigError(
-                f"{key}=imagenet needs 8-bit RGB images or values within [0, 1], the data's training images "
-                f"hold {low:g}..{high:g}; use 'dataset'"
-            )
+            dtype = str(train_images.dtype).replace("torch.", "")
+            raise ConfigError(f"{key}=imagenet needs 8-bit RGB images, the data holds {dtype} values; use 'dataset'")
     return Normalization.from_images(train_images)
 
 
