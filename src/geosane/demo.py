@@ -25,7 +25,7 @@ import typer
 from geosane.config import PACKAGED_CONFIGS, load_config, save_config
 from geosane.console import console
 from geosane.errors import ConfigError, DataError, GeosaneError
-from geosane.io import claim_out_dir, write_json, write_text
+from geosane.io import atomic_directory, claim_out_dir, write_json, write_text
 
 __all__ = ["DemoConfig", "DemoResult", "load_demo_config", "prepare_data", "register", "run_demo"]
 
@@ -89,18 +89,15 @@ def prepare_data(cfg: DemoConfig) -> Path:
     subset = cfg.out / "data" / f"{source.name}-{cfg.data.max_per_class}-per-class"
     if (subset / ".complete").exists():
         return subset
-    tmp = subset.with_name(subset.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     rng = random.Random(cfg.seed)
-    for cls in classes:
-        files = image_files(cls)
-        rng.shuffle(files)
-        (tmp / cls.name).mkdir(parents=True)
-        for f in files[: cfg.data.max_per_class]:
-            shutil.copy2(f, tmp / cls.name / f.name)
-    (tmp / ".complete").write_text(str(source.resolve()) + "\n")
-    shutil.rmtree(subset, ignore_errors=True)
-    tmp.rename(subset)
+    with atomic_directory(subset) as tmp:
+        for cls in classes:
+            files = image_files(cls)
+            rng.shuffle(files)
+            (tmp / cls.name).mkdir(parents=True)
+            for f in files[: cfg.data.max_per_class]:
+                shutil.copy2(f, tmp / cls.name / f.name)
+        (tmp / ".complete").write_text(str(source.resolve()) + "\n")
     return subset
 
 
@@ -164,19 +161,16 @@ def _export_folder(dataset: Any, folder: Path, per_class: int, seed: int) -> Non
     if labels is None:
         labels = np.asarray([int(dataset[i]["label"]) for i in range(len(dataset))])
     rng = np.random.default_rng(seed)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for index, name in enumerate(classes):
-        (tmp / name).mkdir(parents=True)
-        chosen = rng.permutation(np.flatnonzero(labels == index))[:per_class]
-        for i in chosen:
-            image = dataset[int(i)]["image"].float().numpy()  # [3, H, W] reflectances
-            low, high = np.percentile(image, 2), np.percentile(image, 98)
-            rgb = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
-            Image.fromarray(rgb.transpose(1, 2, 0).astype(np.uint8)).save(tmp / name / f"{int(i):05d}.png")
-    (tmp / ".complete").write_text("EuroSAT RGB (TorchGeo)\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_directory(folder) as tmp:
+        for index, name in enumerate(classes):
+            (tmp / name).mkdir(parents=True)
+            chosen = rng.permutation(np.flatnonzero(labels == index))[:per_class]
+            for i in chosen:
+                image = dataset[int(i)]["image"].float().numpy()  # [3, H, W] reflectances
+                low, high = np.percentile(image, 2), np.percentile(image, 98)
+                rgb = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
+                Image.fromarray(rgb.transpose(1, 2, 0).astype(np.uint8)).save(tmp / name / f"{int(i):05d}.png")
+        (tmp / ".complete").write_text("EuroSAT RGB (TorchGeo)\n")
 
 
 # ---------------------------------------------------------------------------------------------

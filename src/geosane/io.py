@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # torch loads inside the functions so that `geosane --help` s
 
 __all__ = [
     "OUT_MARKER",
+    "atomic_directory",
     "atomic_path",
     "check_out_dir",
     "claim_out_dir",
@@ -63,6 +65,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``path``; swap it in as ``path`` if the block succeeds.
+
+    An existing directory cannot be replaced in one rename, so the old ``path`` (directory or file)
+    is first renamed aside and removed only once the new one is in place. On any exception the
+    temporary directory is removed and ``path`` is left untouched. Checks that must hold right
+    before the swap go at the end of the block.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)  # mkdtemp creates 0700; give the result a plain mkdir's permissions
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # left by an earlier crash of a process with this id
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

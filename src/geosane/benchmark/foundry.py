@@ -30,7 +30,7 @@ from typing import Any
 from geosane.config import PACKAGED_CONFIGS, load_config, save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, DataError
-from geosane.io import claim_out_dir, read_json, write_json
+from geosane.io import atomic_directory, claim_out_dir, read_json, write_json
 
 __all__ = [
     "BenchBudget",
@@ -231,37 +231,34 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     fractions = cfg.target_fractions
     if set(fractions) != {"train", "select", "test"} or min(fractions.values()) <= 0:
         raise ConfigError(f"target_fractions needs positive train, select and test, got {fractions}")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    rng = random.Random(cfg.split_seed)
-    listing: dict[str, dict[str, list[str]]] = {}
-    total = sum(fractions.values())
-    for cls in classes:
-        files = image_files(cls)
-        rng.shuffle(files)
-        n_source = round(len(files) * cfg.source_fraction)
-        target = files[n_source:]
-        n_train = round(len(target) * fractions["train"] / total)
-        n_select = round(len(target) * fractions["select"] / total)
-        chunks = {
-            "source": files[:n_source],
-            "train": target[:n_train],
-            "select": target[n_train : n_train + n_select],
-            "test": target[n_train + n_select :],
-        }
-        for name, chosen in chunks.items():
-            if not chosen:
-                raise DataError(
-                    f"class {cls.name} has {len(files)} images: too few for a non-empty '{name}' part"
-                )
-            folder = (tmp / "source" if name == "source" else tmp / "target" / name) / cls.name
-            folder.mkdir(parents=True)
-            for f in chosen:
-                shutil.copy2(f, folder / f.name)
-        listing[cls.name] = {name: [f.name for f in chosen] for name, chosen in chunks.items()}
-    write_json(tmp / "split.json", {**settings, "files": listing})
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        rng = random.Random(cfg.split_seed)
+        listing: dict[str, dict[str, list[str]]] = {}
+        total = sum(fractions.values())
+        for cls in classes:
+            files = image_files(cls)
+            rng.shuffle(files)
+            n_source = round(len(files) * cfg.source_fraction)
+            target = files[n_source:]
+            n_train = round(len(target) * fractions["train"] / total)
+            n_select = round(len(target) * fractions["select"] / total)
+            chunks = {
+                "source": files[:n_source],
+                "train": target[:n_train],
+                "select": target[n_train : n_train + n_select],
+                "test": target[n_train + n_select :],
+            }
+            for name, chosen in chunks.items():
+                if not chosen:
+                    raise DataError(
+                        f"class {cls.name} has {len(files)} images: too few for a non-empty '{name}' part"
+                    )
+                folder = (tmp / "source" if name == "source" else tmp / "target" / name) / cls.name
+                folder.mkdir(parents=True)
+                for f in chosen:
+                    shutil.copy2(f, folder / f.name)
+            listing[cls.name] = {name: [f.name for f in chosen] for name, chosen in chunks.items()}
+        write_json(tmp / "split.json", {**settings, "files": listing})
     return parts
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
-from geosane.difuser.checkpoints import SafeCheckpointIO, SaveLastCheckpoint, atomic_directory
 from geosane.difuser.config import PretrainConfig, apply_threads
 from geosane.difuser.data import load_training_images
 from geosane.errors import GeosaneError
-from geosane.io import atomic_path, write_json
-from geosane.tasks.loop import _quiet_lightning
+from geosane.io import atomic_directory, atomic_path, write_json
+from geosane.runs import SafeCheckpointIO, SaveLastCheckpoint, fit_resumable, quiet_lightning
 
 __all__ = ["PretrainResult", "build_ddpm_unet", "ema_with_warmup", "pretrain_ddpm"]
 
@@ -230,7 +228,7 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
     )
     save_config(config, out / "pretrain_config.yaml")
 
-    _quiet_lightning()
+    quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     unet = build_ddpm_unet(config)
     module = DDPMModule(unet, config)
@@ -254,10 +252,13 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    # checkpoints fall mid-epoch; a resumed run reshuffles the images, which is harmless for DDPM training
-    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    # checkpoints fall mid-epoch (quiet_lightning silences Lightning's warning about it); a resumed run
+    # reshuffles the images, which is harmless for DDPM training
     start = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    fit_resumable(
+        trainer, module, loader, ckpt_path=str(last) if resume else None, weights_only=True,
+        resume_hint=f"the last checkpoint is {last}; rerun the same command with --resume to continue",
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(last, weights_only=False)  # full state (optimizer, loops) for --resume
 

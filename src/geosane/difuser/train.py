@@ -29,7 +29,6 @@ from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.difuser.backbone import DiffusionBackbone
 from geosane.difuser.cache import CachedFeatureDataset, FeatureCache
-from geosane.difuser.checkpoints import SafeCheckpointIO, SaveLastCheckpoint
 from geosane.difuser.config import DifuseConfig, apply_threads
 from geosane.difuser.data import TaskData, load_task_data
 from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
@@ -37,9 +36,14 @@ from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
 from geosane.errors import GeosaneError
 from geosane.io import claim_out_dir, save_safetensors, write_json
-from geosane.runs import ResumableRandomness, fit_resumable
+from geosane.runs import (
+    ResumableRandomness,
+    SafeCheckpointIO,
+    SaveLastCheckpoint,
+    fit_resumable,
+    quiet_lightning,
+)
 from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_metric_name
-from geosane.tasks.loop import _quiet_lightning
 
 __all__ = ["DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"]
 
@@ -276,7 +280,7 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
         raise GeosaneError(f"--resume: no checkpoint at {last}")
     if not resume and last.is_file():
         raise GeosaneError(f"{out} already holds a training run; pass --resume or choose another output_dir")
-    _quiet_lightning()
+    quiet_lightning()
     cache, data, backbone = prepare_features(cfg, build=False)
     layout = StreamLayout.from_layers(backbone.layers, backbone.save_timesteps, cfg.fuser.group)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)

@@ -16,9 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,14 @@ from geosane.generation.config import GenerateConfig, generation_inputs, validat
 from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
 from geosane.generation.stem import adapt_stem
-from geosane.io import check_out_dir, mark_out_dir, save_safetensors, sha256_file, write_json
+from geosane.io import (
+    atomic_directory,
+    check_out_dir,
+    mark_out_dir,
+    save_safetensors,
+    sha256_file,
+    write_json,
+)
 from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
@@ -577,23 +581,13 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
 def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candidate]) -> list[Path]:
     """Write candidates, card and loader into a temporary directory, then rename it into place."""
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         for entry, candidate in zip(card["candidates"], chosen, strict=True):
             save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
         write_json(tmp / "model_card.json", card)
         write_loader_script(tmp / "load_generated.py")
         mark_out_dir(tmp, "generate")
         check_out_dir(out, "generate", generation_inputs(cfg))  # the same rule again, right before replacing
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / e["file"] for e in card["candidates"]] + [
         out / "model_card.json",
         out / "load_generated.py",
