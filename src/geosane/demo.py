@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from geosane.config import PACKAGED_CONFIGS, load_config, save_config
+from geosane.config import find_config, load_config, packaged_configs, save_config
 from geosane.console import console
 from geosane.errors import ConfigError, DataError, GeosaneError
 from geosane.io import atomic_directory, claim_out_dir, write_json, write_text
@@ -64,9 +64,7 @@ def load_demo_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> DemoConfig:
     """The packaged default (or ``quick``) demo config, or a YAML file, plus dotted overrides."""
-    if path is None or str(path) in ("default", "quick"):
-        path = PACKAGED_CONFIGS / "demo" / f"{path or 'default'}.yaml"
-    return load_config(DemoConfig, path, list(overrides))
+    return load_config(DemoConfig, find_config(path or "default", "demo"), list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +180,12 @@ def bench_config(cfg: DemoConfig, data: Path) -> Any:
     from geosane.benchmark.foundry import check_bench_data, dotted, load_bench_config
 
     preset = cfg.bench
-    packaged = PACKAGED_CONFIGS / "bench" / f"{preset}.yaml"
-    path = packaged if packaged.is_file() else Path(preset).expanduser()
-    if not path.is_file():
-        presets = sorted(p.stem for p in (PACKAGED_CONFIGS / "bench").glob("*.yaml"))
+    try:
+        path = find_config(preset, "bench")
+    except ConfigError:  # worded for the demo config's `bench:` key
         raise ConfigError(
-            f"bench preset '{preset}' not found (packaged: {', '.join(presets)}, or a YAML path)"
-        )
+            f"bench preset '{preset}' not found (packaged: {', '.join(packaged_configs('bench'))}, or a YAML path)"
+        ) from None
     overrides = [f"{k}={_yaml(v)}" for k, v in dotted(cfg.overrides).items()]
     bench = load_bench_config(path, overrides)
     bench.out, bench.data, bench.seed = cfg.out / "foundry", data, cfg.seed

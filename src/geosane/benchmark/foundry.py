@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from geosane.config import PACKAGED_CONFIGS, load_config, save_config, to_dict
+from geosane.config import find_config, load_config, save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, DataError
 from geosane.io import atomic_directory, claim_out_dir, read_json, write_json
+from geosane.tasks.config import TrainingBudget
 
 __all__ = [
     "BenchBudget",
@@ -76,8 +77,10 @@ class PromptCase:
 
 
 @dataclass
-class BenchBudget:
+class BenchBudget(TrainingBudget):
     """The fine-tuning budget every initialization gets on the target (same for all)."""
+
+    key_prefix: ClassVar[str] = "budget."
 
     epochs: int = 3
     batch_size: int = 64
@@ -181,11 +184,9 @@ def load_bench_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> FoundryBenchConfig:
     """The packaged ``foundry`` config (or ``quick``), or a YAML file, plus dotted overrides."""
-    if path is None or str(path) in ("foundry", "quick"):
-        name = "foundry" if path is None or str(path) == "foundry" else "foundry_quick"
-        path = PACKAGED_CONFIGS / "bench" / f"{name}.yaml"
+    name = "foundry" if path is None else "foundry_quick" if str(path) == "quick" else path
     try:
-        return load_config(FoundryBenchConfig, path, list(overrides))
+        return load_config(FoundryBenchConfig, find_config(name, "bench"), list(overrides))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -385,8 +386,7 @@ def _target_overrides(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> dict[s
         "data.root": str(parts["train"]), "data.select_data": str(parts["select"]),
         "data.test_data": str(cfg.eval_folder or parts["test"]), "data.image_size": cfg.image_size,
         "data.normalization": "dataset",  # every run (and the KD teacher) sees the same inputs
-        "arch.name": "", "train.epochs": budget.epochs, "train.batch_size": budget.batch_size,
-        "train.lr": budget.lr, "train.warmup_epochs": budget.warmup_epochs,
+        "arch.name": "", **{f"train.{key}": value for key, value in budget.budget().items()},
     }  # fmt: skip
 
 

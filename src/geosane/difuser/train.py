@@ -299,14 +299,7 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     )
     train_loader, select_loader, test_loader = _loaders(cache, data, cfg)
     fit_config = FitConfig(
-        epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        warmup_epochs=cfg.train.warmup_epochs,
-        seed=cfg.train.seed,
-        num_workers=cfg.train.num_workers,
-        progress=cfg.train.progress,
+        **cfg.train.budget(), seed=cfg.train.seed, num_workers=cfg.train.num_workers, progress=cfg.train.progress
     )
     module = DifuserModule(
         model, data.kind, data.num_classes, fit_config, cfg.task.ignore_index, out / "checkpoints" / "best.safetensors"

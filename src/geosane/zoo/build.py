@@ -230,15 +230,7 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
     parent_weights = zoo.load_state_dict(member.init_from) if member.init_from else None
     model = build_classifier(member.arch, member.num_classes, state_dict=parent_weights)
     settings = member.train
-    fit_config = FitConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_epochs=settings.warmup_epochs,
-        label_smoothing=settings.label_smoothing,
-        seed=member.seed,
-    )
+    fit_config = FitConfig(**settings.budget(), label_smoothing=settings.label_smoothing, seed=member.seed)
     callback = _progress_callback(progress, task_id, settings.epochs)
     # an interrupted member resumes from its last epoch; the name holds a digest of everything that
     # determines its weights, so a checkpoint of other settings is never resumed
