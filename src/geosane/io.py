@@ -178,6 +178,7 @@ def check_out_dir(
     out: str | os.PathLike[str],
     command: str,
     inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> bool:
     """Apply the one rule for every command's output directory; True if geosane wrote it for ``command``.
 
@@ -185,10 +186,11 @@ def check_out_dir(
     command* (it holds :data:`OUT_MARKER` naming the command; zoos and token stores are marked by
     their ``manifest.json`` / ``index.json`` instead). Anything else (a user's folder, another
     command's run) is refused, and so is an ``out`` that is, or holds, one of the run's ``inputs``
-    (``{"--ae": path}``), so that replacing or resuming an output can never destroy a user's files.
+    (``{"ae": path}``), so that replacing or resuming an output can never destroy a user's files.
     An input may be a model source: ``zoo:DIR#ID`` names ``DIR``; one that names no existing local
-    path (``timm:resnet18``) is not a file to protect. Nothing is written; :func:`claim_out_dir`
-    also creates and marks the directory.
+    path (``timm:resnet18``) is not a file to protect. ``flags``: the errors'
+    :attr:`~geosane.errors.GeosaneError.flags` (input names -> command-line flags). Nothing is
+    written; :func:`claim_out_dir` also creates and marks the directory.
     """
     from geosane.errors import GeosaneError
 
@@ -204,7 +206,8 @@ def check_out_dir(
         if source == resolved or source.is_relative_to(resolved):
             raise GeosaneError(
                 f"output directory {target} is or holds this run's input {name} ({value}); "
-                "choose another output directory (nothing was written)"
+                "choose another output directory (nothing was written)",
+                flags=flags,
             )
     marker = target / OUT_MARKER
     if marker.is_file():
@@ -250,9 +253,10 @@ def claim_out_dir(
     out: str | os.PathLike[str],
     command: str,
     inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> bool:
     """:func:`check_out_dir`, then create and mark ``out``; True if it was already ours (a rerun)."""
-    ours = check_out_dir(out, command, inputs)
+    ours = check_out_dir(out, command, inputs, flags)
     if not ours:
         mark_out_dir(out, command)
     return ours

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +133,22 @@ class ResumableRandomness(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def fit_resumable(trainer: L.Trainer, *args: Any, resume_hint: str, **kwargs: Any) -> None:
+def fit_resumable(
+    trainer: L.Trainer,
+    *args: Any,
+    resume_hint: str,
+    resume_flags: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> None:
     """``trainer.fit(*args, **kwargs)``; on Ctrl-C raise :class:`Interrupted` carrying ``resume_hint``.
 
-    ``resume_hint`` says how to continue, e.g. "rerun the same command to resume from its last
-    checkpoint". Lightning has already stopped cleanly and kept the last checkpoint when it exits.
+    ``resume_hint`` says how to continue, e.g. "rerun with resume=True"; ``resume_flags`` are its
+    :attr:`~geosane.errors.GeosaneError.flags` (``{"rerun with resume=True": "rerun the same command
+    with --resume"}``). Lightning has already stopped cleanly and kept the last checkpoint when it exits.
     """
     try:
         trainer.fit(*args, **kwargs)
     except SystemExit:
         if trainer.interrupted:
-            raise Interrupted(resume_hint) from None
+            raise Interrupted(resume_hint, flags=resume_flags) from None
         raise

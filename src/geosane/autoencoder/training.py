@@ -35,7 +35,7 @@ from geosane.autoencoder.io import load_autoencoder, save_autoencoder
 from geosane.autoencoder.module import CHECKPOINT_FORMAT, AutoencoderModule
 from geosane.config import save_config, to_dict
 from geosane.console import console
-from geosane.errors import ConfigError, GeosaneError
+from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import check_out_dir, load_torch, mark_out_dir, write_json
 from geosane.runs import SafeCheckpointIO, fit_resumable, quiet_lightning
 
@@ -263,8 +263,9 @@ def train(
             console.print(f"{resume_path.name}: already at step {start_step} of {cfg.train.max_steps}")
     elif existing:
         raise GeosaneError(
-            f"{out} already holds a training run ({existing[-1].name}); pass --resume to continue it "
-            "or choose another train.out"
+            f"{out} already holds a training run ({existing[-1].name}); pass resume=True to continue it "
+            "or choose another train.out",
+            flags=cli_flags("resume"),
         )
     init_state = None
     if cfg.train.init_from is not None and resume_path is None:
@@ -326,7 +327,8 @@ def train(
     started = time.perf_counter()
     fit_resumable(
         trainer, module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True,
-        resume_hint=f"checkpoints are in {ckpt_dir}; rerun the same command with --resume to continue",
+        resume_hint=f"checkpoints are in {ckpt_dir}; rerun with resume=True to continue",
+        resume_flags={"rerun with resume=True": "rerun the same command with --resume"},
     )  # fmt: skip
     seconds = time.perf_counter() - started
     export = out / "autoencoder.safetensors"

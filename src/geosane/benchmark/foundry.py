@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from geosane.config import find_config, load_config, save_config, to_dict
 from geosane.console import console
-from geosane.errors import ConfigError, DataError
+from geosane.errors import ConfigError, DataError, cli_flags
 from geosane.io import atomic_directory, claim_out_dir, read_json, write_json
 from geosane.tasks.config import TrainingBudget
 
@@ -207,14 +207,15 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
 
     if cfg.data is None:
         raise DataError(
-            "pass the image folder with --data (root/<class>/<image>), e.g. ../shared/data/rsscn7"
+            "pass the image folder with data=FOLDER (root/<class>/<image>), e.g. ../shared/data/rsscn7",
+            flags={"data=FOLDER": "--data"},
         )
     root = Path(cfg.data).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
+        raise DataError(f"data={root} is not a directory (root/<class>/<image>)", flags=cli_flags("data"))
     classes = class_dirs(root)
     if len(classes) < 2:
-        raise DataError(f"--data {root} needs at least two class sub-folders")
+        raise DataError(f"data={root} needs at least two class sub-folders", flags=cli_flags("data"))
     out = cfg.out / "data"
     parts = {"source": out / "source", **{n: out / "target" / n for n in ("train", "select", "test")}}
     settings = {"root": str(root.resolve()), "seed": cfg.split_seed, "source_fraction": cfg.source_fraction,
@@ -271,15 +272,16 @@ def check_bench_data(cfg: FoundryBenchConfig) -> None:
     assert cfg.data is not None
     root = Path(cfg.data).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
+        raise DataError(f"data={root} is not a directory (root/<class>/<image>)", flags=cli_flags("data"))
     classes = class_dirs(root)
     for recipe in (cfg.zoo_recipe, cfg.prompts_recipe):
         members = load_recipe(recipe).members
         used = [c for m in members for c in (m.classes or []) if isinstance(c, int)]
         if used and max(used) >= len(classes):
             raise DataError(
-                f"the benchmark's recipe '{recipe}' uses class index {max(used)}: --data {root} needs at least "
-                f"{max(used) + 1} class folders, it has {len(classes)}"
+                f"the benchmark's recipe '{recipe}' uses class index {max(used)}: data={root} needs at least "
+                f"{max(used) + 1} class folders, it has {len(classes)}",
+                flags=cli_flags("data"),
             )
 
 
@@ -457,13 +459,18 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
 
     if cfg.data is None:
         raise DataError(
-            "pass the image folder with --data (root/<class>/<image>), e.g. ../shared/data/rsscn7"
+            "pass the image folder with data=FOLDER (root/<class>/<image>), e.g. ../shared/data/rsscn7",
+            flags={"data=FOLDER": "--data"},
         )
     if cfg.eval_folder is not None and not Path(cfg.eval_folder).is_dir():
-        raise DataError(f"--eval-folder {cfg.eval_folder} is not a directory (root/<class>/<image>)")
+        raise DataError(
+            f"eval_folder={cfg.eval_folder} is not a directory (root/<class>/<image>)", flags=cli_flags("eval_folder")
+        )
     check_bench_data(cfg)
     created = not cfg.out.exists()
-    claim_out_dir(cfg.out, "bench-foundry", {"--data": cfg.data, "--eval-folder": cfg.eval_folder})
+    claim_out_dir(
+        cfg.out, "bench-foundry", {"data": cfg.data, "eval_folder": cfg.eval_folder}, flags=cli_flags("data", "eval_folder")
+    )
     started = time.perf_counter()
     try:
         parts = timed("data split", split_source_target, cfg)

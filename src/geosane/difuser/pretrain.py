@@ -28,7 +28,7 @@ from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.difuser.config import PretrainConfig, apply_threads
 from geosane.difuser.data import load_training_images
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.io import atomic_directory, atomic_path, write_json
 from geosane.runs import SafeCheckpointIO, SaveLastCheckpoint, fit_resumable, quiet_lightning
 
@@ -214,9 +214,12 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
-        raise GeosaneError(f"--resume: no checkpoint at {last}")
+        raise GeosaneError(f"resume=True: no checkpoint at {last}", flags=cli_flags("resume"))
     if not resume and last.is_file():
-        raise GeosaneError(f"{out} already holds a training run; pass --resume or choose another output_dir")
+        raise GeosaneError(
+            f"{out} already holds a training run; pass resume=True or choose another output_dir",
+            flags=cli_flags("resume"),
+        )
     images = load_training_images(
         str(config.data_root), config.image_size, config.split, config.fractions, config.split_seed
     )
@@ -257,7 +260,8 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
     start = time.perf_counter()
     fit_resumable(
         trainer, module, loader, ckpt_path=str(last) if resume else None, weights_only=True,
-        resume_hint=f"the last checkpoint is {last}; rerun the same command with --resume to continue",
+        resume_hint=f"the last checkpoint is {last}; rerun with resume=True to continue",
+        resume_flags={"rerun with resume=True": "rerun the same command with --resume"},
     )  # fmt: skip
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(last, weights_only=False)  # full state (optimizer, loops) for --resume

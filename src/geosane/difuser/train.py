@@ -34,7 +34,7 @@ from geosane.difuser.data import TaskData, load_task_data
 from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
 from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.io import claim_out_dir, save_safetensors, write_json
 from geosane.runs import (
     ResumableRandomness,
@@ -277,9 +277,12 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     out = Path(cfg.output_dir).expanduser()
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
-        raise GeosaneError(f"--resume: no checkpoint at {last}")
+        raise GeosaneError(f"resume=True: no checkpoint at {last}", flags=cli_flags("resume"))
     if not resume and last.is_file():
-        raise GeosaneError(f"{out} already holds a training run; pass --resume or choose another output_dir")
+        raise GeosaneError(
+            f"{out} already holds a training run; pass resume=True or choose another output_dir",
+            flags=cli_flags("resume"),
+        )
     quiet_lightning()
     cache, data, backbone = prepare_features(cfg, build=False)
     layout = StreamLayout.from_layers(backbone.layers, backbone.save_timesteps, cfg.fuser.group)
@@ -326,7 +329,8 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     start = time.perf_counter()
     fit_resumable(
         trainer, module, train_loader, select_loader, ckpt_path=str(last) if resume else None, weights_only=True,
-        resume_hint=f"the last finished epoch is saved in {last}; rerun the same command with --resume",
+        resume_hint=f"the last finished epoch is saved in {last}; rerun with resume=True",
+        resume_flags={"rerun with resume=True": "rerun the same command with --resume"},
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
     if module.best_state is None:

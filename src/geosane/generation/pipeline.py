@@ -34,7 +34,7 @@ from geosane.data import (
     recorded_normalization,
     stratified_split,
 )
-from geosane.errors import DataError, GeosaneError
+from geosane.errors import DataError, GeosaneError, cli_flags
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
 from geosane.generation.card import write_loader_script
 from geosane.generation.config import GenerateConfig, generation_inputs, validate_config
@@ -96,8 +96,9 @@ def _scene_selection(cfg: GenerateConfig) -> Selection:
     assert cfg.select_data is not None
     if cfg.select_split != "all":
         raise DataError(
-            f"{cfg.select_data} holds .npz scenes: pass --select-split all with a folder of the selection "
-            "scenes only, so that no chip of a scene your fine-tuning tests on is used for ranking"
+            f"{cfg.select_data} holds .npz scenes: pass select_split='all' with a folder of the selection "
+            "scenes only, so that no chip of a scene your fine-tuning tests on is used for ranking",
+            flags={"select_split='all'": "--select-split all"},
         )
     chips = load_csmask(cfg.select_data, chip_size=cfg.image_size)
     return Selection("segmentation", chips.images, chips.masks, chips.classes, None)
@@ -129,7 +130,8 @@ def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection |
     if cfg.proxy == "linear" and per_class.min() < 2:
         raise DataError(
             f"the selection data ({cfg.select_data}, split '{cfg.select_split}') has {int(per_class.min())} "
-            "image(s) in some class: --proxy linear needs at least 2 per class (use --proxy knn or more data)"
+            "image(s) in some class: proxy='linear' needs at least 2 per class (use proxy='knn' or more data)",
+            flags={"proxy='linear'": "--proxy linear", "proxy='knn'": "--proxy knn"},
         )
     if cfg.normalization == "imagenet" and data.num_bands == 3:
         norm = Normalization.imagenet()
@@ -168,7 +170,7 @@ def prepare_prompt(
             model = build_classifier(prompt, num_classes)
     except GeosaneError as exc:
         raise GeosaneError(
-            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}"
+            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}", flags=exc.flags
         ) from None
     kwargs = dict(prompt.arch.kwargs)
     if num_classes is not None:
@@ -429,7 +431,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     token_size, mode = tokenizer["token_size"], tokenizer["mode"]
     if cfg.token_size is not None and cfg.token_size != token_size:
         raise GeosaneError(
-            f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
+            f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not token_size={cfg.token_size}",
+            flags=cli_flags("token_size"),
         )
     select_images = _selection_data(cfg, cfg.num_classes)
     num_classes = (
@@ -444,7 +447,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     if select_images is not None and select_images.num_bands != in_chans:
         raise DataError(
             f"selection images have {select_images.num_bands} bands but the prompt takes {in_chans} "
-            "(pass --in-chans to adapt the prompt's stem)"
+            "(pass in_chans to adapt the prompt's stem)",
+            flags=cli_flags("in_chans"),
         )
     select = None
     select_task = select_images.task if select_images is not None else "classification"

@@ -75,7 +75,8 @@ def _finished_members(plan: BuildPlan, zoo: Zoo) -> set[str]:
             diff = _config_diff(stored, wanted)
             raise GeosaneError(
                 f"zoo {zoo.path} already has a model '{member.name}' built with a different config "
-                f"({diff}); rename the member or build into another --zoo"
+                f"({diff}); rename the member or build into another zoo_dir",
+                flags={"zoo_dir": "--zoo"},
             )
         done.add(member.name)
     return done
@@ -137,7 +138,7 @@ def _check_architecture(member: PlannedMember, image_size: int) -> None:
         with torch.no_grad():
             out = model(torch.zeros(2, member.in_chans, image_size, image_size))
     except GeosaneError as exc:
-        raise ConfigError(f"member '{member.name}': {exc}") from None
+        raise ConfigError(f"member '{member.name}': {exc}", flags=exc.flags) from None
     except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
