@@ -21,7 +21,7 @@ import random
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -109,7 +109,8 @@ class ResumableRandomness(Callback):
         self.generators = generators
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+        legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+        kind, keys, pos, has_gauss, cached = legacy
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),

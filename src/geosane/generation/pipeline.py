@@ -339,17 +339,20 @@ def split_generated(tm: Any, patterns: list[str] | tuple[str, ...]) -> tuple[lis
 
     owners = {n for n in tokenized if hit(n)} | {tm.layout[n].tied_to for n in tied if hit(n)}
     owners &= set(tokenized)
-    flag = " ".join(f"--generate-only '{p}'" for p in patterns)
+    param = f"generate_only={list(patterns)!r}"
+    flags = {param: " ".join(f"--generate-only '{p}'" for p in patterns)}
     verb = "matches" if len(patterns) == 1 else "match"
     if not owners:
         carried = [n for n in tm.names("carried") if hit(n)]
         if carried:
             raise GeosaneError(
-                f"{flag} {verb} only tensors carried from the prompt unchanged ({_example_names(carried, 3)}), "
-                f"none that the autoencoder generates (tensors look like: {_example_names(tokenized)})"
+                f"{param} {verb} only tensors carried from the prompt unchanged ({_example_names(carried, 3)}), "
+                f"none that the autoencoder generates (tensors look like: {_example_names(tokenized)})",
+                flags=flags,
             )
         raise GeosaneError(
-            f"{flag} {verb} no tensor of the prompt (tensors look like: {_example_names(tokenized)})"
+            f"{param} {verb} no tensor of the prompt (tensors look like: {_example_names(tokenized)})",
+            flags=flags,
         )
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in tm.layout):
