@@ -109,8 +109,10 @@ class ResumableRandomness(Callback):
         self.generators = generators
 
     def state_dict(self) -> dict[str, Any]:
-        legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
-        kind, keys, pos, has_gauss, cached = legacy
+        # legacy=True gives the tuple for the global MT19937 (numpy's stub also allows the dict form)
+        kind, keys, pos, has_gauss, cached = cast(
+            "tuple[str, np.ndarray[Any, Any], int, int, float]", np.random.get_state(legacy=True)
+        )
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
