@@ -71,3 +71,36 @@ def test_bad_options_are_refused_before_torch_is_imported(tmp_path: Path, args: 
                           env={"PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "300", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert message in done.stderr and not out.exists(), done.stderr
     assert done.stdout.split() == ["False", "2"], done.stderr
+
+
+def test_library_errors_name_parameters_and_the_cli_prints_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An API caller is told the parameter (top_k=5); `geosane` prints the flag (--top-k 5) instead."""
+    import pickle
+
+    from geosane.cli import main
+    from geosane.errors import GeosaneError, cli_flags
+    from geosane.generation.config import GenerateConfig, validate_config
+
+    out = tmp_path / "out"
+    with pytest.raises(GeosaneError) as caught:
+        validate_config(GenerateConfig(ae=tmp_path / "ae", prompt="timm:resnet18", out=out, num_candidates=2, top_k=5))
+    assert str(caught.value) == "top_k=5 must be between 1 and num_candidates (2)"
+    assert caught.value.cli_message() == "--top-k 5 must be between 1 and --num-candidates (2)"
+    with pytest.raises(SystemExit) as code:
+        main(["generate", "--ae", str(tmp_path / "ae"), "--prompt", "timm:resnet18", "--out", str(out),
+              "--num-candidates", "2", "--top-k", "5"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and "error: --top-k 5 must be between 1 and --num-candidates (2)" in " ".join(err.split())
+    assert "top_k" not in err and not out.exists()
+
+    # a spelling is replaced only where it stands alone, in one pass; flags survive pickling (workers)
+    exc = GeosaneError(
+        "align_anchors=True needs anchors=N; runs/anchors and my_anchors stay; pass overwrite=True",
+        flags=cli_flags("align_anchors", "anchors", "overwrite"),
+    )
+    expected = "--align-anchors needs --anchors N; runs/anchors and my_anchors stay; pass --overwrite"
+    assert exc.cli_message() == expected
+    assert pickle.loads(pickle.dumps(exc)).cli_message() == expected
+    assert GeosaneError("plain").cli_message() == "plain"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geosane.io import atomic_path, save_safetensors, sha256_tensors, write_json
+from geosane.io import atomic_directory, atomic_path, save_safetensors, sha256_tensors, write_json
 
 
 def test_atomic_path_leaves_target_untouched_on_failure(tmp_path: Path) -> None:
@@ -18,6 +18,33 @@ def test_atomic_path_leaves_target_untouched_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert target.read_text().strip().startswith("{")
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_atomic_directory_swaps_a_complete_directory_in_and_keeps_the_old_one_on_failure(tmp_path: Path) -> None:
+    import os
+
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary directory left behind
+    umask = os.umask(0o022)
+    try:
+        with atomic_directory(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert target.stat().st_mode & 0o777 == 0o755  # a plain mkdir's permissions, not mkdtemp's 0700
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the old directory is gone too
+    (tmp_path / "file").write_text("a file in the way")
+    with atomic_directory(tmp_path / "file") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "file" / "x").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run"]
 
 
 def test_sha256_tensors_depends_on_bits_not_container(tmp_path: Path) -> None:

@@ -70,14 +70,18 @@ _register_stages()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning user errors into one-line messages with exit status 2."""
+    """Entry point: run the app, turning user errors into one-line messages with exit status 2.
+
+    Messages name the command-line flags (:meth:`GeosaneError.cli_message`) where the library's
+    message names a Python parameter.
+    """
     try:
         app(args=argv, prog_name="geosane")
     except Interrupted as exc:
-        console.print(f"[yellow]interrupted:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]interrupted:[/] {exc.cli_message()}", highlight=False, soft_wrap=True)
         sys.exit(130)
     except GeosaneError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {exc.cli_message()}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -37,6 +37,7 @@ __all__ = [
     "from_dict",
     "load_config",
     "merge",
+    "packaged_configs",
     "parse_overrides",
     "save_config",
     "to_dict",
@@ -76,7 +77,7 @@ def _find_base(name: str, including: Path) -> Path:
 
 
 def find_config(name: str | Path, folder: str) -> Path:
-    """A config file path, else a config shipped with geosane.
+    """A config file path, else a config shipped with geosane: the one way every stage finds a config.
 
     ``name`` may be an existing file, or name a packaged config relative to ``configs/<folder>``
     or to ``configs`` itself, with or without ``.yaml`` (``rsscn7_gw``, ``difuser/rsscn7_gw.yaml``).
@@ -88,8 +89,14 @@ def find_config(name: str | Path, folder: str) -> Path:
         for candidate in (root / str(name), root / f"{name}.yaml"):
             if candidate.is_file():
                 return candidate
-    shipped = sorted(p.stem for p in (PACKAGED_CONFIGS / folder).glob("*.yaml"))
-    raise ConfigError(f"config file not found: {name} (packaged {folder} configs: {', '.join(shipped)})")
+    raise ConfigError(
+        f"config file not found: {name} (packaged {folder} configs: {', '.join(packaged_configs(folder))})"
+    )
+
+
+def packaged_configs(folder: str) -> list[str]:
+    """File names of the configs shipped in ``configs/<folder>`` (``["small.yaml", "tiny.yaml"]``)."""
+    return sorted(p.name for p in (PACKAGED_CONFIGS / folder).glob("*.yaml"))
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

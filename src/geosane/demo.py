@@ -22,10 +22,10 @@ from typing import Any
 
 import typer
 
-from geosane.config import PACKAGED_CONFIGS, load_config, save_config
+from geosane.config import find_config, load_config, packaged_configs, save_config
 from geosane.console import console
 from geosane.errors import ConfigError, DataError, GeosaneError
-from geosane.io import claim_out_dir, write_json, write_text
+from geosane.io import atomic_directory, claim_out_dir, write_json, write_text
 
 __all__ = ["DemoConfig", "DemoResult", "load_demo_config", "prepare_data", "register", "run_demo"]
 
@@ -64,9 +64,7 @@ def load_demo_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> DemoConfig:
     """The packaged default (or ``quick``) demo config, or a YAML file, plus dotted overrides."""
-    if path is None or str(path) in ("default", "quick"):
-        path = PACKAGED_CONFIGS / "demo" / f"{path or 'default'}.yaml"
-    return load_config(DemoConfig, path, list(overrides))
+    return load_config(DemoConfig, find_config(path or "default", "demo"), list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,18 +87,15 @@ def prepare_data(cfg: DemoConfig) -> Path:
     subset = cfg.out / "data" / f"{source.name}-{cfg.data.max_per_class}-per-class"
     if (subset / ".complete").exists():
         return subset
-    tmp = subset.with_name(subset.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     rng = random.Random(cfg.seed)
-    for cls in classes:
-        files = image_files(cls)
-        rng.shuffle(files)
-        (tmp / cls.name).mkdir(parents=True)
-        for f in files[: cfg.data.max_per_class]:
-            shutil.copy2(f, tmp / cls.name / f.name)
-    (tmp / ".complete").write_text(str(source.resolve()) + "\n")
-    shutil.rmtree(subset, ignore_errors=True)
-    tmp.rename(subset)
+    with atomic_directory(subset) as tmp:
+        for cls in classes:
+            files = image_files(cls)
+            rng.shuffle(files)
+            (tmp / cls.name).mkdir(parents=True)
+            for f in files[: cfg.data.max_per_class]:
+                shutil.copy2(f, tmp / cls.name / f.name)
+        (tmp / ".complete").write_text(str(source.resolve()) + "\n")
     return subset
 
 
@@ -164,19 +159,16 @@ def _export_folder(dataset: Any, folder: Path, per_class: int, seed: int) -> Non
     if labels is None:
         labels = np.asarray([int(dataset[i]["label"]) for i in range(len(dataset))])
     rng = np.random.default_rng(seed)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for index, name in enumerate(classes):
-        (tmp / name).mkdir(parents=True)
-        chosen = rng.permutation(np.flatnonzero(labels == index))[:per_class]
-        for i in chosen:
-            image = dataset[int(i)]["image"].float().numpy()  # [3, H, W] reflectances
-            low, high = np.percentile(image, 2), np.percentile(image, 98)
-            rgb = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
-            Image.fromarray(rgb.transpose(1, 2, 0).astype(np.uint8)).save(tmp / name / f"{int(i):05d}.png")
-    (tmp / ".complete").write_text("EuroSAT RGB (TorchGeo)\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_directory(folder) as tmp:
+        for index, name in enumerate(classes):
+            (tmp / name).mkdir(parents=True)
+            chosen = rng.permutation(np.flatnonzero(labels == index))[:per_class]
+            for i in chosen:
+                image = dataset[int(i)]["image"].float().numpy()  # [3, H, W] reflectances
+                low, high = np.percentile(image, 2), np.percentile(image, 98)
+                rgb = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
+                Image.fromarray(rgb.transpose(1, 2, 0).astype(np.uint8)).save(tmp / name / f"{int(i):05d}.png")
+        (tmp / ".complete").write_text("EuroSAT RGB (TorchGeo)\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,13 +180,12 @@ def bench_config(cfg: DemoConfig, data: Path) -> Any:
     from geosane.benchmark.foundry import check_bench_data, dotted, load_bench_config
 
     preset = cfg.bench
-    packaged = PACKAGED_CONFIGS / "bench" / f"{preset}.yaml"
-    path = packaged if packaged.is_file() else Path(preset).expanduser()
-    if not path.is_file():
-        presets = sorted(p.stem for p in (PACKAGED_CONFIGS / "bench").glob("*.yaml"))
+    try:
+        path = find_config(preset, "bench")
+    except ConfigError:  # worded for the demo config's `bench:` key
         raise ConfigError(
-            f"bench preset '{preset}' not found (packaged: {', '.join(presets)}, or a YAML path)"
-        )
+            f"bench preset '{preset}' not found (packaged: {', '.join(packaged_configs('bench'))}, or a YAML path)"
+        ) from None
     overrides = [f"{k}={_yaml(v)}" for k, v in dotted(cfg.overrides).items()]
     bench = load_bench_config(path, overrides)
     bench.out, bench.data, bench.seed = cfg.out / "foundry", data, cfg.seed

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # torch loads inside the functions so that `geosane --help` s
 
 __all__ = [
     "OUT_MARKER",
+    "atomic_directory",
     "atomic_path",
     "check_out_dir",
     "claim_out_dir",
@@ -63,6 +65,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``path``; swap it in as ``path`` if the block succeeds.
+
+    An existing directory cannot be replaced in one rename, so the old ``path`` (directory or file)
+    is first renamed aside and removed only once the new one is in place. On any exception the
+    temporary directory is removed and ``path`` is left untouched. Checks that must hold right
+    before the swap go at the end of the block.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)  # mkdtemp creates 0700; give the result a plain mkdir's permissions
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # left by an earlier crash of a process with this id
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -143,6 +178,7 @@ def check_out_dir(
     out: str | os.PathLike[str],
     command: str,
     inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> bool:
     """Apply the one rule for every command's output directory; True if geosane wrote it for ``command``.
 
@@ -150,10 +186,11 @@ def check_out_dir(
     command* (it holds :data:`OUT_MARKER` naming the command; zoos and token stores are marked by
     their ``manifest.json`` / ``index.json`` instead). Anything else (a user's folder, another
     command's run) is refused, and so is an ``out`` that is, or holds, one of the run's ``inputs``
-    (``{"--ae": path}``), so that replacing or resuming an output can never destroy a user's files.
+    (``{"ae": path}``), so that replacing or resuming an output can never destroy a user's files.
     An input may be a model source: ``zoo:DIR#ID`` names ``DIR``; one that names no existing local
-    path (``timm:resnet18``) is not a file to protect. Nothing is written; :func:`claim_out_dir`
-    also creates and marks the directory.
+    path (``timm:resnet18``) is not a file to protect. ``flags``: the errors'
+    :attr:`~geosane.errors.GeosaneError.flags` (input names -> command-line flags). Nothing is
+    written; :func:`claim_out_dir` also creates and marks the directory.
     """
     from geosane.errors import GeosaneError
 
@@ -169,7 +206,8 @@ def check_out_dir(
         if source == resolved or source.is_relative_to(resolved):
             raise GeosaneError(
                 f"output directory {target} is or holds this run's input {name} ({value}); "
-                "choose another output directory (nothing was written)"
+                "choose another output directory (nothing was written)",
+                flags=flags,
             )
     marker = target / OUT_MARKER
     if marker.is_file():
@@ -215,9 +253,10 @@ def claim_out_dir(
     out: str | os.PathLike[str],
     command: str,
     inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> bool:
     """:func:`check_out_dir`, then create and mark ``out``; True if it was already ours (a rerun)."""
-    ours = check_out_dir(out, command, inputs)
+    ours = check_out_dir(out, command, inputs, flags)
     if not ours:
         mark_out_dir(out, command)
     return ours

@@ -7,21 +7,92 @@ number generators, so a resumed run shuffles and augments differently from an un
 Lightning also turns Ctrl-C into ``sys.exit(1)`` with no word on how to go on;
 :func:`fit_resumable` turns it into :class:`geosane.errors.Interrupted`, which the CLI prints as one
 line and exit status 130.
+
+The rest of the Lightning plumbing every stage shares lives here too: :class:`SafeCheckpointIO`
+(checkpoints written atomically through ``geosane.io``, read weights-only), :class:`SaveLastCheckpoint`
+(the resumable ``last`` checkpoint after every epoch and/or every N steps) and :func:`quiet_lightning`.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
-from typing import Any
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from geosane.errors import Interrupted
+from geosane.io import load_torch, save_torch
 
-__all__ = ["ResumableRandomness", "fit_resumable"]
+__all__ = ["ResumableRandomness", "SafeCheckpointIO", "SaveLastCheckpoint", "fit_resumable", "quiet_lightning"]
+
+# Lightning chatter that says nothing to a geosane user (we set workers, devices and intervals on purpose)
+_QUIET_PATTERNS = (
+    ".*does not have many workers.*",
+    ".*GPU available but not used.*",
+    ".*treespec, LeafSpec.*",  # lightning vs torch 2.14 deprecation
+    ".*resuming from a checkpoint that ended before the epoch ended.*",  # mid-epoch step checkpoints
+    ".*The number of training batches.*is smaller than the logging interval.*",
+    ".*Experiment logs directory.*",
+)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info logs and the warnings above, for every run in this process."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for pattern in _QUIET_PATTERNS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O through ``geosane.io``: temp file + rename, read with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        save_torch(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        data: dict[str, Any] = load_torch(path, map_location=map_location or "cpu")
+        return data
+
+
+class SaveLastCheckpoint(Checkpoint):
+    """Write ``path`` (full trainer state, for resuming) after every epoch and/or every N steps.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only in steps where it also
+    saved a top-k checkpoint, so a run whose metric stops improving could not be resumed from its
+    latest state; this callback always writes it, through the trainer's checkpoint I/O (atomic with
+    :class:`SafeCheckpointIO`). The epoch-end save comes after the epoch's validation and after the
+    module's own epoch-end hook (Lightning runs :class:`Checkpoint` callbacks last), so it holds exactly
+    the state between two epochs and a resumed run continues bitwise (with :class:`ResumableRandomness`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], every_n_train_steps: int = 0, on_epoch_end: bool = True) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.every_n_train_steps = every_n_train_steps
+        self.on_epoch_end = on_epoch_end
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        n = self.every_n_train_steps
+        if n > 0 and trainer.global_step > 0 and trainer.global_step % n == 0:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_epoch_end:
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class ResumableRandomness(Callback):
@@ -38,7 +109,10 @@ class ResumableRandomness(Callback):
         self.generators = generators
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+        # legacy=True gives the tuple for the global MT19937 (numpy's stub also allows the dict form)
+        kind, keys, pos, has_gauss, cached = cast(
+            "tuple[str, np.ndarray[Any, Any], int, int, float]", np.random.get_state(legacy=True)
+        )
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
@@ -62,15 +136,22 @@ class ResumableRandomness(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def fit_resumable(trainer: L.Trainer, *args: Any, resume_hint: str, **kwargs: Any) -> None:
+def fit_resumable(
+    trainer: L.Trainer,
+    *args: Any,
+    resume_hint: str,
+    resume_flags: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> None:
     """``trainer.fit(*args, **kwargs)``; on Ctrl-C raise :class:`Interrupted` carrying ``resume_hint``.
 
-    ``resume_hint`` says how to continue, e.g. "rerun the same command to resume from its last
-    checkpoint". Lightning has already stopped cleanly and kept the last checkpoint when it exits.
+    ``resume_hint`` says how to continue, e.g. "rerun with resume=True"; ``resume_flags`` are its
+    :attr:`~geosane.errors.GeosaneError.flags` (``{"rerun with resume=True": "rerun the same command
+    with --resume"}``). Lightning has already stopped cleanly and kept the last checkpoint when it exits.
     """
     try:
         trainer.fit(*args, **kwargs)
     except SystemExit:
         if trainer.interrupted:
-            raise Interrupted(resume_hint) from None
+            raise Interrupted(resume_hint, flags=resume_flags) from None
         raise

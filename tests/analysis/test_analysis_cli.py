@@ -68,7 +68,7 @@ def test_cli_errors_are_one_line_with_exit_status_2(
     code, _, err = _run(["probe", str(config), "probe.method=[ridge]"], capsys)
     assert code == 2 and "unknown config key 'probe.method'; did you mean 'probe.methods'?" in err
     code, _, err = _run(["probe", "no_such_config.yaml"], capsys)
-    assert code == 2 and "shipped analysis configs:" in err and "probe_rsscn7.yaml" in err
+    assert code == 2 and "packaged analysis configs:" in err and "probe_rsscn7.yaml" in err
     code, _, err = _run(["probe", str(config), "--mode", "decoders"], capsys)
     assert code == 2 and "set task: segmentation" in err
     assert not (tmp_path / "probe").exists()

@@ -24,8 +24,8 @@ from geosane.difuser import (
     build_fuser,
     feature_key,
 )
-from geosane.difuser.checkpoints import SafeCheckpointIO
 from geosane.errors import ConfigError
+from geosane.runs import SafeCheckpointIO
 from geosane.tasks import FitConfig
 
 TIMESTEPS = (1, 21, 41)

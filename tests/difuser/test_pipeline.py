@@ -117,7 +117,7 @@ def test_interrupted_difuse_resumes_bitwise(pixel_model_dir: Path, tiny_image_fo
         load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "ref"), settings)
     )
     config = load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run"), settings)
-    with pytest.raises(Interrupted, match="rerun the same command with --resume"):
+    with pytest.raises(Interrupted, match="rerun with resume=True"):
         run_difuse(config, callbacks=[_Interrupt()])
     resumed = run_difuse(config, resume=True)
     assert resumed["history"] == reference["history"] and resumed["test"] == reference["test"]
@@ -130,7 +130,7 @@ def test_difuse_resume_continues_training(pixel_model_dir: Path, tiny_image_fold
     config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run")
     first = run_difuse(load_difuse_config(config, ["train.patience=50"]))
     assert first["epochs_run"] == 3
-    with pytest.raises(GeosaneError, match="pass --resume"):
+    with pytest.raises(GeosaneError, match="pass resume=True"):
         run_difuse(load_difuse_config(config))
     second = run_difuse(load_difuse_config(config, ["train.epochs=5", "train.patience=50"]), resume=True)
     assert second["epochs_run"] == 5 and [r["epoch"] for r in second["history"]] == [1, 2, 3, 4, 5]

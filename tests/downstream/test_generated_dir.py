@@ -130,5 +130,5 @@ def test_a_random_init_prompt_without_selection_data(generated_run: dict[str, Pa
     _, inits = build_initializations(config)
     assert [i.name for i in inits] == ["scratch", "generated-1"] and "nan" not in inits[1].source
     config = load_compare_config("compare_rsscn7", [*common, "inits=[prompt, generated]"])
-    with pytest.raises(GeosaneError, match=r"random weights .* remove 'prompt' from inits or pass --prompt"):
+    with pytest.raises(GeosaneError, match=r"random weights .* remove 'prompt' from inits or set prompt: SOURCE"):
         build_initializations(config)

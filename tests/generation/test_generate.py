@@ -135,9 +135,9 @@ def test_selection_folder_with_fewer_images_than_classes(setup: dict[str, Path],
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / c / "0.png")
     with pytest.raises(GeosaneError, match="has 3 images for 4 classes"):
         generate(_cfg(setup, tmp_path / "out", folder, num_classes=4))
-    with pytest.raises(GeosaneError, match="--proxy linear needs at least 2 per class"):
+    with pytest.raises(GeosaneError, match="proxy='linear' needs at least 2 per class"):
         generate(_cfg(setup, tmp_path / "out", folder, proxy="linear"))
-    with pytest.raises(GeosaneError, match="--proxy must be one of knn, linear, got 'nope'"):
+    with pytest.raises(GeosaneError, match="proxy must be one of knn, linear, got 'nope'"):
         generate(_cfg(setup, tmp_path / "out", folder, proxy="nope"))
     assert not (tmp_path / "out").exists()
 
@@ -209,7 +209,7 @@ def test_residual_decoding_at_zero_bandwidth_returns_the_prompt_exactly(setup: d
     assert residual.card["decode"] == "residual"
     assert all(torch.equal(got[k], zoo_weights[k]) for k in zoo_weights)
     assert not all(torch.equal(reconstructed[k], zoo_weights[k]) for k in zoo_weights if k.endswith("weight"))
-    with pytest.raises(GeosaneError, match="--decode must be one of direct, residual, got 'x'"):
+    with pytest.raises(GeosaneError, match="decode must be one of direct, residual, got 'x'"):
         generate(_cfg(setup, tmp_path / "never", None, decode="x"))
     with pytest.raises(GeosaneError, match="bn_batches must be >= 0"):
         generate(_cfg(setup, tmp_path / "never", None, bn_batches=-1))

@@ -193,8 +193,8 @@ def test_patterns_matching_no_generated_tensor_are_refused_before_anything_is_wr
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ([""], "--generate-only patterns must be non-empty strings"),
-        (["*bn*", "  "], "--generate-only patterns must be non-empty strings"),
+        ([""], "generate_only patterns must be non-empty strings"),
+        (["*bn*", "  "], "generate_only patterns must be non-empty strings"),
         ("*bn*", "generate_only must be a list of glob patterns"),
     ],
 )

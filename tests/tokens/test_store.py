@@ -68,7 +68,7 @@ def test_rerun_skips_finished_models_and_refuses_then_repairs_bad_files(small_zo
     (out / deleted.file).unlink()
     corrupted = mtimes(out)
     with pytest.raises(GeosaneError, match=rf"the token file of '{victim.id}' .* does not match its recorded SHA-256; "
-                       r"nothing was changed.*repair=True \(--repair\)"):  # fmt: skip
+                       r"nothing was changed.*repair=True to rebuild it"):  # fmt: skip
         tokenize_zoo(small_zoo, out)  # never silently "repaired"
     assert mtimes(out) == corrupted
     store = tokenize_zoo(small_zoo, out, repair=True)

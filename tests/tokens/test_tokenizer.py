@@ -240,7 +240,7 @@ def test_nonfinite_values_are_reported_by_name(name: str, value: float, kind: st
     state_dict[name] = state_dict[name].clone()
     state_dict[name].view(-1)[1] = value
     with pytest.raises(
-        TokenizerError, match=rf"tensor '{name}' holds 1 non-finite values \({kind}\).*--allow-nonfinite"
+        TokenizerError, match=rf"tensor '{name}' holds 1 non-finite values \({kind}\).*allow_nonfinite=True"
     ):
         tokenize(state_dict, 10)
     tm = tokenize(state_dict, 10, allow_nonfinite=True)

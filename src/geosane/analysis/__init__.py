@@ -14,50 +14,40 @@ Names are imported lazily so that ``geosane --help`` does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
 
 _EXPORTS = {
-    "linear_cka": "cka",
-    "debiased_cka": "cka",
-    "cka_matrix": "cka",
-    "gram_linear": "cka",
-    "unbiased_hsic": "cka",
-    "MinibatchCKA": "cka",
-    "MinibatchCKAMatrix": "cka",
-    "LayerRecorder": "layers",
-    "Pooling": "layers",
-    "block_layers": "layers",
-    "sublayer_layers": "layers",
-    "resolve_layers": "layers",
-    "pool_output": "layers",
-    "output_map": "layers",
-    "model_family": "layers",
-    "ModelSpec": "models",
-    "Backbone": "models",
-    "load_backbone": "models",
-    "DataSpec": "data",
-    "AnalysisData": "data",
-    "load_analysis_data": "data",
-    "label_subset": "data",
-    "FeatureCache": "features",
-    "extract_features": "features",
-    "LinearProbeConfig": "probes",
-    "ProbeFit": "probes",
-    "Readout": "probes",
-    "fit_probe": "probes",
-    "score_readout": "probes",
-    "ProbeConfig": "config",
-    "ProbeSettings": "config",
-    "DecoderSettings": "config",
-    "CkaConfig": "config",
-    "ProbeResult": "probing",
-    "run_probe": "probing",
-    "DecoderResult": "decoders",
-    "run_decoders": "decoders",
-    "CkaResult": "similarity",
-    "run_cka": "similarity",
+    "cka": (
+        "linear_cka",
+        "debiased_cka",
+        "cka_matrix",
+        "gram_linear",
+        "unbiased_hsic",
+        "MinibatchCKA",
+        "MinibatchCKAMatrix",
+    ),
+    "layers": (
+        "LayerRecorder",
+        "Pooling",
+        "block_layers",
+        "sublayer_layers",
+        "resolve_layers",
+        "pool_output",
+        "output_map",
+        "model_family",
+    ),
+    "models": ("ModelSpec", "Backbone", "load_backbone"),
+    "data": ("DataSpec", "AnalysisData", "load_analysis_data", "label_subset"),
+    "features": ("FeatureCache", "extract_features"),
+    "probes": ("LinearProbeConfig", "ProbeFit", "Readout", "fit_probe", "score_readout"),
+    "config": ("ProbeConfig", "ProbeSettings", "DecoderSettings", "CkaConfig"),
+    "probing": ("ProbeResult", "run_probe"),
+    "decoders": ("DecoderResult", "run_decoders"),
+    "similarity": ("CkaResult", "run_cka"),
 }
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "AnalysisData",
@@ -100,15 +90,6 @@ __all__ = [
     "sublayer_layers",
     "unbiased_hsic",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'geosane.analysis' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"geosane.analysis.{module}"), name)
-    globals()[name] = value
-    return value
 
 
 if TYPE_CHECKING:

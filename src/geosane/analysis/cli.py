@@ -27,10 +27,10 @@ def probe(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ) -> None:
     """Layerwise probing of backbones (CSV + depth profile), or a decoder/adaptation comparison."""
-    from geosane.analysis.config import ProbeConfig, find_config
-    from geosane.config import load_config
+    from geosane.analysis.config import ProbeConfig
+    from geosane.config import find_config, load_config
 
-    cfg = load_config(ProbeConfig, find_config(config), overrides or [])
+    cfg = load_config(ProbeConfig, find_config(config, "analysis"), overrides or [])
     if mode == ProbeMode.decoders:
         from geosane.analysis.decoders import run_decoders
 
@@ -56,11 +56,11 @@ def cka(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ) -> None:
     """CKA between every layer of two models on the same images (CSV, heatmap, diagonal profile)."""
-    from geosane.analysis.config import CkaConfig, find_config
+    from geosane.analysis.config import CkaConfig
     from geosane.analysis.similarity import run_cka
-    from geosane.config import load_config
+    from geosane.config import find_config, load_config
 
-    cfg = load_config(CkaConfig, find_config(config), overrides or [])
+    cfg = load_config(CkaConfig, find_config(config, "analysis"), overrides or [])
     _finish(run_cka(cfg).summary, as_json)
 
 

@@ -10,11 +10,9 @@ from geosane.analysis.data import DataSpec, TaskName
 from geosane.analysis.layers import Pooling
 from geosane.analysis.models import ModelSpec
 from geosane.analysis.probes import LinearProbeConfig, ProbeMethod
-from geosane.config import PACKAGED_CONFIGS
-from geosane.errors import ConfigError
 from geosane.tasks import FitConfig
 
-__all__ = ["CkaConfig", "DecoderSettings", "ProbeConfig", "ProbeSettings", "find_config"]
+__all__ = ["CkaConfig", "DecoderSettings", "ProbeConfig", "ProbeSettings"]
 
 Adaptation = Literal["frozen", "finetuned"]
 CkaEstimator = Literal["minibatch", "linear", "debiased"]
@@ -92,15 +90,3 @@ class CkaConfig:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
-
-
-def find_config(path: str | Path) -> Path:
-    """A config path as given, or else one shipped with geosane (``analysis/probe_rsscn7.yaml``)."""
-    given = Path(path).expanduser()
-    if given.is_file():
-        return given
-    for candidate in (PACKAGED_CONFIGS / given, PACKAGED_CONFIGS / "analysis" / given):
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(p.name for p in (PACKAGED_CONFIGS / "analysis").glob("*.yaml"))
-    raise ConfigError(f"config file not found: {path} (shipped analysis configs: {', '.join(shipped)})")

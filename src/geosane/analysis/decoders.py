@@ -91,7 +91,10 @@ def run_decoders(cfg: ProbeConfig) -> DecoderResult:
 
 def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
     if cfg.task != "segmentation":
-        raise ConfigError("--mode decoders compares segmentation heads: set task: segmentation (csmask data)")
+        raise ConfigError(
+            "run_decoders compares segmentation heads: set task: segmentation (csmask data)",
+            flags={"run_decoders": "--mode decoders"},
+        )
     data = load_analysis_data(cfg.data, "segmentation")
     backbones = _prepare(cfg, data)
     out = Path(cfg.output_dir).expanduser()

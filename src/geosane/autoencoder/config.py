@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from geosane.config import PACKAGED_CONFIGS, load_config, to_dict
+from geosane.config import find_config, load_config, to_dict
 from geosane.errors import ConfigError
 
 __all__ = [
@@ -171,13 +171,11 @@ def preset_path(name: str) -> Path:
     """Path of a packaged preset (``tiny``, ``small``, ``paper``)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown autoencoder preset '{name}' (choose one of {', '.join(PRESETS)})")
-    return PACKAGED_CONFIGS / "autoencoder" / f"{name}.yaml"
+    return find_config(name, "autoencoder")
 
 
 def load_autoencoder_config(
     path: str | Path | None = None, overrides: list[str] | dict[str, Any] | tuple[str, ...] = ()
 ) -> AutoencoderConfig:
     """Compose a YAML config (or a preset name such as ``small``) with ``key=value`` overrides."""
-    if path is not None and str(path) in PRESETS:
-        path = preset_path(str(path))
-    return load_config(AutoencoderConfig, path, overrides)
+    return load_config(AutoencoderConfig, find_config(path, "autoencoder") if path is not None else None, overrides)

@@ -33,7 +33,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.permutation import find_permutation_groups, permute_state_dict, random_permutations
 from geosane.console import console, make_progress
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.io import read_json, sha256_file, write_json
 from geosane.tokens.store import StoreRecord, TokenStore, save_tokenized
 from geosane.tokens.windows import ModelWindows, WindowDataset
@@ -63,7 +63,8 @@ def check_store(store: TokenStore, config: AutoencoderConfig) -> None:
     if store.token_size != model.d_t:
         raise GeosaneError(
             f"token store {store.path} has token size {store.token_size} but the autoencoder expects "
-            f"d_t={model.d_t}; set model.d_t={store.token_size} or tokenize with --token-size {model.d_t}"
+            f"d_t={model.d_t}; set model.d_t={store.token_size} or tokenize with token_size={model.d_t}",
+            flags=cli_flags("token_size"),
         )
     if len(store) == 0:
         raise GeosaneError(f"token store {store.path} holds no models")

@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from geosane.autoencoder.config import AutoencoderConfig
@@ -37,9 +35,9 @@ from geosane.autoencoder.io import load_autoencoder, save_autoencoder
 from geosane.autoencoder.module import CHECKPOINT_FORMAT, AutoencoderModule
 from geosane.config import save_config, to_dict
 from geosane.console import console
-from geosane.errors import ConfigError, GeosaneError
-from geosane.io import check_out_dir, load_torch, mark_out_dir, save_torch, write_json
-from geosane.runs import fit_resumable
+from geosane.errors import ConfigError, GeosaneError, cli_flags
+from geosane.io import check_out_dir, load_torch, mark_out_dir, write_json
+from geosane.runs import SafeCheckpointIO, fit_resumable, quiet_lightning
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -75,16 +73,6 @@ class TrainResult:
     export: Path
     steps: int
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O through ``geosane.io`` (temp file + rename), loading weights-only."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        save_torch(checkpoint, path)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_torch(path, map_location=map_location or "cpu")
 
 
 class StepCheckpoint(Callback):
@@ -211,7 +199,6 @@ def _loggers(out: Path, previous_rows: list[dict[str, str]]) -> list[Any]:
     logging.getLogger("lightning.fabric.loggers.csv_logs").setLevel(logging.ERROR)
     csv_logger = CSVLogger(out, name="", version="logs", flush_logs_every_n_steps=50)
     if previous_rows:
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
         writer = csv_logger.experiment  # creating it clears the old file; replay its rows first
         writer.metrics.extend({k: v for k, v in row.items() if v != ""} for row in previous_rows)
     loggers: list[Any] = [csv_logger]
@@ -250,20 +237,6 @@ def _progress_bar() -> Callback:
     return StepProgressBar(console_kwargs={"stderr": True})
 
 
-def _quiet() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for pattern in (
-        ".*does not have many workers.*",
-        ".*GPU available but not used.*",
-        ".*treespec, LeafSpec.*",
-        ".*You're resuming from a checkpoint that ended before the epoch ended.*",
-        ".*The number of training batches.*is smaller than the logging interval.*",
-        ".*Experiment logs directory.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def train(
     config: AutoencoderConfig, resume: bool = False, callbacks: Sequence[Callback] = ()
 ) -> TrainResult:
@@ -271,7 +244,7 @@ def train(
 
     ``callbacks`` are extra Lightning callbacks (e.g. early stopping, custom logging).
     """
-    _quiet()
+    quiet_lightning()
     cfg = config
     out = Path(cfg.train.out).expanduser()
     ckpt_dir = out / "checkpoints"
@@ -290,8 +263,9 @@ def train(
             console.print(f"{resume_path.name}: already at step {start_step} of {cfg.train.max_steps}")
     elif existing:
         raise GeosaneError(
-            f"{out} already holds a training run ({existing[-1].name}); pass --resume to continue it "
-            "or choose another train.out"
+            f"{out} already holds a training run ({existing[-1].name}); pass resume=True to continue it "
+            "or choose another train.out",
+            flags=cli_flags("resume"),
         )
     init_state = None
     if cfg.train.init_from is not None and resume_path is None:
@@ -335,7 +309,7 @@ def train(
         gradient_clip_algorithm="norm",
         logger=_loggers(out, previous_rows),
         callbacks=all_callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[SafeCheckpointIO()],
         enable_checkpointing=False,
         enable_progress_bar=cfg.train.progress,
         enable_model_summary=False,
@@ -353,7 +327,8 @@ def train(
     started = time.perf_counter()
     fit_resumable(
         trainer, module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True,
-        resume_hint=f"checkpoints are in {ckpt_dir}; rerun the same command with --resume to continue",
+        resume_hint=f"checkpoints are in {ckpt_dir}; rerun with resume=True to continue",
+        resume_flags={"rerun with resume=True": "rerun the same command with --resume"},
     )  # fmt: skip
     seconds = time.perf_counter() - started
     export = out / "autoencoder.safetensors"

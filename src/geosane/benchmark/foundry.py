@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from geosane.config import PACKAGED_CONFIGS, load_config, save_config, to_dict
+from geosane.config import find_config, load_config, save_config, to_dict
 from geosane.console import console
-from geosane.errors import ConfigError, DataError
-from geosane.io import claim_out_dir, read_json, write_json
+from geosane.errors import ConfigError, DataError, cli_flags
+from geosane.io import atomic_directory, claim_out_dir, read_json, write_json
+from geosane.tasks.config import TrainingBudget
 
 __all__ = [
     "BenchBudget",
@@ -75,8 +76,10 @@ class PromptCase:
 
 
 @dataclass
-class BenchBudget:
+class BenchBudget(TrainingBudget):
     """The fine-tuning budget every initialization gets on the target (same for all)."""
+
+    key_prefix: ClassVar[str] = "budget."
 
     epochs: int = 3
     batch_size: int = 64
@@ -180,11 +183,9 @@ def load_bench_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> FoundryBenchConfig:
     """The packaged ``foundry`` config (or ``quick``), or a YAML file, plus dotted overrides."""
-    if path is None or str(path) in ("foundry", "quick"):
-        name = "foundry" if path is None or str(path) == "foundry" else "foundry_quick"
-        path = PACKAGED_CONFIGS / "bench" / f"{name}.yaml"
+    name = "foundry" if path is None else "foundry_quick" if str(path) == "quick" else path
     try:
-        return load_config(FoundryBenchConfig, path, list(overrides))
+        return load_config(FoundryBenchConfig, find_config(name, "bench"), list(overrides))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -207,14 +208,15 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
 
     if cfg.data is None:
         raise DataError(
-            "pass the image folder with --data (root/<class>/<image>), e.g. ../shared/data/rsscn7"
+            "pass the image folder with data=FOLDER (root/<class>/<image>), e.g. ../shared/data/rsscn7",
+            flags={"data=FOLDER": "--data"},
         )
     root = Path(cfg.data).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
+        raise DataError(f"data={root} is not a directory (root/<class>/<image>)", flags=cli_flags("data"))
     classes = class_dirs(root)
     if len(classes) < 2:
-        raise DataError(f"--data {root} needs at least two class sub-folders")
+        raise DataError(f"data={root} needs at least two class sub-folders", flags=cli_flags("data"))
     out = cfg.out / "data"
     parts = {"source": out / "source", **{n: out / "target" / n for n in ("train", "select", "test")}}
     settings = {"root": str(root.resolve()), "seed": cfg.split_seed, "source_fraction": cfg.source_fraction,
@@ -232,8 +234,6 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     fractions = cfg.target_fractions
     if set(fractions) != {"train", "select", "test"} or min(fractions.values()) <= 0:
         raise ConfigError(f"target_fractions needs positive train, select and test, got {fractions}")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     listing: dict[str, dict[str, list[str]]] = {}
     total = sum(fractions.values())
     cut = {"source": cfg.source_fraction} | {
@@ -247,17 +247,16 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     every = [f for files in files_of.values() for f in files]
     labels = [number for number, files in enumerate(files_of.values()) for _ in files]
     indices = stratified_split(labels, cut, seed=cfg.split_seed)
-    for number, cls in enumerate(classes):
-        chunks = {name: [every[i] for i in indices[name] if labels[i] == number] for name in cut}
-        for name, chosen in chunks.items():
-            folder = (tmp / "source" if name == "source" else tmp / "target" / name) / cls.name
-            folder.mkdir(parents=True)
-            for f in chosen:
-                shutil.copy2(f, folder / f.name)
-        listing[cls.name] = {name: [f.name for f in chosen] for name, chosen in chunks.items()}
-    write_json(tmp / "split.json", {**settings, "files": listing})
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_directory(out) as tmp:
+        for number, cls in enumerate(classes):
+            chunks = {name: [every[i] for i in indices[name] if labels[i] == number] for name in cut}
+            for name, chosen in chunks.items():
+                folder = (tmp / "source" if name == "source" else tmp / "target" / name) / cls.name
+                folder.mkdir(parents=True)
+                for f in chosen:
+                    shutil.copy2(f, folder / f.name)
+            listing[cls.name] = {name: [f.name for f in chosen] for name, chosen in chunks.items()}
+        write_json(tmp / "split.json", {**settings, "files": listing})
     return parts
 
 
@@ -269,15 +268,16 @@ def check_bench_data(cfg: FoundryBenchConfig) -> None:
     assert cfg.data is not None
     root = Path(cfg.data).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data {root} is not a directory (root/<class>/<image>)")
+        raise DataError(f"data={root} is not a directory (root/<class>/<image>)", flags=cli_flags("data"))
     classes = class_dirs(root)
     for recipe in (cfg.zoo_recipe, cfg.prompts_recipe):
         members = load_recipe(recipe).members
         used = [c for m in members for c in (m.classes or []) if isinstance(c, int)]
         if used and max(used) >= len(classes):
             raise DataError(
-                f"the benchmark's recipe '{recipe}' uses class index {max(used)}: --data {root} needs at least "
-                f"{max(used) + 1} class folders, it has {len(classes)}"
+                f"the benchmark's recipe '{recipe}' uses class index {max(used)}: data={root} needs at least "
+                f"{max(used) + 1} class folders, it has {len(classes)}",
+                flags=cli_flags("data"),
             )
 
 
@@ -384,8 +384,7 @@ def _target_overrides(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> dict[s
         "data.root": str(parts["train"]), "data.select_data": str(parts["select"]),
         "data.test_data": str(cfg.eval_folder or parts["test"]), "data.image_size": cfg.image_size,
         "data.normalization": "dataset",  # every run (and the KD teacher) sees the same inputs
-        "arch.name": "", "train.epochs": budget.epochs, "train.batch_size": budget.batch_size,
-        "train.lr": budget.lr, "train.warmup_epochs": budget.warmup_epochs,
+        "arch.name": "", **{f"train.{key}": value for key, value in budget.budget().items()},
     }  # fmt: skip
 
 
@@ -456,13 +455,18 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
 
     if cfg.data is None:
         raise DataError(
-            "pass the image folder with --data (root/<class>/<image>), e.g. ../shared/data/rsscn7"
+            "pass the image folder with data=FOLDER (root/<class>/<image>), e.g. ../shared/data/rsscn7",
+            flags={"data=FOLDER": "--data"},
         )
     if cfg.eval_folder is not None and not Path(cfg.eval_folder).is_dir():
-        raise DataError(f"--eval-folder {cfg.eval_folder} is not a directory (root/<class>/<image>)")
+        raise DataError(
+            f"eval_folder={cfg.eval_folder} is not a directory (root/<class>/<image>)", flags=cli_flags("eval_folder")
+        )
     check_bench_data(cfg)
     created = not cfg.out.exists()
-    claim_out_dir(cfg.out, "bench-foundry", {"--data": cfg.data, "--eval-folder": cfg.eval_folder})
+    claim_out_dir(
+        cfg.out, "bench-foundry", {"data": cfg.data, "eval_folder": cfg.eval_folder}, flags=cli_flags("data", "eval_folder")
+    )
     started = time.perf_counter()
     try:
         parts = timed("data split", split_source_target, cfg)

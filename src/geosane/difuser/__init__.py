@@ -15,8 +15,9 @@ diffusers; type checkers see the real imports.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from geosane.difuser.backbone import DiffusionBackbone, LayerInfo, find_unet_dir, list_hook_layers
@@ -49,45 +50,36 @@ if TYPE_CHECKING:
     from geosane.difuser.train import DifuserModule, build_model, evaluate_model, prepare_features, run_difuse
 
 _EXPORTS = {
-    "BackboneConfig": "geosane.difuser.config",
-    "BottleneckProjector": "geosane.difuser.fusers",
-    "CachedFeatureDataset": "geosane.difuser.cache",
-    "ClassificationHead": "geosane.difuser.heads",
-    "ConditioningConfig": "geosane.difuser.config",
-    "DecoderConfig": "geosane.difuser.config",
-    "DiffusionBackbone": "geosane.difuser.backbone",
-    "DifuseConfig": "geosane.difuser.config",
-    "DifuserModel": "geosane.difuser.heads",
-    "DifuserModule": "geosane.difuser.train",
-    "FeatureCache": "geosane.difuser.cache",
-    "Fuser": "geosane.difuser.fusers",
-    "FuserConfig": "geosane.difuser.config",
-    "GWFuser": "geosane.difuser.fusers",
-    "LWFuser": "geosane.difuser.fusers",
-    "LayerInfo": "geosane.difuser.backbone",
-    "MoEFuser": "geosane.difuser.fusers",
-    "PretrainConfig": "geosane.difuser.config",
-    "PretrainResult": "geosane.difuser.pretrain",
-    "SegmentationHead": "geosane.difuser.heads",
-    "StreamLayout": "geosane.difuser.fusers",
-    "TaskConfig": "geosane.difuser.config",
-    "TrainConfig": "geosane.difuser.config",
-    "build_ddpm_unet": "geosane.difuser.pretrain",
-    "build_fuser": "geosane.difuser.fusers",
-    "build_head": "geosane.difuser.heads",
-    "build_model": "geosane.difuser.train",
-    "evaluate_model": "geosane.difuser.train",
-    "feature_key": "geosane.difuser.fusers",
-    "find_unet_dir": "geosane.difuser.backbone",
-    "list_hook_layers": "geosane.difuser.backbone",
-    "load_difuse_config": "geosane.difuser.config",
-    "load_pretrain_config": "geosane.difuser.config",
-    "prepare_features": "geosane.difuser.train",
-    "pretrain_ddpm": "geosane.difuser.pretrain",
-    "run_difuse": "geosane.difuser.train",
-    "run_probe": "geosane.difuser.probe",
-    "run_scratch_baseline": "geosane.difuser.probe",
+    "config": (
+        "BackboneConfig",
+        "ConditioningConfig",
+        "DecoderConfig",
+        "DifuseConfig",
+        "FuserConfig",
+        "PretrainConfig",
+        "TaskConfig",
+        "TrainConfig",
+        "load_difuse_config",
+        "load_pretrain_config",
+    ),
+    "fusers": (
+        "BottleneckProjector",
+        "Fuser",
+        "GWFuser",
+        "LWFuser",
+        "MoEFuser",
+        "StreamLayout",
+        "build_fuser",
+        "feature_key",
+    ),
+    "cache": ("CachedFeatureDataset", "FeatureCache"),
+    "heads": ("ClassificationHead", "DifuserModel", "SegmentationHead", "build_head"),
+    "backbone": ("DiffusionBackbone", "LayerInfo", "find_unet_dir", "list_hook_layers"),
+    "train": ("DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"),
+    "pretrain": ("PretrainResult", "build_ddpm_unet", "pretrain_ddpm"),
+    "probe": ("run_probe", "run_scratch_baseline"),
 }
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "BackboneConfig",
@@ -129,15 +121,3 @@ __all__ = [
     "run_probe",
     "run_scratch_baseline",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geosane.difuser' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

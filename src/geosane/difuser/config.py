@@ -13,6 +13,7 @@ from typing import Literal
 
 from geosane.config import find_config, load_config
 from geosane.errors import ConfigError
+from geosane.tasks.config import TrainingBudget
 
 __all__ = [
     "BackboneConfig",
@@ -144,11 +145,10 @@ class TaskConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainingBudget):
     """Fuser + head optimisation (Adam, linear warm-up then cosine, early stopping on ``select``)."""
 
     epochs: int = 30
-    batch_size: int = 32
     lr: float = 0.01
     weight_decay: float = 0.0
     warmup_epochs: float = 5.0
@@ -158,8 +158,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0 or self.patience <= 0:
-            raise ValueError("train.epochs, batch_size, lr and patience must be positive")
+        super().__post_init__()
+        if self.patience < 1:
+            raise ValueError(f"train.patience must be >= 1, got {self.patience}")
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
-from geosane.difuser.checkpoints import SafeCheckpointIO, SaveLastCheckpoint, atomic_directory
 from geosane.difuser.config import PretrainConfig, apply_threads
 from geosane.difuser.data import load_training_images
-from geosane.errors import GeosaneError
-from geosane.io import atomic_path, write_json
-from geosane.tasks.loop import _quiet_lightning
+from geosane.errors import GeosaneError, cli_flags
+from geosane.io import atomic_directory, atomic_path, write_json
+from geosane.runs import SafeCheckpointIO, SaveLastCheckpoint, fit_resumable, quiet_lightning
 
 __all__ = ["PretrainResult", "build_ddpm_unet", "ema_with_warmup", "pretrain_ddpm"]
 
@@ -216,9 +214,12 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
-        raise GeosaneError(f"--resume: no checkpoint at {last}")
+        raise GeosaneError(f"resume=True: no checkpoint at {last}", flags=cli_flags("resume"))
     if not resume and last.is_file():
-        raise GeosaneError(f"{out} already holds a training run; pass --resume or choose another output_dir")
+        raise GeosaneError(
+            f"{out} already holds a training run; pass resume=True or choose another output_dir",
+            flags=cli_flags("resume"),
+        )
     images = load_training_images(
         str(config.data_root), config.image_size, config.split, config.fractions, config.split_seed
     )
@@ -230,7 +231,7 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
     )
     save_config(config, out / "pretrain_config.yaml")
 
-    _quiet_lightning()
+    quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     unet = build_ddpm_unet(config)
     module = DDPMModule(unet, config)
@@ -254,10 +255,14 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    # checkpoints fall mid-epoch; a resumed run reshuffles the images, which is harmless for DDPM training
-    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    # checkpoints fall mid-epoch (quiet_lightning silences Lightning's warning about it); a resumed run
+    # reshuffles the images, which is harmless for DDPM training
     start = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    fit_resumable(
+        trainer, module, loader, ckpt_path=str(last) if resume else None, weights_only=True,
+        resume_hint=f"the last checkpoint is {last}; rerun with resume=True to continue",
+        resume_flags={"rerun with resume=True": "rerun the same command with --resume"},
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(last, weights_only=False)  # full state (optimizer, loops) for --resume
 

@@ -29,17 +29,21 @@ from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.difuser.backbone import DiffusionBackbone
 from geosane.difuser.cache import CachedFeatureDataset, FeatureCache
-from geosane.difuser.checkpoints import SafeCheckpointIO, SaveLastCheckpoint
 from geosane.difuser.config import DifuseConfig, apply_threads
 from geosane.difuser.data import TaskData, load_task_data
 from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
 from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.io import claim_out_dir, save_safetensors, write_json
-from geosane.runs import ResumableRandomness, fit_resumable
+from geosane.runs import (
+    ResumableRandomness,
+    SafeCheckpointIO,
+    SaveLastCheckpoint,
+    fit_resumable,
+    quiet_lightning,
+)
 from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_metric_name
-from geosane.tasks.loop import _quiet_lightning
 
 __all__ = ["DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"]
 
@@ -273,10 +277,13 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     out = Path(cfg.output_dir).expanduser()
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
-        raise GeosaneError(f"--resume: no checkpoint at {last}")
+        raise GeosaneError(f"resume=True: no checkpoint at {last}", flags=cli_flags("resume"))
     if not resume and last.is_file():
-        raise GeosaneError(f"{out} already holds a training run; pass --resume or choose another output_dir")
-    _quiet_lightning()
+        raise GeosaneError(
+            f"{out} already holds a training run; pass resume=True or choose another output_dir",
+            flags=cli_flags("resume"),
+        )
+    quiet_lightning()
     cache, data, backbone = prepare_features(cfg, build=False)
     layout = StreamLayout.from_layers(backbone.layers, backbone.save_timesteps, cfg.fuser.group)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -295,14 +302,7 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     )
     train_loader, select_loader, test_loader = _loaders(cache, data, cfg)
     fit_config = FitConfig(
-        epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        warmup_epochs=cfg.train.warmup_epochs,
-        seed=cfg.train.seed,
-        num_workers=cfg.train.num_workers,
-        progress=cfg.train.progress,
+        **cfg.train.budget(), seed=cfg.train.seed, num_workers=cfg.train.num_workers, progress=cfg.train.progress
     )
     module = DifuserModule(
         model, data.kind, data.num_classes, fit_config, cfg.task.ignore_index, out / "checkpoints" / "best.safetensors"
@@ -329,7 +329,8 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     start = time.perf_counter()
     fit_resumable(
         trainer, module, train_loader, select_loader, ckpt_path=str(last) if resume else None, weights_only=True,
-        resume_hint=f"the last finished epoch is saved in {last}; rerun the same command with --resume",
+        resume_hint=f"the last finished epoch is saved in {last}; rerun with resume=True",
+        resume_flags={"rerun with resume=True": "rerun the same command with --resume"},
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
     if module.best_state is None:

@@ -168,7 +168,8 @@ def plan_initializations(config: CompareConfig) -> tuple[ArchSpec, list[Initiali
         if not config.prompt and generated is not None and generated.prompt_is_random_init:
             raise ConfigError(
                 f"the prompt of {generated.path} is {prompt_source} with random weights (no pretrained ones), so "
-                "a 'prompt' run would only be another scratch run: remove 'prompt' from inits or pass --prompt SOURCE"
+                "a 'prompt' run would only be another scratch run: remove 'prompt' from inits or set prompt: SOURCE",
+                flags={"set prompt: SOURCE": "pass --prompt SOURCE"},
             )
         prompt = load_source(prompt_source, arch)
         inits.append(
@@ -375,7 +376,7 @@ def compare(
             build_task_model(init, data, config.task)
             build_distillation(init, data)
         except GeosaneError as exc:
-            raise GeosaneError(f"initialization '{init.name}' ({init.source}): {exc}") from None
+            raise GeosaneError(f"initialization '{init.name}' ({init.source}): {exc}", flags=exc.flags) from None
     plans: dict[tuple[str, int], RunPlan] = {}
     for init in inits:
         for seed in config.seeds:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from geosane.config import PACKAGED_CONFIGS, load_config, to_dict
+from geosane.config import find_config, load_config, to_dict
 from geosane.data.splits import DEFAULT_FRACTIONS
 from geosane.errors import ConfigError
 from geosane.tasks import FitConfig
@@ -34,7 +34,6 @@ __all__ = [
     "dotted_overrides",
     "load_compare_config",
     "load_finetune_config",
-    "resolve_config_path",
 ]
 
 DEFAULT_INITS = ("scratch", "prompt", "zoo_average", "ties", "dare", "generated")
@@ -203,26 +202,11 @@ class CompareConfig:
     threads_per_worker: int | None = None
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A config file path, or the name of a packaged preset in ``configs/downstream``."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    for candidate in (
-        PACKAGED_CONFIGS / "downstream" / str(name),
-        PACKAGED_CONFIGS / "downstream" / f"{name}.yaml",
-    ):
-        if candidate.is_file():
-            return candidate
-    presets = sorted(p.stem for p in (PACKAGED_CONFIGS / "downstream").glob("*.yaml"))
-    raise ConfigError(f"config file not found: {name} (packaged presets: {', '.join(presets)})")
-
-
 def load_finetune_config(
     path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()
 ) -> FinetuneConfig:
     """Compose and validate a finetune config (``path`` may name a packaged preset)."""
-    return load_config(FinetuneConfig, resolve_config_path(path) if path else None, overrides)
+    return load_config(FinetuneConfig, find_config(path, "downstream") if path else None, overrides)
 
 
 def dotted_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,5 +249,5 @@ def load_compare_config(
     if isinstance(path, CompareConfig):
         config = load_config(CompareConfig, None, overrides, defaults=to_dict(path))
     else:
-        config = load_config(CompareConfig, resolve_config_path(path) if path else None, overrides)
+        config = load_config(CompareConfig, find_config(path, "downstream") if path else None, overrides)
     return check_compare_config(config)

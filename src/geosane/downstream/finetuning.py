@@ -38,7 +38,7 @@ from geosane.data import recorded_normalization
 from geosane.downstream.config import FinetuneConfig, TaskConfig
 from geosane.downstream.data import TaskData, load_task_data
 from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
-from geosane.errors import ConfigError, GeosaneError
+from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text
 from geosane.tasks import (
     Distillation,
@@ -209,7 +209,8 @@ def plan_run(
             if not overwrite:
                 raise GeosaneError(
                     f"{out_dir} holds a run of '{init.name}' with other settings (weights, data, budget or "
-                    "seed changed); choose another output directory or pass --overwrite"
+                    "seed changed); choose another output directory or pass overwrite=True",
+                    flags=cli_flags("overwrite"),
                 )
             return RunPlan(out_dir, fingerprint, "redo")
     return RunPlan(out_dir, fingerprint, "new")
@@ -380,7 +381,10 @@ def output_dir(path: Path | None, command: str, inputs: dict[str, Any]) -> Path:
     ``inputs`` are the run's sources; the ones that are local paths may not be replaced by ``out``.
     """
     if path is None:
-        raise ConfigError("no output directory: pass --out DIR (or set out: in the config)")
+        raise ConfigError(
+            "no output directory: set out: in the config",
+            flags={"set out: in the config": "pass --out DIR (or set out: in the config)"},
+        )
     out = Path(path).expanduser()
     check_out_dir(out, command, inputs)
     return out

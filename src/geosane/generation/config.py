@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.io import check_out_dir
 
 __all__ = ["DecodeMode", "GenerateConfig", "KDEMode", "NormalizationKind", "ProxyKind", "generation_inputs",
@@ -62,29 +62,37 @@ class GenerateConfig:
 def validate_config(cfg: GenerateConfig) -> None:
     """Refuse bad settings and a forbidden output directory; cheap, so it runs before torch is imported."""
     if cfg.num_candidates < 1:
-        raise GeosaneError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
+        raise GeosaneError(f"num_candidates must be >= 1, got {cfg.num_candidates}", flags=cli_flags("num_candidates"))
     if not 1 <= cfg.top_k <= cfg.num_candidates:
         raise GeosaneError(
-            f"--top-k {cfg.top_k} must be between 1 and --num-candidates ({cfg.num_candidates})"
+            f"top_k={cfg.top_k} must be between 1 and num_candidates ({cfg.num_candidates})",
+            flags=cli_flags("top_k", "num_candidates"),
         )
     if cfg.bandwidth < 0:
-        raise GeosaneError(f"--bandwidth must be >= 0, got {cfg.bandwidth}")
+        raise GeosaneError(f"bandwidth must be >= 0, got {cfg.bandwidth}", flags=cli_flags("bandwidth"))
     if cfg.bn_batches < 0:
         raise GeosaneError(f"bn_batches must be >= 0 (0: no BatchNorm recalibration), got {cfg.bn_batches}")
     if cfg.anchors < 0:
-        raise GeosaneError(f"--anchors must be >= 0, got {cfg.anchors}")
+        raise GeosaneError(f"anchors must be >= 0, got {cfg.anchors}", flags=cli_flags("anchors"))
     if cfg.align_anchors and not cfg.anchors:
-        raise GeosaneError("--align-anchors needs --anchors N (the zoo models to align to the prompt)")
+        raise GeosaneError(
+            "align_anchors=True needs anchors=N (the zoo models to align to the prompt)",
+            flags=cli_flags("align_anchors", "anchors"),
+        )
     if cfg.anchors and cfg.store is None:
-        raise GeosaneError("--anchors needs --store (the token store of the zoo to draw anchors from)")
-    for value, kind, flag in (
-        (cfg.kde_mode, KDEMode, "--kde-mode"),
-        (cfg.proxy, ProxyKind, "--proxy"),
+        raise GeosaneError(
+            "anchors needs store (the token store of the zoo to draw anchors from)",
+            flags=cli_flags("anchors", "store"),
+        )
+    for value, kind, param in (
+        (cfg.kde_mode, KDEMode, "kde_mode"),
+        (cfg.proxy, ProxyKind, "proxy"),
         (cfg.normalization, NormalizationKind, "normalization"),
-        (cfg.decode, DecodeMode, "--decode"),
+        (cfg.decode, DecodeMode, "decode"),
     ):
         if value not in (allowed := get_args(kind)):
-            raise GeosaneError(f"{flag} must be one of {', '.join(allowed)}, got '{value}'")
+            flags = cli_flags(param) if param != "normalization" else None
+            raise GeosaneError(f"{param} must be one of {', '.join(allowed)}, got '{value}'", flags=flags)
     if isinstance(cfg.generate_only, str) or not isinstance(cfg.generate_only, (list, tuple)):
         raise GeosaneError(
             f"generate_only must be a list of glob patterns (e.g. ['*bn*']), got {cfg.generate_only!r}"
@@ -92,15 +100,19 @@ def validate_config(cfg: GenerateConfig) -> None:
     for pattern in cfg.generate_only:
         if not isinstance(pattern, str) or not pattern.strip():
             raise GeosaneError(
-                f"--generate-only patterns must be non-empty strings (globs over tensor names), got {pattern!r}"
+                f"generate_only patterns must be non-empty strings (globs over tensor names), got {pattern!r}",
+                flags=cli_flags("generate_only"),
             )
     if cfg.select_split not in ("select", "all"):
-        raise GeosaneError(f"--select-split must be 'select' or 'all', got '{cfg.select_split}'")
+        raise GeosaneError(
+            f"select_split must be 'select' or 'all', got '{cfg.select_split}'", flags=cli_flags("select_split")
+        )
     ours = check_out_dir(cfg.out, "generate", generation_inputs(cfg))
     if ours and not cfg.overwrite:
         raise GeosaneError(
-            f"output directory {cfg.out} already holds generated weights; overwrite=True (--overwrite) "
-            "replaces them, or choose another output directory"
+            f"output directory {cfg.out} already holds generated weights; overwrite=True "
+            "replaces them, or choose another output directory",
+            flags=cli_flags("overwrite"),
         )
 
 

@@ -16,9 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +35,21 @@ from geosane.data import (
     recorded_normalization,
     stratified_split,
 )
-from geosane.errors import DataError, GeosaneError
+from geosane.errors import DataError, GeosaneError, cli_flags
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
 from geosane.generation.card import write_loader_script
 from geosane.generation.config import GenerateConfig, generation_inputs, validate_config
 from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
 from geosane.generation.stem import adapt_stem
-from geosane.io import check_out_dir, mark_out_dir, save_safetensors, sha256_file, write_json
+from geosane.io import (
+    atomic_directory,
+    check_out_dir,
+    mark_out_dir,
+    save_safetensors,
+    sha256_file,
+    write_json,
+)
 from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
@@ -93,8 +97,9 @@ def _scene_selection(cfg: GenerateConfig) -> Selection:
     assert cfg.select_data is not None
     if cfg.select_split != "all":
         raise DataError(
-            f"{cfg.select_data} holds .npz scenes: pass --select-split all with a folder of the selection "
-            "scenes only, so that no chip of a scene your fine-tuning tests on is used for ranking"
+            f"{cfg.select_data} holds .npz scenes: pass select_split='all' with a folder of the selection "
+            "scenes only, so that no chip of a scene your fine-tuning tests on is used for ranking",
+            flags={"select_split='all'": "--select-split all"},
         )
     chips = load_csmask(cfg.select_data, chip_size=cfg.image_size)
     return Selection("segmentation", chips.images, chips.masks, chips.classes, None)
@@ -127,7 +132,8 @@ def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection |
     if cfg.proxy == "linear" and per_class.min() < 2:
         raise DataError(
             f"the selection data ({cfg.select_data}, split '{cfg.select_split}') has {int(per_class.min())} "
-            "image(s) in some class: --proxy linear needs at least 2 per class (use --proxy knn or more data)"
+            "image(s) in some class: proxy='linear' needs at least 2 per class (use proxy='knn' or more data)",
+            flags={"proxy='linear'": "--proxy linear", "proxy='knn'": "--proxy knn"},
         )
     norm = choose_normalization(cfg.normalization, train.images, strict=False, key="normalization")
     return Selection("classification", data.images, data.labels, data.classes, norm)
@@ -163,7 +169,7 @@ def prepare_prompt(
             model = build_classifier(prompt, num_classes)
     except GeosaneError as exc:
         raise GeosaneError(
-            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}"
+            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}", flags=exc.flags
         ) from None
     kwargs = dict(prompt.arch.kwargs)
     if num_classes is not None:
@@ -332,17 +338,20 @@ def split_generated(tm: Any, patterns: list[str] | tuple[str, ...]) -> tuple[lis
 
     owners = {n for n in tokenized if hit(n)} | {tm.layout[n].tied_to for n in tied if hit(n)}
     owners &= set(tokenized)
-    flag = " ".join(f"--generate-only '{p}'" for p in patterns)
+    param = f"generate_only={list(patterns)!r}"
+    flags = {param: " ".join(f"--generate-only '{p}'" for p in patterns)}
     verb = "matches" if len(patterns) == 1 else "match"
     if not owners:
         carried = [n for n in tm.names("carried") if hit(n)]
         if carried:
             raise GeosaneError(
-                f"{flag} {verb} only tensors carried from the prompt unchanged ({_example_names(carried, 3)}), "
-                f"none that the autoencoder generates (tensors look like: {_example_names(tokenized)})"
+                f"{param} {verb} only tensors carried from the prompt unchanged ({_example_names(carried, 3)}), "
+                f"none that the autoencoder generates (tensors look like: {_example_names(tokenized)})",
+                flags=flags,
             )
         raise GeosaneError(
-            f"{flag} {verb} no tensor of the prompt (tensors look like: {_example_names(tokenized)})"
+            f"{param} {verb} no tensor of the prompt (tensors look like: {_example_names(tokenized)})",
+            flags=flags,
         )
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in tm.layout):
@@ -424,7 +433,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     token_size, mode = tokenizer["token_size"], tokenizer["mode"]
     if cfg.token_size is not None and cfg.token_size != token_size:
         raise GeosaneError(
-            f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
+            f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not token_size={cfg.token_size}",
+            flags=cli_flags("token_size"),
         )
     select_images = _selection_data(cfg, cfg.num_classes)
     num_classes = (
@@ -439,7 +449,8 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     if select_images is not None and select_images.num_bands != in_chans:
         raise DataError(
             f"selection images have {select_images.num_bands} bands but the prompt takes {in_chans} "
-            "(pass --in-chans to adapt the prompt's stem)"
+            "(pass in_chans to adapt the prompt's stem)",
+            flags=cli_flags("in_chans"),
         )
     select = None
     select_task = select_images.task if select_images is not None else "classification"
@@ -577,23 +588,13 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
 def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candidate]) -> list[Path]:
     """Write candidates, card and loader into a temporary directory, then rename it into place."""
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         for entry, candidate in zip(card["candidates"], chosen, strict=True):
             save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
         write_json(tmp / "model_card.json", card)
         write_loader_script(tmp / "load_generated.py")
         mark_out_dir(tmp, "generate")
         check_out_dir(out, "generate", generation_inputs(cfg))  # the same rule again, right before replacing
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out / e["file"] for e in card["candidates"]] + [
         out / "model_card.json",
         out / "load_generated.py",

@@ -15,7 +15,7 @@ import timm
 from timm.models import adapt_input_conv
 from torch import nn
 
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, empty_architecture
 
@@ -42,7 +42,7 @@ def stem_weight_names(arch: ArchSpec) -> list[str]:
 def adapt_stem(prompt: LoadedModel, in_chans: int) -> LoadedModel:
     """A copy of ``prompt`` whose stem takes ``in_chans`` bands (the same object if it already does)."""
     if in_chans <= 0:
-        raise GeosaneError(f"--in-chans must be positive, got {in_chans}")
+        raise GeosaneError(f"in_chans must be positive, got {in_chans}", flags=cli_flags("in_chans"))
     if prompt.arch is None:
         raise GeosaneError(
             f"{prompt.source}: unknown architecture, cannot adapt its stem to {in_chans} bands"

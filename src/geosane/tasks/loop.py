@@ -12,7 +12,6 @@ confusion-matrix based Jaccard index).
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -24,14 +23,19 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback
 from rich.progress import Progress, TaskID
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from geosane.data import IGNORE_INDEX
-from geosane.io import atomic_path
-from geosane.runs import ResumableRandomness, fit_resumable
+from geosane.runs import (
+    ResumableRandomness,
+    SafeCheckpointIO,
+    SaveLastCheckpoint,
+    fit_resumable,
+    quiet_lightning,
+)
 from geosane.tasks.config import FitConfig
 from geosane.tasks.models import TaskKind
 
@@ -261,20 +265,8 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class EpochCheckpoint(Checkpoint):
-    """Save a resumable Lightning checkpoint to ``path`` after every training epoch, atomically.
-
-    A :class:`Checkpoint` subclass, so Lightning calls it after the module's own epoch-end hook
-    (the epoch's history row is complete when it is saved).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        self.path = Path(path)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with atomic_path(self.path) as tmp:
-            trainer.save_checkpoint(tmp)
+# The name geosane.tasks exports for the callback ``fit`` writes its per-epoch checkpoint with.
+EpochCheckpoint = SaveLastCheckpoint
 
 
 class FitProgress(Callback):
@@ -308,14 +300,6 @@ def _metric_input(task: TaskKind, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else logits.argmax(dim=1)
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # lightning vs torch 2.14 deprecation
-
-
 def fit(
     model: nn.Module,
     task: TaskKind,
@@ -343,7 +327,7 @@ def fit(
     ``weights_only=True``. Ctrl-C raises :class:`geosane.errors.Interrupted`.
     """
     config = config or FitConfig()
-    _quiet_lightning()
+    quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = TaskModule(model, task, num_classes, config, distillation)
     generator = torch.Generator().manual_seed(config.seed)
@@ -390,6 +374,7 @@ def fit(
                 else []
             ),
         ],
+        plugins=[SafeCheckpointIO()],
         enable_model_summary=False,
         enable_progress_bar=config.progress,
         num_sanity_val_steps=0,

@@ -6,8 +6,9 @@ Names are imported lazily (PEP 562) so that ``geosane --help``, which imports
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from geosane.tokens.layer_types import LAYER_TYPE_NAMES, LayerType, infer_layer_type
@@ -32,11 +33,11 @@ if TYPE_CHECKING:
     from geosane.tokens.windows import ModelWindows, WindowDataset
 
 _EXPORTS = {
-    "geosane.tokens.layer_types": ("LAYER_TYPE_NAMES", "LayerType", "infer_layer_type"),
-    "geosane.tokens.store": (
+    "layer_types": ("LAYER_TYPE_NAMES", "LayerType", "infer_layer_type"),
+    "store": (
         "StoreRecord", "TokenStore", "load_tokenized", "save_tokenized", "tokenize_zoo", "verify_store",
     ),
-    "geosane.tokens.tokenizer": (
+    "tokenizer": (
         "DEFAULT_BUFFER_PATTERNS",
         "DEFAULT_TOKEN_SIZE",
         "MODES",
@@ -46,9 +47,9 @@ _EXPORTS = {
         "detokenize",
         "tokenize",
     ),
-    "geosane.tokens.windows": ("ModelWindows", "WindowDataset"),
+    "windows": ("ModelWindows", "WindowDataset"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DEFAULT_BUFFER_PATTERNS",
@@ -71,15 +72,3 @@ __all__ = [
     "tokenize_zoo",
     "verify_store",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'geosane.tokens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from geosane.console import console, make_progress
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.io import (
     contained_path,
     locked,
@@ -390,7 +390,8 @@ def _open_for_update(out: Path, settings: dict[str, Any]) -> tuple[dict[str, Any
             )
             raise GeosaneError(
                 f"token store {out} was built with other tokenizer settings: {changed}; "
-                "use a new --out directory or the same settings"
+                "use a new out directory or the same settings",
+                flags={"a new out directory": "a new --out directory"},
             )
         return store.settings, store.records
     _refuse_foreign(out)
@@ -405,7 +406,10 @@ def _refuse_foreign(out: Path) -> None:
     if (out / "index.json").is_file() or not out.is_dir():
         return
     if any(p.name != ".index.json.lock" for p in out.iterdir()):
-        raise GeosaneError(f"{out} is not empty and is not a token store (no index.json); choose a new --out")
+        raise GeosaneError(
+            f"{out} is not empty and is not a token store (no index.json); choose a new out directory",
+            flags={"a new out directory": "a new --out"},
+        )
 
 
 def _write_index(out: Path, header: dict[str, Any], records: Sequence[StoreRecord]) -> None:
@@ -457,7 +461,8 @@ def tokenize_zoo(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise GeosaneError(
             f"zoo {zoo.path}: manifest row '{first.id}' points to missing file {first.file}{more}; "
-            "nothing was written (pass --skip-missing to tokenize the others)"
+            "nothing was written (pass skip_missing=True to tokenize the others)",
+            flags=cli_flags("skip_missing"),
         )
     for entry in missing:
         console.print(f"[yellow]skipping '{entry.id}': missing file {entry.file}[/]")
@@ -480,8 +485,9 @@ def tokenize_zoo(
         elif not repair:  # reported, never silently redone
             raise GeosaneError(
                 f"token store {out}: the token file of '{entry.id}' ({path}) {problem}; nothing was "
-                "changed. Inspect the store with `geosane tokens verify`, then tokenize with repair=True "
-                "(--repair) to rebuild it from the zoo"
+                "changed. Inspect the store with verify_store, then tokenize with repair=True "
+                "to rebuild it from the zoo",
+                flags={"verify_store": "`geosane tokens verify`", **cli_flags("repair")},
             )
 
     def save_record(record: StoreRecord) -> None:
@@ -520,7 +526,7 @@ def tokenize_zoo(
                     allow_nonfinite=allow_nonfinite,
                 )
             except TokenizerError as exc:
-                raise TokenizerError(f"model '{entry.id}': {exc}") from None
+                raise TokenizerError(f"model '{entry.id}': {exc}", flags=exc.flags) from None
             save_tokenized(tm, path, model_id=entry.id)
             record = StoreRecord(
                 id=entry.id,

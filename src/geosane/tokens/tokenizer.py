@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from geosane.errors import GeosaneError
+from geosane.errors import GeosaneError, cli_flags
 from geosane.tokens.layer_types import LayerType, infer_layer_type, is_embedding_name, module_layer_types
 
 __all__ = [
@@ -318,7 +318,8 @@ def _nonfinite_error(name: str, t: torch.Tensor) -> TokenizerError:
     kinds = [k for k, present in (("NaN", torch.isnan(t).any()), ("Inf", torch.isinf(t).any())) if present]
     return TokenizerError(
         f"tensor '{name}' holds {int(bad.sum())} non-finite values ({'/'.join(kinds)}); "
-        "fix the checkpoint or pass --allow-nonfinite (allow_nonfinite=True) to tokenize it anyway"
+        "fix the checkpoint or pass allow_nonfinite=True to tokenize it anyway",
+        flags=cli_flags("allow_nonfinite"),
     )
 
 

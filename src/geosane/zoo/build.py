@@ -75,7 +75,8 @@ def _finished_members(plan: BuildPlan, zoo: Zoo) -> set[str]:
             diff = _config_diff(stored, wanted)
             raise GeosaneError(
                 f"zoo {zoo.path} already has a model '{member.name}' built with a different config "
-                f"({diff}); rename the member or build into another --zoo"
+                f"({diff}); rename the member or build into another zoo_dir",
+                flags={"zoo_dir": "--zoo"},
             )
         done.add(member.name)
     return done
@@ -127,7 +128,7 @@ def _check_architecture(member: PlannedMember, image_size: int) -> None:
         with torch.no_grad():
             out = model(torch.zeros(2, member.in_chans, image_size, image_size))
     except GeosaneError as exc:
-        raise ConfigError(f"member '{member.name}': {exc}") from None
+        raise ConfigError(f"member '{member.name}': {exc}", flags=exc.flags) from None
     except (RuntimeError, ValueError, AssertionError, TypeError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
@@ -220,15 +221,7 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
     parent_weights = zoo.load_state_dict(member.init_from) if member.init_from else None
     model = build_classifier(member.arch, member.num_classes, state_dict=parent_weights)
     settings = member.train
-    fit_config = FitConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_epochs=settings.warmup_epochs,
-        label_smoothing=settings.label_smoothing,
-        seed=member.seed,
-    )
+    fit_config = FitConfig(**settings.budget(), label_smoothing=settings.label_smoothing, seed=member.seed)
     callback = _progress_callback(progress, task_id, settings.epochs)
     # an interrupted member resumes from its last epoch; the name holds a digest of everything that
     # determines its weights, so a checkpoint of other settings is never resumed

@@ -15,10 +15,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from geosane.config import PACKAGED_CONFIGS, compose, from_dict, merge, parse_overrides, to_dict
+from geosane.config import compose, find_config, from_dict, merge, parse_overrides, to_dict
 from geosane.errors import ConfigError
+from geosane.tasks.config import TrainingBudget
 from geosane.zoo.sources import ArchSpec, arch_family
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "PlannedMember",
     "TrainSettings",
     "ZooRecipe",
-    "find_recipe",
     "load_recipe",
     "plan_members",
 ]
@@ -47,24 +47,16 @@ class ArchChoice:
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(TrainingBudget):
     """Training budget of one member (recipe ``defaults``; members may override each field)."""
+
+    key_prefix: ClassVar[str] = ""  # recipe keys are flat: defaults.epochs, a member's epochs
 
     epochs: int = 1
     lr: float = 2e-3
-    batch_size: int = 32
-    weight_decay: float = 0.05
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -188,19 +180,6 @@ class PlannedMember:
 # loading
 
 
-def find_recipe(recipe: str | Path) -> Path:
-    """A recipe file path, or the name of a packaged recipe (``tiny``, ``small``)."""
-    path = Path(recipe).expanduser()
-    if path.is_file():
-        return path
-    packaged = PACKAGED_CONFIGS / "zoo"
-    for candidate in (packaged / str(recipe), packaged / f"{recipe}.yaml"):
-        if candidate.is_file():
-            return candidate
-    names = sorted(p.stem for p in packaged.glob("*.yaml"))
-    raise ConfigError(f"recipe not found: {recipe} (not a file, nor a packaged recipe: {', '.join(names)})")
-
-
 def _normalize_arch(value: Any, named: Mapping[str, Any]) -> Any:
     """``arch: KEY`` names an entry of ``architectures`` (its label defaults to KEY); any other
     string is a timm model name (``arch: resnet18`` = ``arch: {name: resnet18}``)."""
@@ -248,7 +227,7 @@ def load_recipe(
     elif isinstance(recipe, Mapping):
         data = dict(recipe)
     else:
-        data = compose(find_recipe(recipe))
+        data = compose(find_config(recipe, "zoo"))
     extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
     return from_dict(ZooRecipe, _normalize(merge(data, extra)))
 
