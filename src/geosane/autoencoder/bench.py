@@ -23,6 +23,7 @@ from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.module import AutoencoderModule, make_optimizer
 from geosane.config import to_dict
 from geosane.tokens.bench import reset_peak_rss, rss_bytes
+from geosane.tokens.settings import DEFAULT_TOKEN_SIZE
 
 __all__ = ["benchmark_training", "synthetic_batch"]
 
@@ -30,7 +31,8 @@ __all__ = ["benchmark_training", "synthetic_batch"]
 def synthetic_batch(config: AutoencoderConfig, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """A batch in the window item format with realistic positions (layers of ~100 tokens)."""
     generator = torch.Generator().manual_seed(seed)
-    batch, window, d_t = config.data.batch_size, config.model.window, config.model.d_t
+    batch, window = config.data.batch_size, config.model.window
+    d_t = config.model.d_t or DEFAULT_TOKEN_SIZE  # no store here: the tokenizer's default unless set
     start = torch.randint(0, 10_000, (batch, 1), generator=generator)
     n = start + torch.arange(window)
     out = {

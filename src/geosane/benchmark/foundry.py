@@ -328,7 +328,7 @@ def _autoencoder(cfg: FoundryBenchConfig, store: Path, out: Path | None = None,
     from geosane.autoencoder.training import checkpoints, train
 
     out = out or cfg.out / "autoencoder"
-    overrides = {"model.d_t": cfg.token_size, **cfg.autoencoder, **(extra or {}), "data.store": str(store),
+    overrides = {**cfg.autoencoder, **(extra or {}), "data.store": str(store),  # d_t: the store's
                  "train.out": str(out), "train.seed": cfg.seed}  # fmt: skip
     ae_cfg = load_autoencoder_config(cfg.autoencoder_preset, overrides)
     export, summary = out / "autoencoder.safetensors", out / "summary.json"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import os
 import shutil
 import tempfile
@@ -45,6 +44,7 @@ from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
 from geosane.generation.stem import adapt_stem
 from geosane.io import check_out_dir, mark_out_dir, save_safetensors, sha256_file, write_json
+from geosane.tokens.settings import TokenizerSettings
 from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
@@ -183,10 +183,11 @@ def prepare_prompt(
 
 
 def tokenizer_settings(ae: Any, metadata: dict[str, str]) -> dict[str, Any]:
-    """The tokenizer settings of the store the autoencoder was trained on (recorded at export)."""
-    settings = json.loads(metadata["tokenizer"]) if "tokenizer" in metadata else {"mode": "dense"}
-    settings["token_size"] = int(ae.config.d_t)
-    return settings
+    """The tokenizer settings of the store the autoencoder was trained on (recorded at export), as
+    their JSON record; :func:`geosane.autoencoder.io.tokenizer_settings` gives the typed value."""
+    from geosane.autoencoder.io import tokenizer_settings as recorded
+
+    return recorded(ae, metadata).to_dict()
 
 
 def _layer_blocks(tm: Any) -> dict[tuple[tuple[str, tuple[int, ...]], ...], tuple[int, int]]:
@@ -218,24 +219,16 @@ def _aligned_rows(prompt_tm: Any, tm: Any) -> list[tuple[int, int, int]]:
 
 
 def _tokenize_like_store(
-    state_dict: dict[str, torch.Tensor],
-    tokenizer: dict[str, Any],
-    token_size: int,
-    mode: str,
-    module: nn.Module | None,
+    state_dict: dict[str, torch.Tensor], tokenizer: TokenizerSettings, module: nn.Module | None
 ) -> Any:
     """Tokens of ``state_dict`` with the settings of the store the autoencoder was trained on."""
-    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, tokenize
+    from geosane.tokens import tokenize
 
-    return tokenize(
-        state_dict, token_size=token_size, mode=mode, include=tokenizer.get("include"),
-        exclude=tokenizer.get("exclude") or (), buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
-        module=module,
-    )  # fmt: skip
+    return tokenize(state_dict, **tokenizer.tokenize_kwargs(), module=module)
 
 
 def _aligned_tokens(
-    tm: Any, record: Any, prompt: LoadedModel, groups: list[Any], tokenizer: dict[str, Any]
+    tm: Any, record: Any, prompt: LoadedModel, groups: list[Any], tokenizer: TokenizerSettings
 ) -> tuple[Any, dict[str, float]]:
     """``tm`` (a zoo model's tokens) with its units reordered to the prompt's (:mod:`.align`)."""
     from geosane.autoencoder.permutation import permute_state_dict
@@ -247,7 +240,7 @@ def _aligned_tokens(
     perms, info = weight_matching(prompt.state_dict, weights, groups)
     aligned = permute_state_dict(weights, groups, perms)
     module = empty_architecture(ArchSpec.from_dict(record.arch)) if record.arch else None
-    return _tokenize_like_store(aligned, tokenizer, tm.token_size, tm.mode, module), info
+    return _tokenize_like_store(aligned, tokenizer, module), info
 
 
 def _nearest_anchors(
@@ -256,7 +249,7 @@ def _nearest_anchors(
     prompt_tm: Any,
     prompt_latent: torch.Tensor,
     prompt: LoadedModel | None = None,
-    tokenizer: dict[str, Any] | None = None,
+    tokenizer: TokenizerSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Latents of the ``cfg.anchors`` store models nearest to the prompt, in the prompt's layout.
 
@@ -291,7 +284,7 @@ def _nearest_anchors(
             continue  # the prompt itself is a zoo member: it is already the first anchor
         alignment: dict[str, float] = {}
         if groups and prompt is not None:
-            tm, alignment = _aligned_tokens(tm, record, prompt, groups, tokenizer or {})
+            tm, alignment = _aligned_tokens(tm, record, prompt, groups, tokenizer or store.tokenizer)
         z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
         latent = prompt_latent.clone()
         latent[mine] = z[theirs].to(latent.dtype)
@@ -417,12 +410,13 @@ def _score_candidate(
 def generate(cfg: GenerateConfig) -> GenerationResult:
     """Run generation end to end; see the module docstring."""
     from geosane.autoencoder import decode_sequence, encode_sequence, load_autoencoder
+    from geosane.autoencoder.io import tokenizer_settings as recorded_tokenizer
     from geosane.tokens import detokenize
 
     validate_config(cfg)
     ae, ae_meta = load_autoencoder(cfg.ae)
-    tokenizer = tokenizer_settings(ae, ae_meta)
-    token_size, mode = tokenizer["token_size"], tokenizer["mode"]
+    tokenizer = recorded_tokenizer(ae, ae_meta)
+    token_size, mode = tokenizer.token_size, tokenizer.mode
     if cfg.token_size is not None and cfg.token_size != token_size:
         raise GeosaneError(
             f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not --token-size {cfg.token_size}"
@@ -456,9 +450,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         select = TensorImageDataset(select_images.images, select_images.targets, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    prompt_tm = _tokenize_like_store(
-        prompt.state_dict, tokenizer, token_size, mode, prompt.build(load_weights=False)
-    )
+    prompt_tm = _tokenize_like_store(prompt.state_dict, tokenizer, prompt.build(load_weights=False))
     generated, kept = split_generated(prompt_tm, cfg.generate_only)  # before any work: a typo costs nothing
     console.print(
         f"prompt {prompt.source}: {prompt_tm.num_tokens} tokens, {len(generated)} tensors generated, "

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from geosane.tokens.layer_types import LAYER_TYPE_NAMES, LayerType, infer_layer_type
+    from geosane.tokens.settings import (
+        DEFAULT_BUFFER_PATTERNS,
+        DEFAULT_TOKEN_SIZE,
+        MODES,
+        TokenizerError,
+        TokenizerSettings,
+    )
     from geosane.tokens.store import (
         StoreRecord,
         TokenStore,
@@ -18,34 +25,21 @@ if TYPE_CHECKING:
         save_tokenized,
         tokenize_zoo,
         verify_store,
+        write_store_index,
     )
-    from geosane.tokens.tokenizer import (
-        DEFAULT_BUFFER_PATTERNS,
-        DEFAULT_TOKEN_SIZE,
-        MODES,
-        TensorLayout,
-        TokenizedModel,
-        TokenizerError,
-        detokenize,
-        tokenize,
-    )
+    from geosane.tokens.tokenizer import TensorLayout, TokenizedModel, detokenize, tokenize
     from geosane.tokens.windows import ModelWindows, WindowDataset
 
 _EXPORTS = {
     "geosane.tokens.layer_types": ("LAYER_TYPE_NAMES", "LayerType", "infer_layer_type"),
     "geosane.tokens.store": (
         "StoreRecord", "TokenStore", "load_tokenized", "save_tokenized", "tokenize_zoo", "verify_store",
+        "write_store_index",
     ),
-    "geosane.tokens.tokenizer": (
-        "DEFAULT_BUFFER_PATTERNS",
-        "DEFAULT_TOKEN_SIZE",
-        "MODES",
-        "TensorLayout",
-        "TokenizedModel",
-        "TokenizerError",
-        "detokenize",
-        "tokenize",
+    "geosane.tokens.settings": (
+        "DEFAULT_BUFFER_PATTERNS", "DEFAULT_TOKEN_SIZE", "MODES", "TokenizerError", "TokenizerSettings",
     ),
+    "geosane.tokens.tokenizer": ("TensorLayout", "TokenizedModel", "detokenize", "tokenize"),
     "geosane.tokens.windows": ("ModelWindows", "WindowDataset"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -62,6 +56,7 @@ __all__ = [
     "TokenStore",
     "TokenizedModel",
     "TokenizerError",
+    "TokenizerSettings",
     "WindowDataset",
     "detokenize",
     "infer_layer_type",
@@ -70,6 +65,7 @@ __all__ = [
     "tokenize",
     "tokenize_zoo",
     "verify_store",
+    "write_store_index",
 ]
 
 
