@@ -38,7 +38,7 @@ from geosane.data import (
 )
 from geosane.errors import DataError, GeosaneError
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
-from geosane.generation.card import write_loader_script
+from geosane.generation.card import MODEL_CARD, CardCandidate, ModelCard, write_loader_script
 from geosane.generation.config import GenerateConfig, generation_inputs, validate_config
 from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
@@ -61,11 +61,13 @@ class Candidate:
 
 @dataclass
 class GenerationResult:
-    """Where the output went and what was chosen."""
+    """Where the output went and what was chosen (``card``: the model card's JSON object,
+    ``model_card``: the same as a :class:`~geosane.generation.card.ModelCard`)."""
 
     out: Path
     card: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    model_card: ModelCard | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,81 +502,65 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
 
     ranked = sorted(candidates, key=lambda c: (-c.score if c.score == c.score else float("inf"), c.index))
     chosen = ranked[: cfg.top_k]
-    card = {
-        "format": "geosane-generated",
-        "geosane_version": __version__,
-        "prompt": prompt.source,
-        "prompt_info": {
-            k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))
-        },
-        "arch": prompt.arch.to_dict() if prompt.arch else None,
-        "ae_checkpoint": str(Path(cfg.ae).resolve()),
-        "ae_sha256": sha256_file(
-            Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae
-        ),
-        "token_size": token_size,
-        "mode": mode,
-        "seed": cfg.seed,
-        "decode": cfg.decode,
-        "kde": {
+    card = ModelCard(
+        geosane_version=__version__,
+        prompt=prompt.source,
+        prompt_info={k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        arch=prompt.arch.to_dict() if prompt.arch else None,
+        ae_checkpoint=str(Path(cfg.ae).resolve()),
+        ae_sha256=sha256_file(Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae),
+        token_size=token_size,
+        mode=mode,
+        seed=cfg.seed,
+        decode=cfg.decode,
+        kde={
             "mode": cfg.kde_mode,
             "bandwidth": cfg.bandwidth,
             "anchors": [
-                {
-                    "id": a["id"],
-                    "distance": a["distance"],
-                    "shared_tokens": a["shared_tokens"],
-                    "alignment": a["alignment"],
-                }
-                for a in anchors
+                {k: a[k] for k in ("id", "distance", "shared_tokens", "alignment")} for a in anchors
             ],
         },
-        "num_candidates": cfg.num_candidates,
-        "top_k": cfg.top_k,
-        "proxy": proxy_name,
-        "select_data": str(cfg.select_data) if cfg.select_data else None,
-        "select_split": cfg.select_split,
-        "normalization": cfg.normalization,
-        "split_seed": cfg.split_seed,
-        "image_size": cfg.image_size,
-        "prompt_proxy_score": _finite_or_none(prompt_score),
-        "all_proxy_scores": [_finite_or_none(c.score) for c in candidates],
-        "candidates": [
-            {
-                "rank": rank,
-                "file": f"candidate_{rank}.safetensors",
-                "candidate_index": c.index,
-                "proxy_score": _finite_or_none(c.score),
-                "proxy": proxy_name,
-                "bn_recalibrated_on": c.bn_images,
-            }
+        num_candidates=cfg.num_candidates,
+        top_k=cfg.top_k,
+        proxy=proxy_name,
+        select_data=str(cfg.select_data) if cfg.select_data else None,
+        select_split=cfg.select_split,
+        normalization=cfg.normalization,
+        split_seed=cfg.split_seed,
+        image_size=cfg.image_size,
+        prompt_proxy_score=_finite_or_none(prompt_score),
+        all_proxy_scores=[_finite_or_none(c.score) for c in candidates],
+        candidates=[
+            CardCandidate(
+                rank, f"candidate_{rank}.safetensors", c.index, _finite_or_none(c.score), proxy_name, c.bn_images
+            )
             for rank, c in enumerate(chosen, start=1)
         ],
-        "generate_only": list(cfg.generate_only),
-        "generated_tensors": generated,
-        "prompt_tensors": kept,
-        "carried_tensors": prompt_tm.names("carried"),
-        "carried_note": (
+        generate_only=list(cfg.generate_only),
+        generated_tensors=generated,
+        prompt_tensors=kept,
+        carried_tensors=prompt_tm.names("carried"),
+        carried_note=(
             "carried tensors are copied from the prompt; BatchNorm running statistics among them were "
             "recalibrated on unlabeled selection images"
             if any(c.bn_images for c in chosen)
             else "carried tensors are copied from the prompt"
         )
         + ("; prompt_tensors match no generate_only pattern and are the prompt's own values" if kept else ""),
-    }
+    )
     files = _write_output(cfg, card, chosen)
-    return GenerationResult(Path(cfg.out), card, files)
+    return GenerationResult(Path(cfg.out), card.to_dict(), files, card)
 
 
-def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candidate]) -> list[Path]:
+def _write_output(cfg: GenerateConfig, card: ModelCard, chosen: list[Candidate]) -> list[Path]:
     """Write candidates, card and loader into a temporary directory, then rename it into place."""
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for entry, candidate in zip(card["candidates"], chosen, strict=True):
-            save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
-        write_json(tmp / "model_card.json", card)
+        for entry, candidate in zip(card.candidates, chosen, strict=True):
+            save_safetensors(candidate.state_dict, tmp / entry.file, metadata={"prompt": card.prompt})
+        write_json(tmp / MODEL_CARD, card.to_dict())
         write_loader_script(tmp / "load_generated.py")
         mark_out_dir(tmp, "generate")
         check_out_dir(out, "generate", generation_inputs(cfg))  # the same rule again, right before replacing
@@ -586,10 +572,7 @@ def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candid
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [out / e["file"] for e in card["candidates"]] + [
-        out / "model_card.json",
-        out / "load_generated.py",
-    ]
+    return [out / e.file for e in card.candidates] + [out / MODEL_CARD, out / "load_generated.py"]
 
 
 def config_from_kwargs(**kwargs: Any) -> GenerateConfig:
