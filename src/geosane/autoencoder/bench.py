@@ -12,6 +12,7 @@ before them on Linux; on CUDA ``peak_cuda_bytes`` is the allocator's peak.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from contextlib import nullcontext
@@ -51,6 +52,8 @@ def benchmark_training(
 ) -> dict[str, Any]:
     """Measure training steps of ``config``'s autoencoder (see module docstring)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.model.d_t is None:  # no store: the tokenizer's default token size, recorded as used
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, d_t=DEFAULT_TOKEN_SIZE))
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
