@@ -12,6 +12,7 @@ before them on Linux; on CUDA ``peak_cuda_bytes`` is the allocator's peak.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from contextlib import nullcontext
@@ -23,6 +24,7 @@ from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.module import AutoencoderModule, make_optimizer
 from geosane.config import to_dict
 from geosane.tokens.bench import reset_peak_rss, rss_bytes
+from geosane.tokens.settings import DEFAULT_TOKEN_SIZE
 
 __all__ = ["benchmark_training", "synthetic_batch"]
 
@@ -30,7 +32,8 @@ __all__ = ["benchmark_training", "synthetic_batch"]
 def synthetic_batch(config: AutoencoderConfig, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """A batch in the window item format with realistic positions (layers of ~100 tokens)."""
     generator = torch.Generator().manual_seed(seed)
-    batch, window, d_t = config.data.batch_size, config.model.window, config.model.d_t
+    batch, window = config.data.batch_size, config.model.window
+    d_t = config.model.d_t or DEFAULT_TOKEN_SIZE  # no store here: the tokenizer's default unless set
     start = torch.randint(0, 10_000, (batch, 1), generator=generator)
     n = start + torch.arange(window)
     out = {
@@ -49,6 +52,8 @@ def benchmark_training(
 ) -> dict[str, Any]:
     """Measure training steps of ``config``'s autoencoder (see module docstring)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if config.model.d_t is None:  # no store: the tokenizer's default token size, recorded as used
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, d_t=DEFAULT_TOKEN_SIZE))
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)

@@ -36,7 +36,9 @@ PositionEncoding = Literal["learned", "sinusoidal", "hybrid"]
 class ModelConfig:
     """Sizes of the autoencoder (encoder and decoder are mirrored, ``n_layers`` blocks each)."""
 
-    d_t: int = 230  # token size; must equal the token store's token_size
+    # token size: None = the token store's (training sets it from data.store; a model built without
+    # a store, e.g. to count parameters, uses geosane.tokens.DEFAULT_TOKEN_SIZE); set, it must agree
+    d_t: int | None = None
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2
@@ -57,7 +59,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_t", "d_model", "n_heads", "n_layers", "lat_dim", "window", "proj_dim", "proj_hidden"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")

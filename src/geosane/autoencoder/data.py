@@ -19,10 +19,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from geosane.autoencoder.permutation import find_permutation_groups, permute_sta
 from geosane.console import console, make_progress
 from geosane.errors import GeosaneError, cli_flags
 from geosane.io import read_json, sha256_file, write_json
-from geosane.tokens.store import StoreRecord, TokenStore, save_tokenized
+from geosane.tokens.store import StoreRecord, TokenStore, save_tokenized, write_store_index
 from geosane.tokens.windows import ModelWindows, WindowDataset
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "check_store",
     "split_models",
     "token_scale",
+    "with_store_token_size",
 ]
 
 PERMUTED_FORMAT = "geosane-permuted-variants"
@@ -58,9 +59,12 @@ def _mix(*values: int) -> int:
 
 
 def check_store(store: TokenStore, config: AutoencoderConfig) -> None:
-    """Refuse a store that cannot train ``config``'s model (token size, window, positions)."""
+    """Refuse a store that cannot train ``config``'s model (token size, window, positions).
+
+    ``model.d_t`` unset takes the store's token size (:func:`with_store_token_size`); set, it must agree.
+    """
     model = config.model
-    if store.token_size != model.d_t:
+    if model.d_t is not None and store.token_size != model.d_t:
         raise GeosaneError(
             f"token store {store.path} has token size {store.token_size} but the autoencoder expects "
             f"d_t={model.d_t}; set model.d_t={store.token_size} or tokenize with token_size={model.d_t}",
@@ -81,6 +85,14 @@ def check_store(store: TokenStore, config: AutoencoderConfig) -> None:
                 f"models in {store.path} have up to {max_layers} layers but model.max_layers is "
                 f"{model.max_layers} with learned positions; raise it or use position_encoding=hybrid"
             )
+
+
+def with_store_token_size(config: AutoencoderConfig, store: TokenStore) -> AutoencoderConfig:
+    """``config`` with ``model.d_t`` = the store's token size (:func:`check_store` refuses a set one
+    that disagrees): the autoencoder takes its token size from the store it trains on."""
+    check_store(store, config)
+    model = dataclasses.replace(config.model, d_t=store.token_size)
+    return dataclasses.replace(config, model=model)
 
 
 def split_models(store: TokenStore, val_fraction: float, seed: int, val_models: Sequence[str] = ()) -> tuple[
@@ -199,8 +211,8 @@ def build_permuted_variants(
             f"permuted views need each model's architecture, but {', '.join(missing_arch)} in {store.path} "
             "has none recorded; set loss.permutation_variants=0"
         )
-    settings = store.settings
-    records: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+    settings = store.tokenizer
+    records: list[list[StoreRecord]] = [[] for _ in range(count)]
     with make_progress() as progress:
         task = progress.add_task("permuted views", total=len(models) * count, status="")
         for index, model_id in enumerate(models):
@@ -217,14 +229,7 @@ def build_permuted_variants(
                 tm = None
                 for candidate_module in (module, None):  # match however the store was tokenized
                     tm = tokenize(
-                        permuted,
-                        settings["token_size"],
-                        settings["mode"],
-                        include=settings.get("include"),
-                        exclude=settings.get("exclude") or (),
-                        buffers=settings.get("buffers") or (),
-                        module=candidate_module,
-                        allow_nonfinite=True,
+                        permuted, **settings.tokenize_kwargs(), module=candidate_module, allow_nonfinite=True
                     )
                     if torch.equal(tm.positions, original.positions) and torch.equal(tm.mask, original.mask):
                         break
@@ -235,14 +240,10 @@ def build_permuted_variants(
                     )
                 path = out / f"v{j}" / "tokens" / f"{model_id}.safetensors"
                 save_tokenized(tm, path, model_id=model_id)
-                row = StoreRecord(**{**asdict(record), "sha256": sha256_file(path)})
-                records[j].append(asdict(row))
+                records[j].append(dataclasses.replace(record, sha256=sha256_file(path)))
                 progress.advance(task)
     for j in range(count):
-        write_json(
-            out / f"v{j}" / "index.json",
-            {"format": "geosane-token-store", "version": 1, **settings, "models": records[j]},
-        )
+        write_store_index(out / f"v{j}", settings, records[j])
     write_json(cache, wanted)
     console.print(f"permuted views: {count} variant(s) of {len(models)} models in {out}")
     return [TokenStore(out / f"v{j}") for j in range(count)]
@@ -268,10 +269,9 @@ class TokenWindowDataModule(L.LightningDataModule):
         super().__init__()
         if config.data.store is None:
             raise GeosaneError("no token store given: set data.store=PATH")
-        self.config = config
         self.start_step = start_step
         self.store = TokenStore(config.data.store)
-        check_store(self.store, config)
+        self.config = config = with_store_token_size(config, self.store)  # checks the store too
         data = config.data
         self.train_ids, self.val_ids = split_models(self.store, data.val_fraction, data.split_seed, data.val_models)
         self.variants: list[TokenStore] = []

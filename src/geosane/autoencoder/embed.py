@@ -92,7 +92,7 @@ def embed_store(
     model: WeightAutoencoder, store: TokenStore, ids: Sequence[str] | None = None, halo: int | None = None
 ) -> Embeddings:
     """Embeddings of ``ids`` (default: every model) of ``store``."""
-    if store.token_size != model.config.d_t:
+    if store.token_size != model.token_size:
         raise GeosaneError(
             f"token store {store.path} has token size {store.token_size} but the autoencoder expects "
             f"d_t={model.config.d_t}"

@@ -20,17 +20,28 @@ from geosane.autoencoder.model import WeightAutoencoder
 from geosane.config import from_dict, to_dict
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import load_torch, save_safetensors
+from geosane.tokens.settings import TokenizerError, TokenizerSettings
 
-__all__ = ["EXPORT_FORMAT", "load_autoencoder", "save_autoencoder"]
+__all__ = ["EXPORT_FORMAT", "load_autoencoder", "save_autoencoder", "tokenizer_settings"]
 
 EXPORT_FORMAT = "geosane-autoencoder"
 
 
 def save_autoencoder(
-    model: WeightAutoencoder, path: str | os.PathLike[str], extra: Mapping[str, str] | None = None
+    model: WeightAutoencoder,
+    path: str | os.PathLike[str],
+    extra: Mapping[str, str] | None = None,
+    tokenizer: TokenizerSettings | None = None,
 ) -> Path:
-    """Atomically write the weights as safetensors; the model config travels as JSON metadata."""
+    """Atomically write the weights as safetensors; the model config travels as JSON metadata, and
+    so do the training store's ``tokenizer`` settings (generation re-tokenizes prompts with them)."""
+    if tokenizer is not None and tokenizer.token_size != model.token_size:
+        raise GeosaneError(
+            f"tokenizer settings of token size {tokenizer.token_size} do not fit an autoencoder of d_t={model.token_size}"
+        )
     metadata = {"format": EXPORT_FORMAT, "version": "1", "config": json.dumps(to_dict(model.config))}
+    if tokenizer is not None:
+        metadata["tokenizer"] = tokenizer.to_json()
     metadata.update(extra or {})
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     return save_safetensors(state, path, metadata=metadata)
@@ -68,7 +79,7 @@ def _from_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], 
     if store and (Path(store) / "index.json").is_file():  # the training store's tokenizer settings, as an export has
         from geosane.tokens.store import TokenStore
 
-        metadata["tokenizer"] = json.dumps(TokenStore(store).settings)
+        metadata["tokenizer"] = TokenStore(store).tokenizer.to_json()
     return _model_config(extra["config"]["model"], path), state, metadata
 
 
@@ -88,3 +99,21 @@ def load_autoencoder(path: str | os.PathLike[str], device: str | torch.device = 
     except RuntimeError as exc:
         raise GeosaneError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), metadata
+
+
+def tokenizer_settings(model: WeightAutoencoder, metadata: Mapping[str, str]) -> TokenizerSettings:
+    """The tokenizer settings of the store ``model`` was trained on, from :func:`load_autoencoder`'s
+    metadata. Exports older than the record (no ``tokenizer`` key) were trained on a dense store
+    with the default patterns; the token size is always the model's ``d_t``."""
+    if "tokenizer" not in metadata:
+        return TokenizerSettings(token_size=model.token_size)
+    try:
+        settings = TokenizerSettings.from_dict({"token_size": model.token_size, **json.loads(metadata["tokenizer"])})
+    except (ValueError, TokenizerError) as exc:
+        raise GeosaneError(f"the autoencoder's recorded tokenizer settings are invalid ({exc})") from None
+    if settings.token_size != model.token_size:
+        raise GeosaneError(
+            f"the autoencoder's recorded tokenizer settings have token size {settings.token_size}, "
+            f"but the autoencoder takes tokens of d_t={model.token_size}"
+        )
+    return settings

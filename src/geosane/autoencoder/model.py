@@ -21,6 +21,7 @@ meaningful position.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosane.autoencoder.config import ModelConfig, PositionEncoding
+from geosane.tokens.settings import DEFAULT_TOKEN_SIZE
 
 __all__ = ["WeightAutoencoder", "sinusoid"]
 
@@ -172,12 +174,14 @@ class WeightAutoencoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.config = config
+        # d_t unset: built without a token store (training resolves d_t from its store before this)
+        d_t = DEFAULT_TOKEN_SIZE if config.d_t is None else config.d_t
+        self.config = config = dataclasses.replace(config, d_t=d_t)
         # Weights are small numbers (std ~0.05); dividing by the training data's scale puts the
         # token signal on the scale of the embeddings. Set from the token store when training starts.
         self.register_buffer("token_scale", torch.ones(()))
-        self.encoder = Transformer(config, config.d_t, config.lat_dim)
-        self.decoder = Transformer(config, config.lat_dim, config.d_t)
+        self.encoder = Transformer(config, d_t, config.lat_dim)
+        self.decoder = Transformer(config, config.lat_dim, d_t)
         self.projection = nn.Sequential(
             nn.Linear(config.window * config.lat_dim, config.proj_hidden),
             nn.GELU(),
@@ -191,6 +195,11 @@ class WeightAutoencoder(nn.Module):
             module = self.get_submodule(name.rsplit(".", 1)[0])
             if getattr(module, "residual_projection", False):
                 nn.init.normal_(param, 0.0, residual_std)
+
+    @property
+    def token_size(self) -> int:
+        """``d_t``: the size of the tokens it encodes and decodes."""
+        return int(self.config.d_t or DEFAULT_TOKEN_SIZE)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -129,7 +129,7 @@ def paper_window_flops() -> dict[str, float]:
     with torch.device("meta"):
         model = WeightAutoencoder(m)
         views = 2
-        tokens = torch.randn(views, m.window, m.d_t)
+        tokens = torch.randn(views, m.window, model.token_size)
         positions = torch.zeros(views, m.window, 3, dtype=torch.long)
         layer_type = torch.zeros(views, m.window, dtype=torch.long)
         valid = torch.ones(views, m.window, dtype=torch.bool)

@@ -16,7 +16,6 @@ in ``OUT``) is checked before anything is written.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -250,6 +249,7 @@ def train(
     ckpt_dir = out / "checkpoints"
     # ---- validate everything before writing anything
     datamodule = TokenWindowDataModule(cfg)  # checks the store: exists, d_t, window
+    cfg = datamodule.config  # model.d_t is the store's token size from here on
     check_out_dir(out, "train", {"data.store": cfg.data.store, "train.init_from": cfg.train.init_from})
     existing = checkpoints(ckpt_dir)
     resume_path: Path | None = None
@@ -342,8 +342,8 @@ def train(
     }
     if trainer.is_global_zero:
         # the tokenizer settings travel with the weights: generation re-tokenizes prompts with them
-        extra = {"steps": str(trainer.global_step), "tokenizer": json.dumps(datamodule.store.settings)}
-        save_autoencoder(module.model, export, extra=extra)
+        save_autoencoder(module.model, export, extra={"steps": str(trainer.global_step)},
+                         tokenizer=datamodule.store.tokenizer)  # fmt: skip
         model = module.model.float().eval()
         if datamodule.val_ids:
             summary["val"] = reconstruction_metrics(model, datamodule.store, datamodule.val_ids)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from geosane.downstream.config import ArchConfig, ZooInitConfig
 from geosane.downstream.controls import NotApplicable
 from geosane.downstream.merges import average_merge, dare_merge, ties_merge
 from geosane.errors import GeosaneError, SourceError
+from geosane.generation.card import CARD_FORMAT, MODEL_CARD, ModelCard
 from geosane.io import read_json, sha256_tensors
 from geosane.zoo import ArchSpec, LoadedModel, Zoo, ZooEntry, load_weights_file, resolve
 
@@ -56,8 +56,6 @@ __all__ = [
     "zoo_initializations",
 ]
 
-MODEL_CARD = "model_card.json"
-CARD_FORMAT = "geosane-generated"
 # kwargs that do not change the backbone: heads are re-initialised and stems adapted per task
 _TASK_KWARGS = (
     "num_classes",
@@ -143,11 +141,14 @@ class GeneratedDir:
     card: dict[str, Any]
     generated_tensors: list[str] = field(default_factory=list)
     carried_tensors: list[str] = field(default_factory=list)
+    model_card: ModelCard | None = None  # ``card`` parsed (``card`` is the JSON object as read)
 
     @property
     def prompt_is_random_init(self) -> bool:
         """The prompt was a timm architecture without pretrained weights (``--random-init``)."""
-        return self.card.get("prompt_info", {}).get("pretrained") is False
+        if self.model_card is not None:
+            return self.model_card.prompt_is_random_init
+        return (self.card.get("prompt_info") or {}).get("pretrained") is False
 
 
 def normalization_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -171,7 +172,8 @@ def same_architecture(a: ArchSpec, b: ArchSpec) -> bool:
 
 
 def read_generated_dir(path: str | Path) -> GeneratedDir:
-    """Parse and validate ``DIR/model_card.json`` and check every candidate file exists."""
+    """Parse and validate ``DIR/model_card.json`` (:meth:`ModelCard.from_dict`) and check every
+    candidate file exists."""
     path = Path(path).expanduser()
     card_path = path / MODEL_CARD
     if not card_path.is_file():
@@ -180,45 +182,23 @@ def read_generated_dir(path: str | Path) -> GeneratedDir:
         card = read_json(card_path)
     except ValueError as exc:
         raise GeosaneError(f"{card_path} is not valid JSON: {exc}") from None
-    if not isinstance(card, dict):
-        raise GeosaneError(f"{card_path} must hold a JSON object")
-    if card.get("format", CARD_FORMAT) != CARD_FORMAT:
-        raise GeosaneError(f"{card_path} is not a `geosane generate` model card (format {card['format']!r})")
-    problems = []
-    arch = card.get("arch")
-    if not isinstance(arch, dict) or not arch.get("name") or not arch.get("library"):
-        problems.append("'arch' must be {library, name, kwargs}")
-    candidates = card.get("candidates")
-    if not isinstance(candidates, list) or not candidates:
-        problems.append("'candidates' must be a non-empty list")
-    if problems:
-        raise GeosaneError(f"{card_path}: " + "; ".join(problems))
+    model_card = ModelCard.from_dict(card, str(card_path))
     parsed = []
-    for i, row in enumerate(candidates):
-        if not isinstance(row, dict) or "file" not in row or "rank" not in row:
-            raise GeosaneError(f"{card_path}: candidates[{i}] needs 'rank' and 'file'")
-        file = path / str(row["file"])
+    for row in model_card.ranked():
+        file = path / row.file
         if not file.is_file():
-            raise GeosaneError(f"{card_path}: candidate file {row['file']} is missing")
-        score = row.get("proxy_score")
-        score = float(score) if score is not None else None
-        parsed.append(
-            GeneratedCandidate(
-                int(row["rank"]),
-                file,
-                None if score is None or math.isnan(score) else score,  # NaN: no selection data
-                row.get("proxy") or card.get("proxy"),
-            )
-        )
-    parsed.sort(key=lambda c: c.rank)
+            raise GeosaneError(f"{card_path}: candidate file {row.file} is missing")
+        parsed.append(GeneratedCandidate(row.rank, file, row.proxy_score, row.proxy))
+    assert model_card.arch is not None  # from_dict refuses a card without one
     return GeneratedDir(
         path,
-        str(card.get("prompt") or ""),
-        ArchSpec.from_dict(arch),
+        model_card.prompt,
+        ArchSpec.from_dict(model_card.arch),
         parsed,
         card,
-        list(card.get("generated_tensors") or []),
-        list(card.get("carried_tensors") or []),
+        list(model_card.generated_tensors),
+        list(model_card.carried_tensors),
+        model_card,
     )
 
 

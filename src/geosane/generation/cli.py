@@ -7,22 +7,41 @@ from pathlib import Path
 import typer
 
 from geosane.console import console
+from geosane.generation.config import GenerateConfig
 
 __all__ = ["register"]
 
 
+def _default(name: str) -> str:
+    """`` [default: X]`` for a flag's help, from :class:`GenerateConfig` (the one place defaults live;
+    the flags themselves default to None, so that an unset flag leaves the --config value)."""
+    return rf" \[default: {getattr(GenerateConfig, name)}]"  # \[: a literal bracket in Rich markup
+
+
 def generate_command(
-    ae: Path = typer.Option(
-        ..., "--ae", help="Exported autoencoder (autoencoder.safetensors from `geosane train`)."
+    overrides: list[str] | None = typer.Argument(
+        None, help="Dotted overrides key=value of the config, e.g. bandwidth=0.5 generate_only='[*bn*]'."
     ),
-    prompt: str = typer.Option(
-        ..., "--prompt", help="Prompt model: timm:NAME, hf:ORG/NAME, zoo:DIR#ID, a checkpoint..."
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="YAML config of GenerateConfig fields (a file or a packaged preset, e.g. anchored); flags win over it.",
     ),
-    out: Path = typer.Option(
-        ..., "--out", help="Output directory (top-k *.safetensors, model_card.json, load_generated.py)."
+    ae: Path | None = typer.Option(
+        None, "--ae", help="Exported autoencoder (autoencoder.safetensors from `geosane train`)."
     ),
-    num_candidates: int = typer.Option(10, "--num-candidates", help="Candidates sampled and ranked."),
-    top_k: int = typer.Option(3, "--top-k", help="Best candidates kept."),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Prompt model: timm:NAME, hf:ORG/NAME, zoo:DIR#ID, a checkpoint..."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (top-k *.safetensors, model_card.json, load_generated.py)."
+    ),
+    num_candidates: int | None = typer.Option(
+        None,
+        "--num-candidates",
+        help="Candidates sampled and ranked." + _default("num_candidates"),
+    ),
+    top_k: int | None = typer.Option(None, "--top-k", help="Best candidates kept." + _default("top_k")),
     in_chans: int | None = typer.Option(
         None, "--in-chans", help="Input bands; the prompt's stem is adapted if it differs."
     ),
@@ -34,28 +53,49 @@ def generate_command(
         "--select-data",
         help="Labelled image folder (or, for smp segmenters, a folder of .npz selection scenes with --select-split all) for BN recalibration and ranking.",
     ),
-    select_split: str = typer.Option(
-        "select", "--select-split", help="'select' (seeded selection split of --select-data) or 'all'."
+    select_split: str | None = typer.Option(
+        None,
+        "--select-split",
+        help="'select' (seeded selection split of --select-data) or 'all'." + _default("select_split"),
     ),
-    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the train/select/test split."),
-    image_size: int = typer.Option(64, "--image-size", help="Images are resized to this size."),
-    kde_mode: str = typer.Option(
-        "token", "--kde-mode", help="token: anchor chosen per token; joint: per candidate."
+    split_seed: int | None = typer.Option(
+        None, "--split-seed", help="Seed of the train/select/test split." + _default("split_seed")
     ),
-    bandwidth: float = typer.Option(0.2, "--bandwidth", help="KDE bandwidth in units of the latent std."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Images are resized to this size." + _default("image_size")
+    ),
+    kde_mode: str | None = typer.Option(
+        None,
+        "--kde-mode",
+        help="token: anchor chosen per token; joint: per candidate." + _default("kde_mode"),
+    ),
+    bandwidth: float | None = typer.Option(
+        None,
+        "--bandwidth",
+        help="KDE bandwidth in units of the latent std." + _default("bandwidth"),
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed." + _default("seed")),
     store: Path | None = typer.Option(None, "--store", help="Token store of the zoo (for --anchors)."),
-    anchors: int = typer.Option(
-        0, "--anchors", help="Nearest same-architecture zoo models used as extra KDE anchors."
+    anchors: int | None = typer.Option(
+        None,
+        "--anchors",
+        help="Nearest same-architecture zoo models used as extra KDE anchors." + _default("anchors"),
     ),
     align_anchors: bool = typer.Option(
-        False, "--align-anchors", help="Reorder each anchor's units to the prompt's first (git re-basin weight matching)."
+        False,
+        "--align-anchors",
+        help="Reorder each anchor's units to the prompt's first (git re-basin weight matching).",
     ),
-    proxy: str = typer.Option("knn", "--proxy", help="Ranking proxy on frozen features: knn | linear."),
-    decode: str = typer.Option(
-        "direct",
+    proxy: str | None = typer.Option(
+        None,
+        "--proxy",
+        help="Ranking proxy on frozen features: knn | linear." + _default("proxy"),
+    ),
+    decode: str | None = typer.Option(
+        None,
         "--decode",
-        help="direct: decode the sampled latents (the paper); residual: prompt + decode(z) - decode(z_prompt).",
+        help="direct: decode the sampled latents (the paper); residual: prompt + decode(z) - decode(z_prompt)."
+        + _default("decode"),
     ),
     generate_only: list[str] | None = typer.Option(
         None,
@@ -76,33 +116,18 @@ def generate_command(
     ),
 ) -> None:
     """Generate ready-to-fine-tune weights for the prompt's architecture."""
-    from geosane.generation.config import GenerateConfig, validate_config
+    from geosane.generation.config import load_generate_config, validate_config
 
-    cfg = GenerateConfig(
-        ae=ae,
-        prompt=prompt,
-        out=out,
-        num_candidates=num_candidates,
-        top_k=top_k,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        select_data=select_data,
-        select_split=select_split,
-        split_seed=split_seed,
-        image_size=image_size,
-        kde_mode=kde_mode,  # type: ignore[arg-type]
-        bandwidth=bandwidth,
-        seed=seed,
-        random_init=random_init,
-        store=store,
-        anchors=anchors,
-        align_anchors=align_anchors,
-        proxy=proxy,  # type: ignore[arg-type]
-        token_size=token_size,
-        overwrite=overwrite,
-        decode=decode,  # type: ignore[arg-type]
-        generate_only=list(generate_only or []),
-    )
+    flags = {
+        "ae": ae, "prompt": prompt, "out": out, "num_candidates": num_candidates, "top_k": top_k,
+        "in_chans": in_chans, "num_classes": num_classes, "select_data": select_data, "select_split": select_split,
+        "split_seed": split_seed, "image_size": image_size, "kde_mode": kde_mode, "bandwidth": bandwidth,
+        "seed": seed, "store": store, "anchors": anchors, "proxy": proxy, "decode": decode,
+        "token_size": token_size, "generate_only": list(generate_only) if generate_only else None,
+        # on/off flags can only switch a setting on: off, they leave the config's value
+        "align_anchors": align_anchors or None, "random_init": random_init or None, "overwrite": overwrite or None,
+    }  # fmt: skip
+    cfg = load_generate_config(config, overrides or [], flags)
     validate_config(cfg)  # before the heavy imports: a bad flag costs no torch start-up
     from geosane.generation.pipeline import generate
 

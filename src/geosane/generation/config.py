@@ -1,20 +1,27 @@
 """Settings of ``geosane generate`` and their validation, importable without torch.
 
-The CLI checks every option here before the heavy imports of :mod:`geosane.generation.pipeline`,
-so a bad flag is refused in well under a second.
+:class:`GenerateConfig` is the schema of ``geosane generate --config FILE`` (YAML, ``base:``
+composition and dotted ``key=value`` overrides as every geosane config, :mod:`geosane.config`)
+and the one place its defaults are written; every CLI flag sets the field of the same name
+(:func:`load_generate_config`: flags win over overrides, which win over the file). The CLI checks
+every option here before the heavy imports of :mod:`geosane.generation.pipeline`, so a bad flag is
+refused in well under a second. Presets ship in ``geosane/configs/generate/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from geosane.errors import GeosaneError, cli_flags
+from geosane.config import compose, find_config, from_dict, merge, parse_overrides
+from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import check_out_dir
 
 __all__ = ["DecodeMode", "GenerateConfig", "KDEMode", "NormalizationKind", "ProxyKind", "generation_inputs",
-           "validate_config"]  # fmt: skip
+           "load_generate_config", "validate_config"]  # fmt: skip
 
 KDEMode = Literal["token", "joint"]
 ProxyKind = Literal["knn", "linear"]
@@ -24,7 +31,8 @@ NormalizationKind = Literal["dataset", "imagenet"]
 
 @dataclass
 class GenerateConfig:
-    """Settings of one ``geosane generate`` run (CLI flags map 1:1 onto these fields)."""
+    """Settings of one ``geosane generate`` run (CLI flags map 1:1 onto these fields; the defaults
+    here are the only ones: the CLI, the benchmark and the demo set just what they change)."""
 
     ae: Path
     prompt: str
@@ -119,3 +127,42 @@ def validate_config(cfg: GenerateConfig) -> None:
 def generation_inputs(cfg: GenerateConfig) -> dict[str, str | Path | None]:
     """The paths and sources this run reads, which its output directory must never replace."""
     return {"ae": cfg.ae, "prompt": cfg.prompt, "store": cfg.store, "select_data": cfg.select_data}
+
+
+REQUIRED = ("ae", "prompt", "out")
+
+
+def load_generate_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    flags: Mapping[str, Any] | None = None,
+) -> GenerateConfig:
+    """A :class:`GenerateConfig` from a YAML file (a path or a packaged preset name, optional),
+    dotted ``overrides`` and ``flags`` (field name -> value; ``None`` = not given), in that order
+    of precedence, lowest first. Not validated: :func:`validate_config` does that.
+
+    Flag values are set as given (the CLI has typed them), so a bad flag is reported by
+    :func:`validate_config` (``proxy must be one of knn, linear``; the CLI says ``--proxy``); values
+    from the file and the overrides are checked against the schema (unknown keys name the closest).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = compose(find_config(path, "generate"))
+    extra = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    data = merge(data, extra)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    known = {f.name for f in dataclasses.fields(GenerateConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"unknown generate setting(s): {', '.join(unknown)}")
+    for key in REQUIRED:  # paths and the prompt source: plain values, set before the schema check
+        if key in given:
+            data[key] = given.pop(key)
+    missing = [k for k in REQUIRED if data.get(k) is None]
+    if missing:
+        raise ConfigError(
+            f"missing required setting(s) {', '.join(missing)} (give them in the config file or directly)",
+            flags=cli_flags(*missing),
+        )
+    cfg = from_dict(GenerateConfig, data)
+    return dataclasses.replace(cfg, **given) if given else cfg

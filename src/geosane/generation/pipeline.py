@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from geosane.data import (
 )
 from geosane.errors import DataError, GeosaneError, cli_flags
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
-from geosane.generation.card import write_loader_script
+from geosane.generation.card import MODEL_CARD, CardCandidate, ModelCard, write_loader_script
 from geosane.generation.config import GenerateConfig, generation_inputs, validate_config
 from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
@@ -50,6 +49,7 @@ from geosane.io import (
     sha256_file,
     write_json,
 )
+from geosane.tokens.settings import TokenizerSettings
 from geosane.zoo.libraries import arch_library
 from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
 
@@ -66,11 +66,13 @@ class Candidate:
 
 @dataclass
 class GenerationResult:
-    """Where the output went and what was chosen."""
+    """Where the output went and what was chosen (``card``: the model card's JSON object,
+    ``model_card``: the same as a :class:`~geosane.generation.card.ModelCard`)."""
 
     out: Path
     card: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    model_card: ModelCard | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,10 +190,11 @@ def prepare_prompt(
 
 
 def tokenizer_settings(ae: Any, metadata: dict[str, str]) -> dict[str, Any]:
-    """The tokenizer settings of the store the autoencoder was trained on (recorded at export)."""
-    settings = json.loads(metadata["tokenizer"]) if "tokenizer" in metadata else {"mode": "dense"}
-    settings["token_size"] = int(ae.config.d_t)
-    return settings
+    """The tokenizer settings of the store the autoencoder was trained on (recorded at export), as
+    their JSON record; :func:`geosane.autoencoder.io.tokenizer_settings` gives the typed value."""
+    from geosane.autoencoder.io import tokenizer_settings as recorded
+
+    return recorded(ae, metadata).to_dict()
 
 
 def _layer_blocks(tm: Any) -> dict[tuple[tuple[str, tuple[int, ...]], ...], tuple[int, int]]:
@@ -223,24 +226,16 @@ def _aligned_rows(prompt_tm: Any, tm: Any) -> list[tuple[int, int, int]]:
 
 
 def _tokenize_like_store(
-    state_dict: dict[str, torch.Tensor],
-    tokenizer: dict[str, Any],
-    token_size: int,
-    mode: str,
-    module: nn.Module | None,
+    state_dict: dict[str, torch.Tensor], tokenizer: TokenizerSettings, module: nn.Module | None
 ) -> Any:
     """Tokens of ``state_dict`` with the settings of the store the autoencoder was trained on."""
-    from geosane.tokens import DEFAULT_BUFFER_PATTERNS, tokenize
+    from geosane.tokens import tokenize
 
-    return tokenize(
-        state_dict, token_size=token_size, mode=mode, include=tokenizer.get("include"),
-        exclude=tokenizer.get("exclude") or (), buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
-        module=module,
-    )  # fmt: skip
+    return tokenize(state_dict, **tokenizer.tokenize_kwargs(), module=module)
 
 
 def _aligned_tokens(
-    tm: Any, record: Any, prompt: LoadedModel, groups: list[Any], tokenizer: dict[str, Any]
+    tm: Any, record: Any, prompt: LoadedModel, groups: list[Any], tokenizer: TokenizerSettings
 ) -> tuple[Any, dict[str, float]]:
     """``tm`` (a zoo model's tokens) with its units reordered to the prompt's (:mod:`.align`)."""
     from geosane.autoencoder.permutation import permute_state_dict
@@ -252,7 +247,7 @@ def _aligned_tokens(
     perms, info = weight_matching(prompt.state_dict, weights, groups)
     aligned = permute_state_dict(weights, groups, perms)
     module = empty_architecture(ArchSpec.from_dict(record.arch)) if record.arch else None
-    return _tokenize_like_store(aligned, tokenizer, tm.token_size, tm.mode, module), info
+    return _tokenize_like_store(aligned, tokenizer, module), info
 
 
 def _nearest_anchors(
@@ -261,7 +256,7 @@ def _nearest_anchors(
     prompt_tm: Any,
     prompt_latent: torch.Tensor,
     prompt: LoadedModel | None = None,
-    tokenizer: dict[str, Any] | None = None,
+    tokenizer: TokenizerSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Latents of the ``cfg.anchors`` store models nearest to the prompt, in the prompt's layout.
 
@@ -296,7 +291,7 @@ def _nearest_anchors(
             continue  # the prompt itself is a zoo member: it is already the first anchor
         alignment: dict[str, float] = {}
         if groups and prompt is not None:
-            tm, alignment = _aligned_tokens(tm, record, prompt, groups, tokenizer or {})
+            tm, alignment = _aligned_tokens(tm, record, prompt, groups, tokenizer or store.tokenizer)
         z = encode_sequence(ae, tm.tokens, tm.positions, tm.layer_type, tm.mask, halo=cfg.halo)
         latent = prompt_latent.clone()
         latent[mine] = z[theirs].to(latent.dtype)
@@ -425,12 +420,13 @@ def _score_candidate(
 def generate(cfg: GenerateConfig) -> GenerationResult:
     """Run generation end to end; see the module docstring."""
     from geosane.autoencoder import decode_sequence, encode_sequence, load_autoencoder
+    from geosane.autoencoder.io import tokenizer_settings as recorded_tokenizer
     from geosane.tokens import detokenize
 
     validate_config(cfg)
     ae, ae_meta = load_autoencoder(cfg.ae)
-    tokenizer = tokenizer_settings(ae, ae_meta)
-    token_size, mode = tokenizer["token_size"], tokenizer["mode"]
+    tokenizer = recorded_tokenizer(ae, ae_meta)
+    token_size, mode = tokenizer.token_size, tokenizer.mode
     if cfg.token_size is not None and cfg.token_size != token_size:
         raise GeosaneError(
             f"autoencoder {cfg.ae} was trained on tokens of size {token_size}, not token_size={cfg.token_size}",
@@ -467,9 +463,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         select = TensorImageDataset(select_images.images, select_images.targets, norm)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    prompt_tm = _tokenize_like_store(
-        prompt.state_dict, tokenizer, token_size, mode, prompt.build(load_weights=False)
-    )
+    prompt_tm = _tokenize_like_store(prompt.state_dict, tokenizer, prompt.build(load_weights=False))
     generated, kept = split_generated(prompt_tm, cfg.generate_only)  # before any work: a typo costs nothing
     console.print(
         f"prompt {prompt.source}: {prompt_tm.num_tokens} tokens, {len(generated)} tensors generated, "
@@ -519,86 +513,67 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
 
     ranked = sorted(candidates, key=lambda c: (-c.score if c.score == c.score else float("inf"), c.index))
     chosen = ranked[: cfg.top_k]
-    card = {
-        "format": "geosane-generated",
-        "geosane_version": __version__,
-        "prompt": prompt.source,
-        "prompt_info": {
-            k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))
-        },
-        "arch": prompt.arch.to_dict() if prompt.arch else None,
-        "ae_checkpoint": str(Path(cfg.ae).resolve()),
-        "ae_sha256": sha256_file(
-            Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae
-        ),
-        "token_size": token_size,
-        "mode": mode,
-        "seed": cfg.seed,
-        "decode": cfg.decode,
-        "kde": {
+    card = ModelCard(
+        geosane_version=__version__,
+        prompt=prompt.source,
+        prompt_info={k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        arch=prompt.arch.to_dict() if prompt.arch else None,
+        ae_checkpoint=str(Path(cfg.ae).resolve()),
+        ae_sha256=sha256_file(Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae),
+        token_size=token_size,
+        mode=mode,
+        seed=cfg.seed,
+        decode=cfg.decode,
+        kde={
             "mode": cfg.kde_mode,
             "bandwidth": cfg.bandwidth,
             "anchors": [
-                {
-                    "id": a["id"],
-                    "distance": a["distance"],
-                    "shared_tokens": a["shared_tokens"],
-                    "alignment": a["alignment"],
-                }
-                for a in anchors
+                {k: a[k] for k in ("id", "distance", "shared_tokens", "alignment")} for a in anchors
             ],
         },
-        "num_candidates": cfg.num_candidates,
-        "top_k": cfg.top_k,
-        "proxy": proxy_name,
-        "select_data": str(cfg.select_data) if cfg.select_data else None,
-        "select_split": cfg.select_split,
-        "normalization": cfg.normalization,
-        "split_seed": cfg.split_seed,
-        "image_size": cfg.image_size,
-        "prompt_proxy_score": _finite_or_none(prompt_score),
-        "all_proxy_scores": [_finite_or_none(c.score) for c in candidates],
-        "candidates": [
-            {
-                "rank": rank,
-                "file": f"candidate_{rank}.safetensors",
-                "candidate_index": c.index,
-                "proxy_score": _finite_or_none(c.score),
-                "proxy": proxy_name,
-                "bn_recalibrated_on": c.bn_images,
-            }
+        num_candidates=cfg.num_candidates,
+        top_k=cfg.top_k,
+        proxy=proxy_name,
+        select_data=str(cfg.select_data) if cfg.select_data else None,
+        select_split=cfg.select_split,
+        normalization=cfg.normalization,
+        split_seed=cfg.split_seed,
+        image_size=cfg.image_size,
+        prompt_proxy_score=_finite_or_none(prompt_score),
+        all_proxy_scores=[_finite_or_none(c.score) for c in candidates],
+        candidates=[
+            CardCandidate(
+                rank, f"candidate_{rank}.safetensors", c.index, _finite_or_none(c.score), proxy_name, c.bn_images
+            )
             for rank, c in enumerate(chosen, start=1)
         ],
-        "generate_only": list(cfg.generate_only),
-        "generated_tensors": generated,
-        "prompt_tensors": kept,
-        "carried_tensors": prompt_tm.names("carried"),
-        "carried_note": (
+        generate_only=list(cfg.generate_only),
+        generated_tensors=generated,
+        prompt_tensors=kept,
+        carried_tensors=prompt_tm.names("carried"),
+        carried_note=(
             "carried tensors are copied from the prompt; BatchNorm running statistics among them were "
             "recalibrated on unlabeled selection images"
             if any(c.bn_images for c in chosen)
             else "carried tensors are copied from the prompt"
         )
         + ("; prompt_tensors match no generate_only pattern and are the prompt's own values" if kept else ""),
-    }
+    )
     files = _write_output(cfg, card, chosen)
-    return GenerationResult(Path(cfg.out), card, files)
+    return GenerationResult(Path(cfg.out), card.to_dict(), files, card)
 
 
-def _write_output(cfg: GenerateConfig, card: dict[str, Any], chosen: list[Candidate]) -> list[Path]:
+def _write_output(cfg: GenerateConfig, card: ModelCard, chosen: list[Candidate]) -> list[Path]:
     """Write candidates, card and loader into a temporary directory, then rename it into place."""
     out = Path(cfg.out)
     with atomic_directory(out) as tmp:
-        for entry, candidate in zip(card["candidates"], chosen, strict=True):
-            save_safetensors(candidate.state_dict, tmp / entry["file"], metadata={"prompt": card["prompt"]})
-        write_json(tmp / "model_card.json", card)
+        for entry, candidate in zip(card.candidates, chosen, strict=True):
+            save_safetensors(candidate.state_dict, tmp / entry.file, metadata={"prompt": card.prompt})
+        write_json(tmp / MODEL_CARD, card.to_dict())
         write_loader_script(tmp / "load_generated.py")
         mark_out_dir(tmp, "generate")
         check_out_dir(out, "generate", generation_inputs(cfg))  # the same rule again, right before replacing
-    return [out / e["file"] for e in card["candidates"]] + [
-        out / "model_card.json",
-        out / "load_generated.py",
-    ]
+    return [out / e.file for e in card.candidates] + [out / MODEL_CARD, out / "load_generated.py"]
 
 
 def config_from_kwargs(**kwargs: Any) -> GenerateConfig:

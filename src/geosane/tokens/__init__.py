@@ -12,6 +12,13 @@ from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from geosane.tokens.layer_types import LAYER_TYPE_NAMES, LayerType, infer_layer_type
+    from geosane.tokens.settings import (
+        DEFAULT_BUFFER_PATTERNS,
+        DEFAULT_TOKEN_SIZE,
+        MODES,
+        TokenizerError,
+        TokenizerSettings,
+    )
     from geosane.tokens.store import (
         StoreRecord,
         TokenStore,
@@ -19,34 +26,21 @@ if TYPE_CHECKING:
         save_tokenized,
         tokenize_zoo,
         verify_store,
+        write_store_index,
     )
-    from geosane.tokens.tokenizer import (
-        DEFAULT_BUFFER_PATTERNS,
-        DEFAULT_TOKEN_SIZE,
-        MODES,
-        TensorLayout,
-        TokenizedModel,
-        TokenizerError,
-        detokenize,
-        tokenize,
-    )
+    from geosane.tokens.tokenizer import TensorLayout, TokenizedModel, detokenize, tokenize
     from geosane.tokens.windows import ModelWindows, WindowDataset
 
 _EXPORTS = {
     "layer_types": ("LAYER_TYPE_NAMES", "LayerType", "infer_layer_type"),
     "store": (
         "StoreRecord", "TokenStore", "load_tokenized", "save_tokenized", "tokenize_zoo", "verify_store",
+        "write_store_index",
     ),
-    "tokenizer": (
-        "DEFAULT_BUFFER_PATTERNS",
-        "DEFAULT_TOKEN_SIZE",
-        "MODES",
-        "TensorLayout",
-        "TokenizedModel",
-        "TokenizerError",
-        "detokenize",
-        "tokenize",
+    "settings": (
+        "DEFAULT_BUFFER_PATTERNS", "DEFAULT_TOKEN_SIZE", "MODES", "TokenizerError", "TokenizerSettings",
     ),
+    "tokenizer": ("TensorLayout", "TokenizedModel", "detokenize", "tokenize"),
     "windows": ("ModelWindows", "WindowDataset"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -63,6 +57,7 @@ __all__ = [
     "TokenStore",
     "TokenizedModel",
     "TokenizerError",
+    "TokenizerSettings",
     "WindowDataset",
     "detokenize",
     "infer_layer_type",
@@ -71,4 +66,5 @@ __all__ = [
     "tokenize",
     "tokenize_zoo",
     "verify_store",
+    "write_store_index",
 ]

@@ -36,15 +36,8 @@ from geosane.io import (
     verify_file_sha256,
     write_json,
 )
-from geosane.tokens.tokenizer import (
-    DEFAULT_BUFFER_PATTERNS,
-    DEFAULT_TOKEN_SIZE,
-    TensorLayout,
-    TokenizedModel,
-    TokenizerError,
-    _check_settings,
-    tokenize,
-)
+from geosane.tokens.settings import DEFAULT_BUFFER_PATTERNS, DEFAULT_TOKEN_SIZE, TokenizerSettings
+from geosane.tokens.tokenizer import TensorLayout, TokenizedModel, TokenizerError, tokenize
 
 __all__ = [
     "FILE_FORMAT",
@@ -55,6 +48,7 @@ __all__ = [
     "save_tokenized",
     "tokenize_zoo",
     "verify_store",
+    "write_store_index",
 ]
 
 STORE_FORMAT = "geosane-token-store"
@@ -177,11 +171,12 @@ class TokenStore:
             raise GeosaneError(f"{index} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
             raise GeosaneError(f"{index} is not a geosane token store index (format != {STORE_FORMAT})")
-        self.settings: dict[str, Any] = {
-            k: v for k, v in data.items() if k not in ("format", "version", "models")
-        }
-        self.token_size = int(data["token_size"])
-        self.mode = str(data["mode"])
+        try:
+            self.tokenizer = TokenizerSettings.from_dict(data)
+        except TokenizerError as exc:
+            raise GeosaneError(f"{index}: invalid tokenizer settings ({exc})") from None
+        self.token_size = self.tokenizer.token_size
+        self.mode = self.tokenizer.mode
         self.records = [StoreRecord.from_dict(row) for row in data.get("models", [])]
         self._by_id = {r.id: i for i, r in enumerate(self.records)}
         self._handles: OrderedDict[tuple[int, int], Any] = OrderedDict()
@@ -197,6 +192,11 @@ class TokenStore:
 
     def __getstate__(self) -> dict[str, Any]:  # open file handles do not travel to DataLoader workers
         return {**self.__dict__, "_handles": OrderedDict()}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The tokenizer settings as their JSON record (:attr:`tokenizer` is the typed value)."""
+        return self.tokenizer.to_dict()
 
     @property
     def ids(self) -> list[str]:
@@ -352,18 +352,6 @@ def verify_store(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
     return results
 
 
-def _settings(
-    token_size: int, mode: str, include: Sequence[str] | None, exclude: Sequence[str], buffers: Sequence[str]
-) -> dict[str, Any]:
-    return {
-        "token_size": token_size,
-        "mode": mode,
-        "include": list(include) if include is not None else None,
-        "exclude": list(exclude),
-        "buffers": list(buffers),
-    }
-
-
 def _meta_module(arch: dict[str, Any] | None) -> torch.nn.Module | None:
     """The architecture on the meta device (no memory, no init) for module-aware layer types."""
     if not arch:
@@ -377,26 +365,23 @@ def _meta_module(arch: dict[str, Any] | None) -> torch.nn.Module | None:
         return None
 
 
-def _open_for_update(out: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], list[StoreRecord]]:
-    """Existing index data and records of ``out`` (or empty ones), refusing incompatible directories."""
+def _open_for_update(out: Path, settings: TokenizerSettings) -> list[StoreRecord]:
+    """Existing records of ``out`` (or none), refusing incompatible directories."""
     if out.exists() and not out.is_dir():
         raise GeosaneError(f"token store path {out} exists and is not a directory")
     if (out / "index.json").is_file():
         store = TokenStore(out)
-        old = {k: store.settings.get(k) for k in settings}
-        if old != settings:
-            changed = ", ".join(
-                f"{k}={old[k]!r} (now {settings[k]!r})" for k in settings if old[k] != settings[k]
-            )
+        if store.tokenizer != settings:
             raise GeosaneError(
-                f"token store {out} was built with other tokenizer settings: {changed}; "
+                f"token store {out} was built with other tokenizer settings: "
+                f"{', '.join(store.tokenizer.differences(settings))}; "
                 "use a new out directory or the same settings",
                 flags={"a new out directory": "a new --out directory"},
             )
-        return store.settings, store.records
+        return store.records
     _refuse_foreign(out)
-    _write_index(out, settings, [])  # other tokenize runs into this directory now see a store
-    return settings, []
+    write_store_index(out, settings, [])  # other tokenize runs into this directory now see a store
+    return []
 
 
 def _refuse_foreign(out: Path) -> None:
@@ -412,10 +397,14 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
-def _write_index(out: Path, header: dict[str, Any], records: Sequence[StoreRecord]) -> None:
-    write_json(
-        out / "index.json",
-        {"format": STORE_FORMAT, "version": STORE_VERSION, **header, "models": [asdict(r) for r in records]},
+def write_store_index(
+    out: str | os.PathLike[str], settings: TokenizerSettings, records: Sequence[StoreRecord]
+) -> Path:
+    """Atomically write ``out/index.json`` for token files already in ``out``: the one writer of the
+    index layout (``{"format", "version", <settings>, "models": [record, ...]}``)."""
+    return write_json(
+        Path(out) / "index.json",
+        {"format": STORE_FORMAT, "version": STORE_VERSION, **settings.to_dict(), "models": [asdict(r) for r in records]},
     )
 
 
@@ -449,10 +438,11 @@ def tokenize_zoo(
     """
     from geosane.zoo import Zoo
 
-    _check_settings(token_size, mode)
+    settings = TokenizerSettings(
+        token_size, mode, tuple(include) if include is not None else None, tuple(exclude), tuple(buffers)
+    )
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
     out = Path(out).expanduser()
-    settings = _settings(token_size, mode, include, exclude, buffers)
     if len(zoo) == 0:
         raise GeosaneError(f"zoo {zoo.path} has no models; nothing to tokenize")
     missing = [e for e in zoo if not zoo.weights_path(e).is_file()]
@@ -468,7 +458,7 @@ def tokenize_zoo(
         console.print(f"[yellow]skipping '{entry.id}': missing file {entry.file}[/]")
     _refuse_foreign(out)  # before the lock file is created
     with locked(out / "index.json"):
-        header, old_records = _open_for_update(out, settings)
+        old_records = _open_for_update(out, settings)
     records = {r.id: r for r in old_records}
     todo = [e for e in zoo if e not in missing]
     finished: set[str] = set()  # already tokenized from the same zoo weights, token file intact
@@ -495,7 +485,7 @@ def tokenize_zoo(
         with locked(out / "index.json"):
             current = {r.id: r for r in TokenStore(out, check_hashes=False).records}
             current[record.id] = record
-            _write_index(out, header, list(current.values()))
+            write_store_index(out, settings, list(current.values()))
 
     done = skipped = 0
     with make_progress() as progress:
@@ -515,16 +505,7 @@ def tokenize_zoo(
             state_dict = zoo.load_state_dict(entry.id)
             module = _meta_module(entry.arch) if use_architecture else None
             try:
-                tm = tokenize(
-                    state_dict,
-                    token_size,
-                    mode,  # type: ignore[arg-type]
-                    include=include,
-                    exclude=exclude,
-                    buffers=buffers,
-                    module=module,
-                    allow_nonfinite=allow_nonfinite,
-                )
+                tm = tokenize(state_dict, **settings.tokenize_kwargs(), module=module, allow_nonfinite=allow_nonfinite)
             except TokenizerError as exc:
                 raise TokenizerError(f"model '{entry.id}': {exc}", flags=exc.flags) from None
             save_tokenized(tm, path, model_id=entry.id)

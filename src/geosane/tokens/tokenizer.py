@@ -34,8 +34,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from geosane.errors import GeosaneError, cli_flags
+from geosane.errors import cli_flags
 from geosane.tokens.layer_types import LayerType, infer_layer_type, is_embedding_name, module_layer_types
+from geosane.tokens.settings import (
+    DEFAULT_BUFFER_PATTERNS,
+    DEFAULT_TOKEN_SIZE,
+    MODES,
+    TokenizerError,
+    _check_settings,
+)
 
 __all__ = [
     "DEFAULT_BUFFER_PATTERNS",
@@ -51,20 +58,12 @@ __all__ = [
 
 Mode = Literal["dense", "row"]
 Kind = Literal["tokenized", "carried", "tied"]
-MODES: tuple[str, ...] = ("dense", "row")
-DEFAULT_TOKEN_SIZE = 230
 # dtypes whose every value float32 holds exactly (so the round trip through tokens is bitwise exact)
 TOKEN_DTYPES: dict[torch.dtype, str] = {
     torch.float32: "float32",
     torch.float16: "float16",
     torch.bfloat16: "bfloat16",
 }
-# non-learnable tensors of a bare state dict (with a module, its registered buffers are used instead)
-DEFAULT_BUFFER_PATTERNS: tuple[str, ...] = ("*running_mean", "*running_var", "*num_batches_tracked")
-
-
-class TokenizerError(GeosaneError):
-    """The state dict, the tokens or the tokenizer settings are unusable."""
 
 
 @dataclass(frozen=True)
@@ -304,13 +303,6 @@ def _zero_padding(segment: torch.Tensor, rows: int, width: int, mode: str) -> No
         segment.view(-1)[rows * width :].zero_()
     else:
         segment.view(rows, -1)[:, width:].zero_()
-
-
-def _check_settings(token_size: object, mode: object) -> None:
-    if isinstance(token_size, bool) or not isinstance(token_size, int) or token_size <= 0:
-        raise TokenizerError(f"token_size must be a positive integer, got {token_size!r}")
-    if mode not in MODES:
-        raise TokenizerError(f"unknown tokenization mode {mode!r} (choose from {', '.join(MODES)})")
 
 
 def _nonfinite_error(name: str, t: torch.Tensor) -> TokenizerError:
