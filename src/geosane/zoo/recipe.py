@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from geosane.arch.spec import ArchSpec, arch_family
 from geosane.config import PACKAGED_CONFIGS, compose, from_dict, merge, parse_overrides, to_dict
 from geosane.errors import ConfigError
-from geosane.zoo.sources import ArchSpec, arch_family
 
 __all__ = [
     "ArchChoice",
