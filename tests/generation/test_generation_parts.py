@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from geosane.arch import adapt_stem
 from geosane.errors import GeosaneError
 from geosane.generation.batchnorm import recalibrate_batchnorm
 from geosane.generation.kde import sample_latents
 from geosane.generation.proxy import knn_accuracy, linear_probe_accuracy
-from geosane.generation.stem import adapt_stem
 from geosane.zoo import resolve
 
 

@@ -24,7 +24,7 @@ from geosane.analysis.layers import Pooling
 from geosane.errors import SourceError
 from geosane.io import read_json, sha256_tensors
 from geosane.tasks import backbone_with_weights
-from geosane.zoo import ArchSpec, LoadedModel, Zoo, build_architecture, resolve
+from geosane.zoo import ArchSpec, LoadedModel, build_architecture, load_zoo_source, resolve
 
 __all__ = ["Backbone", "ModelSpec", "input_check", "load_backbone"]
 
@@ -115,10 +115,7 @@ def _resolve(spec: ModelSpec) -> LoadedModel:
 
 def _load_from_zoo(source: str) -> LoadedModel:
     """``zoo:DIR#ID`` through :class:`geosane.zoo.Zoo` when ``resolve`` has no ``zoo:`` scheme."""
-    path, sep, model_id = source.removeprefix("zoo:").rpartition("#")
-    if not sep or not path or not model_id:
-        raise SourceError(f"zoo source '{source}' must look like zoo:ZOO_DIR#MODEL_ID")
-    return Zoo(path).load(model_id)
+    return load_zoo_source(source)
 
 
 def load_backbone(spec: ModelSpec) -> Backbone:

@@ -191,8 +191,9 @@ def build_permuted_variants(
     the original's (same positions and masks: a permutation only moves values inside tensors).
     Reused when ``out/cache.json`` records the same source files, ``count`` and ``seed``.
     """
+    from geosane.arch.meta import empty_architecture
+    from geosane.arch.spec import ArchSpec
     from geosane.tokens import detokenize, tokenize
-    from geosane.zoo import ArchSpec, build_architecture
 
     out = Path(out).expanduser()
     wanted = {
@@ -218,8 +219,7 @@ def build_permuted_variants(
         for index, model_id in enumerate(models):
             progress.update(task, status=model_id)
             record = store.record(model_id)
-            with torch.device("meta"):
-                module = build_architecture(ArchSpec.from_dict(record.arch or {}))
+            module = empty_architecture(ArchSpec.from_dict(record.arch or {}), cpu_fallback=False)
             groups = find_permutation_groups(module)
             original = store.load(model_id)
             state = detokenize(original)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from geosane.arch.spec import ArchSpec, same_architecture
 from geosane.downstream.merges import is_running_stat
 from geosane.errors import GeosaneError
-from geosane.zoo import ArchSpec, Zoo, ZooEntry
+from geosane.zoo import Zoo, ZooEntry
 
 __all__ = [
     "NotApplicable",
@@ -102,8 +103,6 @@ def matched_noise(
 
 
 def _members_of(zoo: Zoo, arch: ArchSpec, exclude: Iterable[str] = ()) -> list[ZooEntry]:
-    from geosane.downstream.inits import same_architecture
-
     skip = set(exclude)
     return [
         e
@@ -148,9 +147,9 @@ def head_keys(arch: ArchSpec) -> set[str]:
 
 def _template(arch: ArchSpec) -> tuple[dict[str, torch.Size], set[str]]:
     """Shapes of every tensor of ``arch`` and its head's keys (one meta-device build)."""
+    from geosane.arch.libraries import arch_library
+    from geosane.arch.meta import empty_architecture
     from geosane.tasks.models import _head_names
-    from geosane.zoo.libraries import arch_library
-    from geosane.zoo.sources import empty_architecture
 
     model = empty_architecture(arch)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -206,8 +205,6 @@ def larger_member(zoo: Zoo, arch: ArchSpec, exclude: Iterable[str] = ()) -> Weig
 
     Same library and model name (layer names must match); ties: the best recorded accuracy.
     """
-    from geosane.downstream.inits import same_architecture
-
     template, head = _template(arch)
     skip = set(exclude)
     candidates = []
@@ -243,8 +240,8 @@ def _unit_order(weights: Mapping[str, torch.Tensor], group: object) -> torch.Ten
 
 def prune_to(arch: ArchSpec, larger_arch: ArchSpec, larger: Mapping[str, torch.Tensor]) -> StateDict:
     """Structured magnitude pruning of the larger model down to ``arch`` (see the module doc)."""
+    from geosane.arch.meta import empty_architecture
     from geosane.autoencoder.permutation import find_permutation_groups, permute_state_dict
-    from geosane.zoo.sources import empty_architecture
 
     groups = find_permutation_groups(empty_architecture(larger_arch))
     if not groups:

@@ -111,7 +111,7 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
     state_dict = init.state_dict
     arch = init.arch
     if state_dict is not None:
-        from geosane.generation.stem import adapt_stem
+        from geosane.arch.stem import adapt_stem
 
         loaded = LoadedModel(init.source, state_dict, arch)
         with contextlib.suppress(GeosaneError):  # no stem record: weights load as they are

@@ -34,13 +34,14 @@ from typing import Any
 
 import torch
 
+from geosane.arch.spec import ArchSpec, LoadedModel, same_architecture
 from geosane.downstream.config import ArchConfig, ZooInitConfig
 from geosane.downstream.controls import NotApplicable
 from geosane.downstream.merges import average_merge, dare_merge, ties_merge
 from geosane.errors import GeosaneError, SourceError
 from geosane.generation.card import CARD_FORMAT, MODEL_CARD, ModelCard
 from geosane.io import read_json, sha256_tensors
-from geosane.zoo import ArchSpec, LoadedModel, Zoo, ZooEntry, load_weights_file, resolve
+from geosane.zoo import Zoo, ZooEntry, load_weights_file, load_zoo_source, resolve, split_zoo_source
 
 __all__ = [
     "CARD_FORMAT",
@@ -56,16 +57,6 @@ __all__ = [
     "zoo_initializations",
 ]
 
-# kwargs that do not change the backbone: heads are re-initialised and stems adapted per task
-_TASK_KWARGS = (
-    "num_classes",
-    "in_chans",
-    "global_pool",
-    "drop_rate",
-    "drop_path_rate",
-    "classes",
-    "in_channels",
-)
 
 
 @dataclass
@@ -162,15 +153,6 @@ def arch_from_config(arch: ArchConfig) -> ArchSpec | None:
     return ArchSpec(arch.library, arch.name, dict(arch.kwargs)) if arch.name else None
 
 
-def same_architecture(a: ArchSpec, b: ArchSpec) -> bool:
-    """Same library, model name and backbone kwargs (head size, band count and dropout may differ)."""
-
-    def core(spec: ArchSpec) -> dict[str, Any]:
-        return {k: v for k, v in spec.kwargs.items() if k not in _TASK_KWARGS}
-
-    return a.library == b.library and a.name == b.name and core(a) == core(b)
-
-
 def read_generated_dir(path: str | Path) -> GeneratedDir:
     """Parse and validate ``DIR/model_card.json`` (:meth:`ModelCard.from_dict`) and check every
     candidate file exists."""
@@ -202,13 +184,6 @@ def read_generated_dir(path: str | Path) -> GeneratedDir:
     )
 
 
-def _load_zoo_entry(source: str) -> LoadedModel:
-    location, sep, model_id = source.removeprefix("zoo:").rpartition("#")
-    if not sep or not location or not model_id:
-        raise SourceError(f"zoo source must look like zoo:ZOO_DIR#MODEL_ID, got '{source}'")
-    return Zoo(location).load(model_id)
-
-
 def load_source(source: str, arch: ArchSpec | None = None) -> LoadedModel:
     """Resolve ``source`` (zoo scheme, generated output, model file, ``timm:``...) with its architecture.
 
@@ -217,7 +192,7 @@ def load_source(source: str, arch: ArchSpec | None = None) -> LoadedModel:
     """
     path = Path(source).expanduser()
     if source.startswith("zoo:"):
-        loaded = _load_zoo_entry(source)
+        loaded = load_zoo_source(source)
     elif path.is_dir() and (path / MODEL_CARD).is_file():
         generated = read_generated_dir(path)
         best = generated.candidates[0]
@@ -253,8 +228,9 @@ def _base_id(value: str, zoo: Zoo) -> str | None:
     """The zoo id an ``init_from`` value names, if it names a model of this zoo."""
     if value in zoo.ids:
         return value
-    if value.startswith("zoo:") and "#" in value:
-        location, _, model_id = value.removeprefix("zoo:").rpartition("#")
+    parsed = split_zoo_source(value)
+    if parsed is not None:
+        location, model_id = parsed
         same_zoo = Path(location).expanduser().resolve() == zoo.path.resolve()
         if same_zoo and model_id in zoo.ids:
             return model_id

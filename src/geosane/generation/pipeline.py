@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from geosane import __version__
+from geosane.arch.libraries import arch_library
+from geosane.arch.spec import ArchSpec, LoadedModel
+from geosane.arch.stem import adapt_stem
 from geosane.console import console, make_progress
 from geosane.data import (
     Normalization,
@@ -40,7 +43,6 @@ from geosane.generation.card import MODEL_CARD, CardCandidate, ModelCard, write_
 from geosane.generation.config import GenerateConfig, generation_inputs, validate_config
 from geosane.generation.kde import latent_scale, sample_latents
 from geosane.generation.proxy import proxy_score
-from geosane.generation.stem import adapt_stem
 from geosane.io import (
     atomic_directory,
     check_out_dir,
@@ -50,8 +52,7 @@ from geosane.io import (
     write_json,
 )
 from geosane.tokens.settings import TokenizerSettings
-from geosane.zoo.libraries import arch_library
-from geosane.zoo.sources import ArchSpec, LoadedModel, resolve
+from geosane.zoo.sources import resolve
 
 __all__ = ["GenerateConfig", "GenerationResult", "generate", "prepare_prompt"]
 
@@ -238,10 +239,10 @@ def _aligned_tokens(
     tm: Any, record: Any, prompt: LoadedModel, groups: list[Any], tokenizer: TokenizerSettings
 ) -> tuple[Any, dict[str, float]]:
     """``tm`` (a zoo model's tokens) with its units reordered to the prompt's (:mod:`.align`)."""
+    from geosane.arch.meta import empty_architecture
     from geosane.autoencoder.permutation import permute_state_dict
     from geosane.generation.align import weight_matching
     from geosane.tokens import detokenize
-    from geosane.zoo.sources import empty_architecture
 
     weights = detokenize(tm)
     perms, info = weight_matching(prompt.state_dict, weights, groups)

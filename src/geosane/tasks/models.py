@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from timm.models._features import FeatureGetterNet
 from torch import nn
 
+from geosane.arch.libraries import arch_library
+from geosane.arch.spec import ArchSpec, LoadedModel, build_architecture
 from geosane.errors import GeosaneError, SourceError
 from geosane.tasks.heads import DECODERS, build_decoder
-from geosane.zoo.libraries import arch_library
-from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture
 
 __all__ = ["SegmentationModel", "TaskKind", "backbone_with_weights", "build_classifier", "build_segmenter"]
 

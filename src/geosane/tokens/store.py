@@ -356,11 +356,11 @@ def _meta_module(arch: dict[str, Any] | None) -> torch.nn.Module | None:
     """The architecture on the meta device (no memory, no init) for module-aware layer types."""
     if not arch:
         return None
-    from geosane.zoo import ArchSpec, build_architecture
+    from geosane.arch.meta import empty_architecture
+    from geosane.arch.spec import ArchSpec
 
     try:
-        with torch.device("meta"):
-            return build_architecture(ArchSpec.from_dict(arch))
+        return empty_architecture(ArchSpec.from_dict(arch), cpu_fallback=False)
     except Exception:  # optional refinement only: names and shapes decide when the build fails
         return None
 

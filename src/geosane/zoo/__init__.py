@@ -21,7 +21,15 @@ if TYPE_CHECKING:
         record_trained_on,
     )
     from geosane.zoo.recipe import ZooRecipe, load_recipe
-    from geosane.zoo.sources import ArchSpec, LoadedModel, build_architecture, load_weights_file, resolve
+    from geosane.zoo.sources import (
+        ArchSpec,
+        LoadedModel,
+        build_architecture,
+        load_weights_file,
+        load_zoo_source,
+        resolve,
+        split_zoo_source,
+    )
 
 _EXPORTS = {
     "build": ("BuildPlan", "build_zoo", "prepare_build"),
@@ -35,7 +43,15 @@ _EXPORTS = {
         "record_trained_on",
     ),
     "recipe": ("ZooRecipe", "load_recipe"),
-    "sources": ("ArchSpec", "LoadedModel", "build_architecture", "load_weights_file", "resolve"),
+    "sources": (
+        "ArchSpec",
+        "LoadedModel",
+        "build_architecture",
+        "load_weights_file",
+        "load_zoo_source",
+        "resolve",
+        "split_zoo_source",
+    ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -53,10 +69,12 @@ __all__ = [
     "image_digest",
     "load_recipe",
     "load_weights_file",
+    "load_zoo_source",
     "members_seeing",
     "prepare_build",
     "read_image_list",
     "record_trained_on",
     "resolve",
+    "split_zoo_source",
     "verify_zoo",
 ]

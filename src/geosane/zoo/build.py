@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 
+from geosane.arch.spec import LoadedModel, build_architecture
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.errors import ConfigError, GeosaneError
+from geosane.zoo.formats import first_nonfinite
 from geosane.zoo.manifest import Zoo, ZooEntry, _slug
 from geosane.zoo.provenance import ZOO_BUILD_SPLITS, record_trained_on
 from geosane.zoo.recipe import PlannedMember, ZooRecipe, load_recipe, plan_members
-from geosane.zoo.sources import LoadedModel, build_architecture, first_nonfinite
 
 __all__ = ["BuildPlan", "build_zoo", "prepare_build"]
 

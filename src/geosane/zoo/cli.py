@@ -13,7 +13,7 @@ from geosane.console import console
 from geosane.errors import GeosaneError
 
 if TYPE_CHECKING:
-    from geosane.zoo.sources import LoadedModel
+    from geosane.arch.spec import LoadedModel
 
 __all__ = ["register"]
 
@@ -136,8 +136,9 @@ def add(
     An ONNX file is rebuilt in PyTorch (an smp architecture named by its JSON sidecar, else a
     converted graph) and checked against onnxruntime before it is added; the row records the figure.
     """
+    from geosane.arch.spec import parse_arch
     from geosane.zoo.manifest import Zoo, check_zoo_target
-    from geosane.zoo.sources import parse_arch, resolve
+    from geosane.zoo.sources import resolve
 
     if model_id is not None and len(sources) > 1:
         raise GeosaneError("--id names one model; give one source per `zoo add` when using it")

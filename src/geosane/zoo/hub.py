@@ -26,7 +26,7 @@ def search_hub(query: str, tags: Sequence[str] = (), limit: int = 20) -> list[di
     from huggingface_hub import HfApi, constants
     from huggingface_hub.utils import logging as hf_logging
 
-    from geosane.zoo.sources import network_errors
+    from geosane.zoo.schemes.hf import network_errors
 
     if constants.HF_HUB_OFFLINE:
         raise GeosaneError("cannot search the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE=1)")

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from geosane.arch.spec import ArchSpec, LoadedModel, arch_family
 from geosane.errors import GeosaneError, SourceError
 from geosane.io import (
     contained_path,
@@ -35,8 +36,7 @@ from geosane.io import (
     sha256_tensors,
     write_json,
 )
-from geosane.zoo.formats import KEY_ORDER_METADATA, first_nonfinite
-from geosane.zoo.sources import ArchSpec, LoadedModel, arch_family, load_weights_file
+from geosane.zoo.formats import KEY_ORDER_METADATA, first_nonfinite, load_weights_file
 
 __all__ = ["MANIFEST_FORMAT", "Zoo", "ZooEntry", "check_zoo_target", "content_sha256", "verify_zoo"]
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from geosane.arch.spec import ArchSpec, arch_family
 from geosane.config import compose, find_config, from_dict, merge, parse_overrides, to_dict
 from geosane.errors import ConfigError
 from geosane.tasks.config import TrainingBudget
-from geosane.zoo.sources import ArchSpec, arch_family
 
 __all__ = [
     "ArchChoice",
