@@ -12,7 +12,7 @@ line and exit status 130.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -38,7 +38,10 @@ class ResumableRandomness(Callback):
         self.generators = generators
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+        # legacy=True gives the tuple for the global MT19937 (numpy's stub also allows the dict form)
+        kind, keys, pos, has_gauss, cached = cast(
+            "tuple[str, np.ndarray[Any, Any], int, int, float]", np.random.get_state(legacy=True)
+        )
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
