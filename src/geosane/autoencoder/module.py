@@ -21,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 import torchmetrics
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.data import _mix
@@ -195,7 +196,7 @@ class AutoencoderModule(L.LightningModule):
         self.log("val/r2", self.val_r2, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/rec", self.val_rec, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer, scheduler = make_optimizer(self.model, self.config, self.decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -127,7 +128,7 @@ class DifuserModule(TaskModule):
         if self.best_path is not None and self.best_path.is_file():
             self.best_state = load_file(str(self.best_path))
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = super().configure_optimizers()
         fuser = self.model.fuser
         if isinstance(fuser, MoEFuser):  # warm-up counts optimizer steps, never eval passes

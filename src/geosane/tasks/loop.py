@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from rich.progress import Progress, TaskID
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -236,7 +237,7 @@ class TaskModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(row) for row in checkpoint.get("geosane_history", [])]
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         backbone, head = _backbone_and_head(self.model)
         groups = [
             {"params": [p for p in head if p.requires_grad], "lr": self.config.lr},
