@@ -59,6 +59,8 @@ class DifuserModule(TaskModule):
     honours ``ignore_index``, logs the selection metric for early stopping and counts MoE warm-up
     in optimizer steps."""
 
+    model: DifuserModel  # TaskModule keeps the model it was given
+
     def __init__(
         self,
         model: DifuserModel,
