@@ -601,7 +601,7 @@ def _torchgeo_weights(name: str) -> Any:
         enum_name = name.split(".")[0]
         from torchgeo.models import get_model_weights, list_models
 
-        enums = []
+        enums: list[str] = []
         for model_name in list_models():
             try:
                 enums.extend(str(w) for w in get_model_weights(model_name))
