@@ -193,6 +193,7 @@ def read_generated_dir(path: str | Path) -> GeneratedDir:
         problems.append("'candidates' must be a non-empty list")
     if problems:
         raise GeosaneError(f"{card_path}: " + "; ".join(problems))
+    assert isinstance(arch, dict) and isinstance(candidates, list)  # checked above
     parsed = []
     for i, row in enumerate(candidates):
         if not isinstance(row, dict) or "file" not in row or "rank" not in row:
@@ -312,7 +313,7 @@ def _select_members(
         ]
         how = f"every {arch.name} model of the zoo" + (f" except {config.exclude}" if config.exclude else "")
     if base is None:
-        recorded = [e.metadata.get("init_from") for e in members if e.metadata.get("init_from")]
+        recorded = [e.metadata["init_from"] for e in members if e.metadata.get("init_from")]
         if recorded:
             base, _ = Counter(recorded).most_common(1)[0]
             base_id = _base_id(base, zoo)
