@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -154,6 +154,7 @@ def prepare_prompt(
         )
     if in_chans is not None:
         prompt = adapt_stem(prompt, in_chans)
+    assert prompt.arch is not None  # adapt_stem keeps the architecture
     library = arch_library(prompt.arch.library)
     try:
         if num_classes is None:
@@ -226,9 +227,10 @@ def _tokenize_like_store(
 ) -> Any:
     """Tokens of ``state_dict`` with the settings of the store the autoencoder was trained on."""
     from geosane.tokens import DEFAULT_BUFFER_PATTERNS, tokenize
+    from geosane.tokens.tokenizer import Mode
 
-    return tokenize(
-        state_dict, token_size=token_size, mode=mode, include=tokenizer.get("include"),
+    return tokenize(  # tokenize checks the recorded mode
+        state_dict, token_size=token_size, mode=cast(Mode, mode), include=tokenizer.get("include"),
         exclude=tokenizer.get("exclude") or (), buffers=tokenizer.get("buffers") or DEFAULT_BUFFER_PATTERNS,
         module=module,
     )  # fmt: skip
@@ -267,6 +269,7 @@ def _nearest_anchors(
     from geosane.autoencoder import encode_sequence
     from geosane.tokens import TokenStore
 
+    assert cfg.store is not None  # validate_config: anchors need a store
     store = TokenStore(cfg.store)
     if store.token_size != prompt_tm.token_size or store.mode != prompt_tm.mode:
         raise GeosaneError(
@@ -382,8 +385,8 @@ def _bn_batches(select: TensorImageDataset | None, cfg: GenerateConfig) -> list[
     is stored in class order); built once and shared by every candidate and the prompt."""
     if select is None or cfg.bn_batches == 0:
         return []
-    order = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
-    order = order[: cfg.bn_batches * cfg.batch_size].tolist()
+    perm = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
+    order = perm[: cfg.bn_batches * cfg.batch_size].tolist()
     return [
         torch.stack([select[i][0] for i in order[start : start + cfg.batch_size]])
         for start in range(0, len(order), cfg.batch_size)
@@ -436,6 +439,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     with torch.random.fork_rng():  # a random-init prompt or a new head: reproducible under --seed
         torch.manual_seed(cfg.seed)
         prompt = prepare_prompt(cfg.prompt, num_classes, cfg.in_chans, cfg.random_init)
+    assert prompt.arch is not None  # prepare_prompt raises without one
     in_chans = int(prompt.info.get("in_chans") or 3)
     if select_images is not None and select_images.num_bands != in_chans:
         raise DataError(
