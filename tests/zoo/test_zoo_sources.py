@@ -393,7 +393,7 @@ def test_nonfinite_tensor_is_named_unless_allowed(tmp_path):
     save_file(sd, str(path))
     with pytest.raises(
         SourceError,
-        match=r"tensor '(layer2\.0\.conv1\.weight|fc\.bias)' holds NaN/Inf values \(1 of \d+\); pass --allow-nonfinite",
+        match=r"tensor '(layer2\.0\.conv1\.weight|fc\.bias)' holds NaN/Inf values \(1 of \d+\); pass allow_nonfinite=True",
     ):
         resolve(str(path))
     loaded = resolve(str(path), allow_nonfinite=True)
@@ -424,7 +424,7 @@ def test_check_fits_reports_shape_mismatch():
 def test_timm_pretrained_offline_is_refused_without_random_init(offline_hub):
     with pytest.raises(
         SourceError,
-        match=r"pretrained weights for timm:resnet18\.a1_in1k could not be fetched .*--random-init",
+        match=r"pretrained weights for timm:resnet18\.a1_in1k could not be fetched .*random_init=True",
     ):
         resolve("timm:resnet18.a1_in1k")
     loaded = resolve("timm:resnet18.a1_in1k", random_init=True, in_chans=4, num_classes=3)

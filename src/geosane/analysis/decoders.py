@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, load_analysis_data
@@ -29,7 +30,7 @@ from geosane.console import console
 from geosane.data import TensorImageDataset
 from geosane.errors import ConfigError, GeosaneError
 from geosane.io import claim_out_dir, read_json, write_json, write_text
-from geosane.tasks import SegmentationModel, build_segmenter, evaluate, fit
+from geosane.tasks import build_segmenter, evaluate, fit
 
 __all__ = ["DecoderResult", "decoder_table", "run_decoders"]
 
@@ -49,7 +50,7 @@ class DecoderResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _segmenter(cfg: ProbeConfig, backbone: Backbone, decoder: str, num_classes: int) -> SegmentationModel:
+def _segmenter(cfg: ProbeConfig, backbone: Backbone, decoder: str, num_classes: int) -> nn.Module:
     out_indices = tuple(cfg.decoders.out_indices) if cfg.decoders.out_indices else 4
     try:
         return build_segmenter(

@@ -270,10 +270,11 @@ def _fit_linear(
         y_train = y
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        norm: nn.Module = nn.BatchNorm2d(dim, affine=False) if spatial else nn.BatchNorm1d(dim, affine=False)
-        head: nn.Module = nn.Conv2d(dim, outputs, 1) if spatial else nn.Linear(dim, outputs)
+        norm: nn.BatchNorm1d | nn.BatchNorm2d = nn.BatchNorm2d(dim, affine=False) if spatial else nn.BatchNorm1d(dim, affine=False)
+        head: nn.Conv2d | nn.Linear = nn.Conv2d(dim, outputs, 1) if spatial else nn.Linear(dim, outputs)
         nn.init.trunc_normal_(head.weight, std=0.01)  # MAE's probe init
-        nn.init.zeros_(head.bias)  # type: ignore[arg-type]
+        assert head.bias is not None  # built with bias=True
+        nn.init.zeros_(head.bias)
         probe = nn.Sequential(norm, head)
     params = list(head.parameters())
     lr = config.lr
@@ -307,12 +308,13 @@ def _fit_linear(
             optimizer.step()
             scheduler.step()
     weight = head.weight.detach().to(torch.float64).reshape(outputs, dim).T
-    bias = head.bias.detach().to(torch.float64)  # type: ignore[union-attr]
+    assert head.bias is not None and norm.running_mean is not None and norm.running_var is not None
+    bias = head.bias.detach().to(torch.float64)
     if task == "regression":
         weight, bias = weight * y_std, bias * y_std + y_mean
-    mean = norm.running_mean.detach().to(torch.float64)  # type: ignore[union-attr]
-    var = norm.running_var.detach().to(torch.float64)  # type: ignore[union-attr]
-    std = torch.sqrt(var + norm.eps)  # type: ignore[operator]
+    mean = norm.running_mean.detach().to(torch.float64)
+    var = norm.running_var.detach().to(torch.float64)
+    std = torch.sqrt(var + norm.eps)
     weight[var < 1e-8] = 0.0  # channels constant in training (dead units) carry nothing; ignore them later
     readout = Readout(mean, std, weight, bias)
     return ProbeFit(readout, score_readout(readout, task, *select, num_classes))

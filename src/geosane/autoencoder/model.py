@@ -172,6 +172,8 @@ class Transformer(nn.Module):
 class WeightAutoencoder(nn.Module):
     """Sequence autoencoder over weight tokens with a per-token latent (see module docstring)."""
 
+    token_scale: torch.Tensor  # the buffer registered in __init__
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         # d_t unset: built without a token store (training resolves d_t from its store before this)

@@ -15,12 +15,14 @@ optimizer and scheduler states are in every checkpoint.
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 import torchmetrics
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.data import _mix
@@ -34,7 +36,8 @@ CHECKPOINT_FORMAT = "geosane-autoencoder-checkpoint"
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states (torch CPU/CUDA, numpy, random) as tensors and plain Python values."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy tuple for the global MT19937 (numpy's stub also allows the dict form)
+    _, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray[Any, Any], int, int, float]", np.random.get_state())
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -109,6 +112,8 @@ def make_optimizer(
 class AutoencoderModule(L.LightningModule):
     """Trains a :class:`WeightAutoencoder` on window batches (``docs/architecture.md`` item format)."""
 
+    _forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # self.model, or its compiled wrapper
+
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         self.config = config
@@ -155,7 +160,8 @@ class AutoencoderModule(L.LightningModule):
             )
             if contrastive:
                 proj = self.model.project(z, valid_all)
-                con = nt_xent(*proj.float().chunk(2), temperature=cfg.loss.temperature)
+                proj_a, proj_b = proj.float().chunk(2)
+                con = nt_xent(proj_a, proj_b, temperature=cfg.loss.temperature)
             else:
                 con = rec.new_zeros(())
         loss = cfg.loss.gamma * con + (1.0 - cfg.loss.gamma) * rec
@@ -195,7 +201,7 @@ class AutoencoderModule(L.LightningModule):
         self.log("val/r2", self.val_r2, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/rec", self.val_rec, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer, scheduler = make_optimizer(self.model, self.config, self.decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

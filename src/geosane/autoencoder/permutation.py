@@ -25,7 +25,9 @@ when a channel-wise module on its path is of an unknown kind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -99,7 +101,7 @@ def _is_depthwise(conv: nn.Module, channels: int) -> bool:
 
 
 def _out_channels(layer: nn.Module) -> int:
-    return int(layer.weight.shape[0])
+    return int(cast(torch.Tensor, layer.weight).shape[0])
 
 
 class _Builder:
@@ -113,7 +115,9 @@ class _Builder:
         self.groups.append(PermutationGroup(name, size, members))
 
 
-def _se_path(prefix: str, se: nn.Module | None, size: int) -> list[Member] | None:
+# Block handlers take the timm block as ``Any``: its submodules are looked up by name, which
+# ``nn.Module.__getattr__`` would type as ``Tensor | Module``.
+def _se_path(prefix: str, se: Any, size: int) -> list[Member] | None:
     """Members of a squeeze-excitation module sitting on a hidden path of ``size`` channels."""
     if se is None or not list(se.parameters()):
         return []
@@ -125,7 +129,7 @@ def _se_path(prefix: str, se: nn.Module | None, size: int) -> list[Member] | Non
     return None
 
 
-def _se_internal(builder: _Builder, prefix: str, se: nn.Module) -> None:
+def _se_internal(builder: _Builder, prefix: str, se: Any) -> None:
     """The reduction units inside a squeeze-excitation module."""
     cls = type(se).__name__
     if cls == "SqueezeExcite" and hasattr(se, "conv_reduce"):
@@ -146,7 +150,7 @@ def _se_internal(builder: _Builder, prefix: str, se: nn.Module) -> None:
         )
 
 
-def _mlp(builder: _Builder, prefix: str, m: nn.Module) -> None:
+def _mlp(builder: _Builder, prefix: str, m: Any) -> None:
     cls = type(m).__name__
     if cls in {"Mlp", "ConvMlp", "GlobalResponseNormMlp"}:
         size = _out_channels(m.fc1)
@@ -183,7 +187,7 @@ def _mlp(builder: _Builder, prefix: str, m: nn.Module) -> None:
         )
 
 
-def _attention(builder: _Builder, prefix: str, m: nn.Module) -> None:
+def _attention(builder: _Builder, prefix: str, m: Any) -> None:
     """Heads of timm's ``Attention``: q, k and v rows of a head move together, and proj columns."""
     if getattr(m, "gate", None) is not None or not isinstance(getattr(m, "qkv", None), nn.Linear):
         return
@@ -204,7 +208,7 @@ def _attention(builder: _Builder, prefix: str, m: nn.Module) -> None:
     )
 
 
-def _resnet_block(builder: _Builder, prefix: str, m: nn.Module) -> None:
+def _resnet_block(builder: _Builder, prefix: str, m: Any) -> None:
     if m.conv2.groups != 1:
         return  # grouped (ResNeXt) convolutions tie channels to their group
     size = _out_channels(m.conv1)
@@ -230,7 +234,7 @@ def _resnet_block(builder: _Builder, prefix: str, m: nn.Module) -> None:
         )
 
 
-def _inverted_residual(builder: _Builder, prefix: str, m: nn.Module) -> None:
+def _inverted_residual(builder: _Builder, prefix: str, m: Any) -> None:
     """Expansion channels: conv_pw -> bn1 -> depthwise conv_dw -> bn2 -> (aa) -> SE -> conv_pwl."""
     if getattr(m, "conv_s2d", None) is not None or getattr(m.conv_pw, "groups", 1) != 1:
         return
@@ -251,7 +255,7 @@ def _inverted_residual(builder: _Builder, prefix: str, m: nn.Module) -> None:
     )
 
 
-def _edge_residual(builder: _Builder, prefix: str, m: nn.Module) -> None:
+def _edge_residual(builder: _Builder, prefix: str, m: Any) -> None:
     """EfficientNetV2 fused blocks: conv_exp -> bn1 -> (aa) -> SE -> conv_pwl."""
     if m.conv_exp.groups != 1:
         return
@@ -268,7 +272,7 @@ def _edge_residual(builder: _Builder, prefix: str, m: nn.Module) -> None:
     )
 
 
-def _universal_inverted_residual(builder: _Builder, prefix: str, m: nn.Module) -> None:
+def _universal_inverted_residual(builder: _Builder, prefix: str, m: Any) -> None:
     """MobileNetV4 UIR: pw_exp (conv+bn) -> optional depthwise dw_mid -> SE -> pw_proj."""
     exp, mid, proj = m.pw_exp, m.dw_mid, m.pw_proj
     if not all(hasattr(x, "conv") for x in (exp, proj)) or exp.conv.groups != 1:
@@ -291,7 +295,7 @@ def _universal_inverted_residual(builder: _Builder, prefix: str, m: nn.Module) -
     builder.add(f"{prefix}expansion", size, parts)
 
 
-def _handlers() -> dict[type, object]:
+def _handlers() -> dict[type, Callable[[_Builder, str, Any], None]]:
     """timm classes with a known hidden-unit structure (exact classes: names repeat across timm)."""
     import timm.layers as tl
     from timm.models import _efficientnet_blocks as eb
@@ -321,7 +325,7 @@ def find_permutation_groups(model: nn.Module) -> list[PermutationGroup]:
     for name, module in model.named_modules():
         handler = handlers.get(type(module))
         if handler is not None:
-            handler(builder, f"{name}." if name else "", module)  # type: ignore[operator]
+            handler(builder, f"{name}." if name else "", module)
     return builder.groups
 
 

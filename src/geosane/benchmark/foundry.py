@@ -397,7 +397,7 @@ def _teacher(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> dict[str, Any]:
     from geosane.zoo import Zoo
 
     zoo = Zoo(cfg.out / "zoo")
-    scores = {}
+    scores: dict[str, dict[str, Any]] = {}
     for entry in zoo:
         overrides = {**_target_overrides(cfg, parts), "init": f"zoo:{zoo.path.resolve()}#{entry.id}",
                      "train.seed": cfg.budget.seeds[0], "out": str(cfg.out / "teachers" / entry.id)}  # fmt: skip

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ def _hook_points(unet: nn.Module) -> list[tuple[LayerInfo, nn.Module, nn.Module 
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     points: list[tuple[LayerInfo, nn.Module, nn.Module | None]] = []
-    for level, block in enumerate(unet.up_blocks):
+    for level, block in enumerate(cast(nn.ModuleList, unet.up_blocks)):
         for r, resnet in enumerate(getattr(block, "resnets", None) or []):
             info = LayerInfo(f"up{level}_res{r}", f"up_blocks.{level}.resnets.{r}.conv2", "res", level)
             points.append((info, resnet.conv2, None))
@@ -163,8 +163,9 @@ class DiffusionBackbone(nn.Module):
         from diffusers import DDIMInverseScheduler, DDIMScheduler
 
         super().__init__()
-        self.unet = unet.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
+        # diffusers models: their config and blocks are read by attribute (Any, not nn.Module's Tensor | Module)
+        self.unet: Any = unet.eval().requires_grad_(False)
+        self.vae: Any = vae.eval().requires_grad_(False) if vae is not None else None
         self.config = config
         self.conditional = hasattr(unet.config, "cross_attention_dim") and "Condition" in type(unet).__name__
         with _quiet_diffusers():
@@ -201,7 +202,7 @@ class DiffusionBackbone(nn.Module):
             raise ConfigError("backbone.model_dir is not set (a diffusers model directory)")
         model_dir = Path(config.model_dir).expanduser()
         unet_dir, class_name = find_unet_dir(model_dir)
-        unet = load_unet(unet_dir, class_name)
+        unet: Any = load_unet(unet_dir, class_name)  # config read by attribute
         vae = None
         if (model_dir / "vae" / "config.json").is_file() and unet_dir != model_dir:
             vae = _from_pretrained(AutoencoderKL, model_dir / "vae")
@@ -447,7 +448,7 @@ def _conditioning_context(cond: ConditioningConfig, model_dir: Path, unet: nn.Mo
         return encoder(ids)[0].float()
 
 
-def _metadata_labels(cond: ConditioningConfig, unet: nn.Module) -> torch.Tensor | None:
+def _metadata_labels(cond: ConditioningConfig, unet: Any) -> torch.Tensor | None:
     """Metadata for the UNet's class embedding; all zeros (null metadata) when the UNet has one and none is given."""
     embed_type = getattr(unet.config, "class_embed_type", None)
     has_embedding = getattr(unet, "class_embedding", None) is not None

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -27,7 +26,7 @@ _OVERRIDES_HELP = "Config overrides key=value (e.g. fuser.name=moe train.epochs=
 class _DefaultTrainGroup(TyperGroup):
     """A command group where ``difuse CONFIG ...`` means ``difuse train CONFIG ...``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # a click.Context (newer typer vendors its own click)
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["train", *args]
         return super().parse_args(ctx, args)

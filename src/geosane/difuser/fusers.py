@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +198,8 @@ class GWFuser(Fuser):
         for k, ((_, group), x) in enumerate(zip(self.layout.streams(), projected, strict=True)):
             term = w[k] * x
             s = group.scale
-            outs[s] = term if outs[s] is None else outs[s] + term
+            prev = outs[s]
+            outs[s] = term if prev is None else prev + term
         return [o for o in outs if o is not None]
 
     def summary(self) -> dict[str, Any]:
@@ -279,6 +280,8 @@ class MoEFuser(Fuser):
     each step). Evaluation passes never change it.
     """
 
+    optimizer_steps: torch.Tensor  # the buffer registered in __init__
+
     def __init__(
         self,
         layout: StreamLayout,
@@ -346,7 +349,7 @@ class MoEFuser(Fuser):
 
     def _mix(self, scale: int, x: torch.Tensor, combine: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(x.shape[0], self.width, *x.shape[2:])
-        for e, expert in enumerate(self.experts[scale]):
+        for e, expert in enumerate(cast(nn.ModuleList, self.experts[scale])):
             rows = (combine[:, e] > 0).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue

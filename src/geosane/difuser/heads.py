@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,12 @@ class ClassificationHead(nn.Module):
 
     def forward(self, maps: Sequence[torch.Tensor], output_size: tuple[int, int] | None = None) -> torch.Tensor:
         size = maps[0].shape[-2:]
-        total = sum(
-            m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            for m in maps
+        total = cast(
+            torch.Tensor,
+            sum(
+                m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                for m in maps
+            ),
         )
         return self.linear(self.dropout(total.mean(dim=(2, 3))))
 

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
@@ -53,7 +54,7 @@ def build_ddpm_unet(config: PretrainConfig) -> nn.Module:
     levels = len(config.block_out_channels)
     down = tuple("AttnDownBlock2D" if i in config.attention_levels else "DownBlock2D" for i in range(levels))
     up = tuple(reversed(["AttnUpBlock2D" if i in config.attention_levels else "UpBlock2D" for i in range(levels)]))
-    return UNet2DModel(
+    return UNet2DModel(  # type: ignore[return-value]  # diffusers' types lose ModelMixin's nn.Module base
         sample_size=config.image_size,
         in_channels=3,
         out_channels=3,
@@ -79,14 +80,14 @@ def _noise_scheduler(config: PretrainConfig) -> Any:
     )
 
 
-def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | int], torch.Tensor]:
     """EMA update for ``AveragedModel`` with decay ``min(decay, (1 + n) / (10 + n))`` after n updates.
 
     The ramp (as in diffusers' ``EMAModel``) keeps a short run's average from being dominated by
     the random initial weights: with a fixed 0.999 decay, 1000 steps still weigh them by ~37%.
     """
 
-    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor | int) -> torch.Tensor:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         return averaged * d + current * (1.0 - d)
@@ -132,7 +133,7 @@ class DDPMModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update_parameters(self.unet)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.config.lr, weight_decay=0.0)
         warmup, total = self.config.warmup_steps, self.config.steps
 
@@ -269,7 +270,7 @@ def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResul
     ema_unet = module.ema.module.eval().cpu()
     model_dir = out / "model"
     with atomic_directory(model_dir) as tmp:
-        DDPMPipeline(unet=ema_unet, scheduler=_noise_scheduler(config)).save_pretrained(
+        DDPMPipeline(unet=ema_unet, scheduler=_noise_scheduler(config)).save_pretrained(  # type: ignore[attr-defined]
             str(tmp), safe_serialization=True
         )
     recent = module.losses[-100:]

@@ -47,7 +47,7 @@ def run_probe(cfg: DifuseConfig, max_iter: int = 2000) -> dict[str, Any]:
     pooled = _pooled_features(cache, int(data.images.shape[0]))
     labels = data.targets.numpy()
     train, select, test = (data.splits[k] for k in ("train", "select", "test"))
-    results = []
+    results: list[dict[str, Any]] = []
     start = time.perf_counter()
     for t in backbone.save_timesteps:
         for layer in backbone.layer_names:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -61,6 +62,8 @@ class DifuserModule(TaskModule):
     """``geosane.tasks.TaskModule`` for a :class:`DifuserModel`: adds the fuser's auxiliary loss,
     honours ``ignore_index``, logs the selection metric for early stopping and counts MoE warm-up
     in optimizer steps."""
+
+    model: DifuserModel  # TaskModule keeps the model it was given
 
     def __init__(
         self,
@@ -131,7 +134,7 @@ class DifuserModule(TaskModule):
         if self.best_path is not None and self.best_path.is_file():
             self.best_state = load_file(str(self.best_path))
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = super().configure_optimizers()
         fuser = self.model.fuser
         if isinstance(fuser, MoEFuser):  # warm-up counts optimizer steps, never eval passes

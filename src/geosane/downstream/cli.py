@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -251,7 +252,8 @@ def bench_finetune_command(
         metric = evaluate(model, task_data.task, task_data.num_classes, task_data.test)
         timings.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    images = cfg.train.epochs * len(task_data.train)
+    num_train = len(cast(Sized, task_data.train))
+    images = cfg.train.epochs * num_train
     record = {
         "arch": init.arch.name,
         "sizes": task_data.sizes(),
@@ -269,7 +271,7 @@ def bench_finetune_command(
         print(json.dumps(record, indent=2))
     else:
         console.print(
-            f"{init.arch.name} at {cfg.data.image_size}px, {cfg.train.epochs} epochs on {len(task_data.train)} images: "
+            f"{init.arch.name} at {cfg.data.image_size}px, {cfg.train.epochs} epochs on {num_train} images: "
             f"{min(timings):.1f} s per run (best of {repeats}; {min(cpu):.1f} s CPU; "
             f"{record['train_images_per_s']:.0f} train images/s, {torch.get_num_threads()} threads, "
             f"load average {record['load_average']:.1f}); data loading {load_s:.1f} s; {metric}"

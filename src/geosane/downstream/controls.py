@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from geosane.arch.spec import ArchSpec, same_architecture
 from geosane.downstream.merges import is_running_stat
 from geosane.errors import GeosaneError
 from geosane.zoo import Zoo, ZooEntry
+
+if TYPE_CHECKING:  # imported where used, as in the functions below
+    from geosane.autoencoder.permutation import PermutationGroup
 
 __all__ = [
     "NotApplicable",
@@ -225,14 +229,14 @@ def larger_member(zoo: Zoo, arch: ArchSpec, exclude: Iterable[str] = ()) -> Weig
     return WeightSource(entry, weights, f"{entry.id} ({num_params:,} parameters)")
 
 
-def _unit_order(weights: Mapping[str, torch.Tensor], group: object) -> torch.Tensor:
+def _unit_order(weights: Mapping[str, torch.Tensor], group: PermutationGroup) -> torch.Tensor:
     """Units of a permutation group, most important first (L1 norm of the producing filters)."""
-    member = group.members[0]  # type: ignore[attr-defined]
+    member = group.members[0]
     tensor = weights[member.key].float()
     axis = member.axis % tensor.ndim
     view = tensor.reshape(
         *tensor.shape[:axis], member.repeat, group.size, member.block, *tensor.shape[axis + 1 :]
-    )  # type: ignore[attr-defined]
+    )
     dims = [d for d in range(view.ndim) if d != axis + 1]
     importance = view.abs().sum(dim=dims)
     return torch.argsort(importance, descending=True, stable=True)

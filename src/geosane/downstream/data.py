@@ -71,7 +71,7 @@ class TaskData:
         return len(self.classes)
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(getattr(self, name)) for name in SPLITS}  # type: ignore[arg-type]
+        return {name: len(getattr(self, name)) for name in SPLITS}
 
 
 def check_same_classes(

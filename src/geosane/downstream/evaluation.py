@@ -95,8 +95,8 @@ def evaluate_source(config: FinetuneConfig, out: Path | None = None) -> Evaluati
     metric = primary_metric_name(data.task)
     scores, per_class = {}, {}
     for split in ("select", "test"):
-        result = evaluate(model, data.task, data.num_classes, getattr(data, split), per_class=True)
-        scores[split], per_class[split] = result[metric], result["per_class"]
+        split_result = evaluate(model, data.task, data.num_classes, getattr(data, split), per_class=True)
+        scores[split], per_class[split] = split_result[metric], split_result["per_class"]
     if recorded is not None and data.normalization == recorded:
         normalization = "model"
     else:  # what load_task_data chose: auto without a record means the dataset's statistics

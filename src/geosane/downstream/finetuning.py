@@ -217,9 +217,9 @@ def plan_run(
 
 
 def _history_rows(history: list[dict[str, float]], metric: str) -> list[dict[str, float]]:
-    rows = []
+    rows: list[dict[str, float]] = []
     for row in history:
-        out = {"epoch": int(row.get("epoch", 0))}
+        out: dict[str, float] = {"epoch": int(row.get("epoch", 0))}
         out["train_loss"] = row.get("train_loss", float("nan"))
         out["lr"] = row.get("lr", float("nan"))
         out[f"select_{metric}"] = row.get(f"val_{metric}", float("nan"))

@@ -268,7 +268,7 @@ def _select_members(
         ]
         how = f"every {arch.name} model of the zoo" + (f" except {config.exclude}" if config.exclude else "")
     if base is None:
-        recorded = [e.metadata.get("init_from") for e in members if e.metadata.get("init_from")]
+        recorded = [e.metadata["init_from"] for e in members if e.metadata.get("init_from")]
         if recorded:
             base, _ = Counter(recorded).most_common(1)[0]
             base_id = _base_id(base, zoo)

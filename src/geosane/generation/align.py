@@ -39,7 +39,9 @@ def _channelwise(prefix: str, module: nn.Module) -> list[Member]:
     return [Member(k, 0) for k in keys]
 
 
-def _conv_and_norm(module: nn.Module, prefix: str) -> tuple[str, nn.Module, str, nn.Module] | None:
+def _conv_and_norm(
+    module: nn.Module, prefix: str
+) -> tuple[str, nn.Conv2d, str, nn.modules.batchnorm._BatchNorm] | None:
     """The last convolution of a (downsample / stem) sequence and the norm after it."""
     conv = norm = None
     conv_name = norm_name = ""

@@ -162,6 +162,7 @@ def prepare_prompt(
         )
     if in_chans is not None:
         prompt = adapt_stem(prompt, in_chans)
+    assert prompt.arch is not None  # adapt_stem keeps the architecture
     library = arch_library(prompt.arch.library)
     try:
         if num_classes is None:
@@ -268,6 +269,7 @@ def _nearest_anchors(
     from geosane.autoencoder import encode_sequence
     from geosane.tokens import TokenStore
 
+    assert cfg.store is not None  # validate_config: anchors need a store
     store = TokenStore(cfg.store)
     if store.token_size != prompt_tm.token_size or store.mode != prompt_tm.mode:
         raise GeosaneError(
@@ -386,8 +388,8 @@ def _bn_batches(select: TensorImageDataset | None, cfg: GenerateConfig) -> list[
     is stored in class order); built once and shared by every candidate and the prompt."""
     if select is None or cfg.bn_batches == 0:
         return []
-    order = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
-    order = order[: cfg.bn_batches * cfg.batch_size].tolist()
+    perm = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
+    order = perm[: cfg.bn_batches * cfg.batch_size].tolist()
     return [
         torch.stack([select[i][0] for i in order[start : start + cfg.batch_size]])
         for start in range(0, len(order), cfg.batch_size)
@@ -442,6 +444,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     with torch.random.fork_rng():  # a random-init prompt or a new head: reproducible under --seed
         torch.manual_seed(cfg.seed)
         prompt = prepare_prompt(cfg.prompt, num_classes, cfg.in_chans, cfg.random_init)
+    assert prompt.arch is not None  # prepare_prompt raises without one
     in_chans = int(prompt.info.get("in_chans") or 3)
     if select_images is not None and select_images.num_bands != in_chans:
         raise DataError(

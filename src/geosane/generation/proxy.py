@@ -11,6 +11,8 @@ a freshly reset head, i.e. at chance). We take the backbone's pooled pre-logit f
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -42,7 +44,8 @@ def frozen_features(
     features, labels = [], []
     for images, targets in DataLoader(data, batch_size=batch_size):
         if hasattr(model, "forward_head"):
-            feats = model.forward_head(model.forward_features(images), pre_logits=True)
+            timm_model: Any = model
+            feats = timm_model.forward_head(timm_model.forward_features(images), pre_logits=True)
         else:
             feats = model(images)
         features.append(feats.flatten(1).float())

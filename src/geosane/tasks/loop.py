@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from rich.progress import Progress, TaskID
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -73,6 +74,8 @@ class PresentLabelAveragePrecision(torchmetrics.classification.MultilabelAverage
     mean down on small or capped evaluation splits; such labels are left out here instead.
     """
 
+    positives: torch.Tensor  # the metric state added in __init__
+
     def __init__(self, num_labels: int) -> None:
         super().__init__(num_labels=num_labels, average=None)
         self.add_state("positives", torch.zeros(num_labels), dist_reduce_fx="sum")
@@ -81,7 +84,7 @@ class PresentLabelAveragePrecision(torchmetrics.classification.MultilabelAverage
         super().update(preds, target)
         self.positives += (target == 1).sum(dim=0).to(self.positives.dtype)
 
-    def compute(self) -> torch.Tensor:
+    def compute(self) -> torch.Tensor:  # type: ignore[override]  # as torchmetrics' own AP metrics
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*No positive samples.*")
             per_label = super().compute()
@@ -145,9 +148,9 @@ class Distillation:
 def _backbone_and_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Split parameters into backbone and head (timm classifier head, or a segmenter's decoder)."""
     if hasattr(model, "decoder") and hasattr(model, "backbone"):
-        head = list(model.decoder.parameters())
+        head = list(cast(nn.Module, model.decoder).parameters())
     elif hasattr(model, "get_classifier"):
-        head = list(model.get_classifier().parameters())
+        head = list(cast(Any, model).get_classifier().parameters())  # timm models
     else:
         head = []
     head_ids = {id(p) for p in head}
@@ -185,7 +188,7 @@ class TaskModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.config.freeze_backbone:  # keep frozen BatchNorm statistics frozen too
-            backbone = self.model.backbone if hasattr(self.model, "backbone") else self.model
+            backbone = cast(nn.Module, self.model.backbone) if hasattr(self.model, "backbone") else self.model
             for m in backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
@@ -240,7 +243,7 @@ class TaskModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(row) for row in checkpoint.get("geosane_history", [])]
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         backbone, head = _backbone_and_head(self.model)
         groups = [
             {"params": [p for p in head if p.requires_grad], "lr": self.config.lr},
@@ -279,6 +282,7 @@ class FitProgress(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         per_epoch = int(trainer.num_training_batches)
+        assert trainer.max_epochs is not None  # fit() sets max_epochs=config.epochs
         done = trainer.current_epoch * per_epoch
         self.progress.update(self.task_id, total=trainer.max_epochs * per_epoch, completed=done)
 
@@ -335,7 +339,7 @@ def fit(
         train,
         batch_size=config.batch_size,
         shuffle=True,
-        drop_last=len(train) > config.batch_size,
+        drop_last=len(cast(Sized, train)) > config.batch_size,
         num_workers=config.num_workers,
         generator=generator,
     )
@@ -346,7 +350,7 @@ def fit(
     )
     resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
     if report is not None and val_loader is not None:
-        assert isinstance(val_loader, DataLoader)
+        assert isinstance(val_loader, DataLoader) and val is not None
         val_loader = [
             val_loader,
             DataLoader(report, batch_size=config.batch_size * 2, num_workers=config.num_workers),

@@ -13,7 +13,7 @@ weights loaded, then adapt it:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -116,10 +116,10 @@ def build_classifier(
         )
     model = backbone_with_weights(arch, state_dict, in_chans)
     current = getattr(model, "num_classes", None)
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = cast(Any, model).get_classifier() if hasattr(model, "get_classifier") else None  # timm API
     head_fits = isinstance(head, nn.Linear) and head.out_features == num_classes
     if reset_head or current != num_classes or not head_fits:
-        model.reset_classifier(num_classes)
+        cast(Any, model).reset_classifier(num_classes)
     return model
 
 

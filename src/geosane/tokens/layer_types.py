@@ -22,7 +22,7 @@ these rules, first match wins, to a layer's *main* tensor (the weight when a bia
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Container
 from enum import IntEnum
 
 from torch import nn
@@ -69,7 +69,7 @@ def is_embedding_name(name: str) -> bool:
     return bool(_EMBEDDING_TENSOR.match(_split(name)[1].lower()))
 
 
-def infer_layer_type(name: str, shape: tuple[int, ...], state_dict_keys: Mapping[str, object]) -> LayerType:
+def infer_layer_type(name: str, shape: tuple[int, ...], state_dict_keys: Container[str]) -> LayerType:
     """The layer type of tensor ``name`` with ``shape`` from names and shapes alone (rules above)."""
     prefix, leaf = _split(name)
     module = _split(prefix)[1].lower() if prefix else ""

@@ -292,14 +292,14 @@ class TokenStore:
         num_tokens = self.records[index].num_tokens
         lo, hi = max(start, 0), min(start + length, num_tokens)
         handle = self._handle(index)
-        parts = {key: handle.get_slice(key)[lo:hi] if hi > lo else None for key in TOKEN_KEYS}
+        parts: dict[str, Any] = {key: handle.get_slice(key)[lo:hi] if hi > lo else None for key in TOKEN_KEYS}
         valid = torch.zeros(length, dtype=torch.bool)
         if hi > lo:
             valid[lo - start : hi - start] = True
         if lo == start and hi == start + length:
             # slices are views of the shared memory map: copy so that in-place edits of an item
             # (e.g. noise augmentation) cannot leak into later reads
-            item = {key: parts[key].clone() for key in TOKEN_KEYS}  # type: ignore[union-attr]
+            item = {key: parts[key].clone() for key in TOKEN_KEYS}
         else:
             shapes = {
                 "tokens": ((length, self.token_size), torch.float32),

@@ -462,9 +462,10 @@ def detokenize(tm: TokenizedModel, tokens: torch.Tensor | None = None) -> dict[s
             out[name] = tm.carried[name].clone()
         else:
             assert entry.start is not None and entry.rows is not None and entry.width is not None
+            assert entry.col is not None and entry.cols is not None
             segment = tokens[entry.start : entry.stop]
             matrix = _layer_matrix(segment, entry.rows, entry.width, tm.mode)
             tensor = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype), device=tokens.device)
-            tensor.view(entry.rows, entry.cols).copy_(matrix[:, entry.col : entry.col + entry.cols])  # type: ignore[operator]
+            tensor.view(entry.rows, entry.cols).copy_(matrix[:, entry.col : entry.col + entry.cols])
             out[name] = tensor
     return out

@@ -200,6 +200,7 @@ def _report_parity(model: LoadedModel) -> None:
     """Print the figure of the onnxruntime parity check that resolving the ONNX model ran."""
     parity = model.info["metadata"]["onnx_parity"]
     if parity["checked"]:
+        assert model.arch is not None  # the parity check built the model from it
         console.print(
             f"parity {model.source} as {model.arch.library}:{model.arch.name} vs onnxruntime: max |diff| "
             f"{parity['max_abs']:.2g} (relative {parity['relative']:.1e}, tolerance {parity['tolerance']:.0e}), "

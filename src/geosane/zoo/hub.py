@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geosane.errors import GeosaneError
 
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import ExpandModelProperty_T
+
 __all__ = ["search_hub"]
 
-_EXPAND = ["downloads", "likes", "tags", "safetensors", "pipeline_tag", "library_name", "usedStorage"]
+_EXPAND: list[ExpandModelProperty_T] = ["downloads", "likes", "tags", "safetensors", "pipeline_tag", "library_name", "usedStorage"]
 
 
 def _license(tags: Sequence[str]) -> str | None:

@@ -94,7 +94,7 @@ def read_sidecar(onnx_path: str | Path) -> OnnxSidecar | None:
         raise SourceError(f"sidecar {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
         return None  # some other JSON file that happens to share the stem
-    section, model = data["data"], data.get("model") if isinstance(data.get("model"), dict) else {}
+    section, model = data["data"], data["model"] if isinstance(data.get("model"), dict) else {}
     stats = section.get("dataset_statistics") or {}
     img = stats.get("img")
     mean = std = None
@@ -148,13 +148,14 @@ def package_license(path: str | Path) -> str | None:
         return None
     for name in importlib.metadata.packages_distributions().get(top, []):
         metadata = importlib.metadata.metadata(name)
-        if metadata.get("License-Expression"):
+        # an email.message.Message at run time; typeshed's PackageMetadata protocol lacks get() before 3.12
+        if metadata.get("License-Expression"):  # type: ignore[attr-defined]
             return str(metadata["License-Expression"])
         for classifier in metadata.get_all("Classifier") or []:
             label = classifier.rsplit("::", 1)[-1].strip()
             if classifier.startswith("License ::") and label in _LICENSE_CLASSIFIERS:
                 return _LICENSE_CLASSIFIERS[label]
-        if metadata.get("License"):
+        if metadata.get("License"):  # type: ignore[attr-defined]
             return str(metadata["License"]).strip()
     return None
 
@@ -384,6 +385,7 @@ def check_parity(
     agreement = float((got.argmax(1) == reference.argmax(1)).mean()) if got.ndim >= 2 else float("nan")
     report = ParityReport(max_abs, relative, agreement, tolerance, described)
     if not report.passed:
+        assert model.arch is not None  # model.build() above needed it
         raise SourceError(
             f"{path}: the rebuilt {model.arch.library}:{model.arch.name} differs from onnxruntime by "
             f"{max_abs:.3g} (relative {relative:.2e} > tolerance {tolerance:.0e}) on {described}; not used"

@@ -32,7 +32,7 @@ import torch
 from geosane.arch.libraries import arch_library
 from geosane.arch.meta import check_fits, empty_architecture, order_like_architecture
 from geosane.arch.spec import ArchSpec, LoadedModel, arch_family, build_architecture, parse_arch
-from geosane.errors import SourceError
+from geosane.errors import SourceError, cli_flags
 from geosane.zoo.formats import first_nonfinite, load_weights_file
 from geosane.zoo.schemes.cards import timm_arch_from_config
 from geosane.zoo.schemes.hf import choose_weight_files, network_errors, resolve_hf
@@ -160,7 +160,8 @@ def resolve(
             count = int((~torch.isfinite(tensor)).sum())
             raise SourceError(
                 f"{source}: tensor '{bad}' holds NaN/Inf values ({count} of {tensor.numel()}); "
-                "pass --allow-nonfinite to load it anyway"
+                "pass allow_nonfinite=True to load it anyway",
+                flags=cli_flags("allow_nonfinite"),
             )
     return model
 

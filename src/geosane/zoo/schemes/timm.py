@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from geosane.arch.spec import ArchSpec, LoadedModel
-from geosane.errors import SourceError
+from geosane.errors import SourceError, cli_flags
 
 __all__ = ["resolve_timm"]
 
@@ -37,13 +37,15 @@ def resolve_timm(
     except (RuntimeError, ValueError, TypeError) as exc:
         if "pretrained" in str(exc).lower() and pretrained:
             raise SourceError(
-                f"timm:{name} has no pretrained weights ({exc}); pass --random-init to use random weights"
+                f"timm:{name} has no pretrained weights ({exc}); pass random_init=True to use random weights",
+                flags=cli_flags("random_init"),
             ) from None
         raise SourceError(f"cannot instantiate timm:{name} with {kwargs}: {exc}") from None
     except OSError as exc:  # hub unreachable and not cached (huggingface_hub errors derive from OSError)
         raise SourceError(
             f"pretrained weights for timm:{name} could not be fetched and are not cached ({type(exc).__name__}); "
-            "connect to the internet, or pass --random-init to use randomly initialised weights"
+            "connect to the internet, or pass random_init=True to use randomly initialised weights",
+            flags=cli_flags("random_init"),
         ) from None
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     info: dict[str, Any] = {
