@@ -1,4 +1,5 @@
-"""Datasets shared by every stage: image folders, multi-band scene chips, splits, caps, normalization.
+"""Datasets shared by every stage: image folders, multi-band scene chips, detection folders, splits,
+caps, normalization.
 
 Names are imported lazily so that configs (which use ``DEFAULT_FRACTIONS``) load without torch.
 """
@@ -11,6 +12,13 @@ from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from geosane.data.csmask import CSMASK_CLASSES, IGNORE_INDEX, SegmentationChips, load_csmask
+    from geosane.data.detection import (
+        DetectionData,
+        build_composite_detection,
+        load_detection_folder,
+        split_detection,
+        split_detection_indices,
+    )
     from geosane.data.folder import ImageFolderData, count_folder_images, load_image_folder
     from geosane.data.normalize import NormalizationChoice, choose_normalization, to_unit_range
     from geosane.data.splits import DEFAULT_FRACTIONS, group_split, split_sizes, stratified_split
@@ -19,6 +27,13 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "csmask": ("CSMASK_CLASSES", "IGNORE_INDEX", "SegmentationChips", "load_csmask"),
+    "detection": (
+        "DetectionData",
+        "build_composite_detection",
+        "load_detection_folder",
+        "split_detection",
+        "split_detection_indices",
+    ),
     "folder": ("ImageFolderData", "count_folder_images", "load_image_folder"),
     "normalize": ("NormalizationChoice", "choose_normalization", "to_unit_range"),
     "splits": ("DEFAULT_FRACTIONS", "group_split", "split_sizes", "stratified_split"),
@@ -32,6 +47,7 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "IGNORE_INDEX",
     "SPLITS",
+    "DetectionData",
     "ImageFolderData",
     "Normalization",
     "NormalizationChoice",
@@ -39,6 +55,7 @@ __all__ = [
     "TaskData",
     "TaskPart",
     "TensorImageDataset",
+    "build_composite_detection",
     "cap_per_class",
     "cap_samples",
     "choose_normalization",
@@ -46,8 +63,11 @@ __all__ = [
     "flip_rotate",
     "group_split",
     "load_csmask",
+    "load_detection_folder",
     "load_image_folder",
     "recorded_normalization",
+    "split_detection",
+    "split_detection_indices",
     "split_fractions",
     "split_sizes",
     "stratified_split",
