@@ -168,6 +168,11 @@ def test_composite_out_rule(composite: Path, rsscn7_root: Path, tmp_path: Path) 
     with pytest.raises(GeosaneError, match=r"outer is or holds this run's input source"):
         build_composite_detection(inner, inner.parent, num_images=2, backgrounds=("aGrass",))
     assert _listing(inner.parent) == ["src"]
+    with pytest.raises(
+        DataError, match=r"src/det lies inside the source folder .*src \(it would become a class folder"
+    ):
+        build_composite_detection(inner, inner / "det", num_images=2, backgrounds=("aGrass",))
+    assert _listing(inner) == ["aGrass", "cIndustry", "fResident", "gParking"]
 
 
 def _small_source(rsscn7_root: Path, root: Path, per_class: int, folders: list[str]) -> Path:
@@ -381,6 +386,11 @@ def test_composite_as_voc_loads_the_same(composite: Path, tmp_path: Path) -> Non
         ),
         ([_ann(10, [1, 2, 3])], r"annotation 1 has bbox \[1, 2, 3\]; expected \[x, y, w, h\]"),
         ([_ann(99, [1, 2, 3, 4])], r"annotation 1 refers to image id 99, which 'images' does not list"),
+        ([_ann([10], [1, 2, 3, 4])], r"annotation 1 refers to image id \[10\], which 'images' does not list"),
+        (
+            [_ann(10, [1, 2, 3, 4], category_id=[3])],
+            r"box \[1, 2, 3, 4\] has category_id \[3\], which is not among",
+        ),
     ],
 )
 def test_coco_bad_boxes(rsscn7_root: Path, tmp_path: Path, anns: list[dict[str, Any]], pattern: str) -> None:

@@ -227,8 +227,14 @@ def _load_coco(root: Path, image_size: int) -> DetectionData:
     seen_ids: set[object] = set()
     seen_files: set[str] = set()
     for entry in doc["images"]:
-        if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("file_name"), str):
-            raise DataError(f"{ann_path}: image entry {entry!r} needs an 'id' and a string 'file_name'")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("id"), int | str)
+            or not isinstance(entry.get("file_name"), str)
+        ):
+            raise DataError(
+                f"{ann_path}: image entry {entry!r} needs an integer 'id' and a string 'file_name'"
+            )
         if entry["id"] in seen_ids:
             raise DataError(f"{ann_path}: image id {entry['id']!r} is used twice")
         if entry["file_name"] in seen_files:
@@ -244,7 +250,7 @@ def _load_coco(root: Path, image_size: int) -> DetectionData:
     for ann in doc["annotations"]:
         if not isinstance(ann, dict):
             raise DataError(f"{ann_path}: annotation {ann!r} is not an object")
-        if ann.get("image_id") not in boxes_of:
+        if not isinstance(ann.get("image_id"), int | str) or ann["image_id"] not in boxes_of:
             raise DataError(
                 f"{ann_path}: annotation {ann.get('id', '?')} refers to image id {ann.get('image_id')!r}, "
                 "which 'images' does not list"
@@ -258,7 +264,7 @@ def _load_coco(root: Path, image_size: int) -> DetectionData:
         if ann.get("iscrowd", 0) == 1:
             continue  # a crowd region, not an object instance (COCO's own evaluation ignores them)
         cat_id = ann.get("category_id")
-        if cat_id not in label_of:
+        if not isinstance(cat_id, int) or cat_id not in label_of:
             raise DataError(
                 f"{where}: box {_fmt_box(bbox)} has category_id {cat_id!r}, which is not among "
                 f"the categories (ids {sorted(categories)})"
@@ -555,6 +561,11 @@ def build_composite_detection(
         raise DataError(
             f"composite source {src} lacks the class folder(s) {missing} "
             f"(objects from {sorted(objects.values())}, backgrounds from {list(backgrounds)})"
+        )
+    if target.resolve().is_relative_to(src):
+        raise DataError(
+            f"output directory {target} lies inside the source folder {src} (it would become a class folder "
+            "of that image folder); choose an output directory outside it (nothing was written)"
         )
     check_out_dir(target, COMPOSITE_COMMAND, {"source": src})
 
