@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from geosane.data.splits import group_split, split_sizes, stratified_split
+from geosane.data.splits import DEFAULT_FRACTIONS, group_split, split_sizes, stratified_split
 from geosane.errors import DataError
 from geosane.io import atomic_directory, check_out_dir, mark_out_dir, write_json
 
@@ -448,8 +448,6 @@ def split_detection_indices(
     objects forming their own stratum; with ``groups`` (one name per image: a scene, a source
     photo), :func:`geosane.data.group_split` keeps every group in one split instead.
     """
-    from geosane.data.splits import DEFAULT_FRACTIONS
-
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     if len(data) < len(fractions):
         raise DataError(f"{len(data)} image(s) cannot fill the {len(fractions)} splits {list(fractions)}")
