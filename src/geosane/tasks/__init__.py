@@ -12,6 +12,23 @@ from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from geosane.tasks.config import FitConfig
+    from geosane.tasks.detection import (
+        DetectionModule,
+        DetectionSamples,
+        check_detection_data,
+        detection_augmentation,
+        detection_map,
+        evaluate_detection,
+        fit_detection,
+    )
+    from geosane.tasks.detection_models import (
+        DETECTOR_KINDS,
+        Detector,
+        DetectorKind,
+        backbone_state,
+        build_detector,
+        load_backbone_state,
+    )
     from geosane.tasks.heads import DECODERS, LinearSegHead, UNetDecoder, UPerNetHead, build_decoder
     from geosane.tasks.loop import (
         Distillation,
@@ -34,6 +51,13 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "config": ("FitConfig",),
+    "detection": (
+        "DetectionModule", "DetectionSamples", "check_detection_data", "detection_augmentation", "detection_map",
+        "evaluate_detection", "fit_detection",
+    ),
+    "detection_models": (
+        "DETECTOR_KINDS", "Detector", "DetectorKind", "backbone_state", "build_detector", "load_backbone_state",
+    ),
     "heads": ("DECODERS", "LinearSegHead", "UNetDecoder", "UPerNetHead", "build_decoder"),
     "loop": (
         "Distillation", "EpochCheckpoint", "FitProgress", "FitResult", "TaskModule", "evaluate", "fit", "make_metric",
@@ -45,6 +69,11 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DECODERS",
+    "DETECTOR_KINDS",
+    "DetectionModule",
+    "DetectionSamples",
+    "Detector",
+    "DetectorKind",
     "Distillation",
     "EpochCheckpoint",
     "FitConfig",
@@ -56,12 +85,20 @@ __all__ = [
     "TaskModule",
     "UNetDecoder",
     "UPerNetHead",
+    "backbone_state",
     "backbone_with_weights",
     "build_classifier",
     "build_decoder",
+    "build_detector",
     "build_segmenter",
+    "check_detection_data",
+    "detection_augmentation",
+    "detection_map",
     "evaluate",
+    "evaluate_detection",
     "fit",
+    "fit_detection",
+    "load_backbone_state",
     "make_metric",
     "primary_metric_name",
 ]
