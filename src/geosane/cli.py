@@ -19,6 +19,7 @@ from geosane.errors import GeosaneError, Interrupted
 
 # Modules that may provide ``register(app, bench)``, in the order their commands are listed.
 CLI_MODULES = (
+    "geosane.data.cli",
     "geosane.zoo.cli",
     "geosane.tokens.cli",
     "geosane.autoencoder.cli",

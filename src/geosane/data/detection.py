@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from geosane.data.splits import DEFAULT_FRACTIONS, group_split, split_sizes, stratified_split
-from geosane.errors import DataError
+from geosane.errors import DataError, cli_flags
 from geosane.io import atomic_directory, check_out_dir, mark_out_dir, write_json
 
 __all__ = [
@@ -391,7 +391,7 @@ def load_detection_folder(root: str | Path, image_size: int = 128) -> DetectionD
     if not root_path.is_dir():
         raise DataError(f"detection folder not found: {root}")
     if image_size <= 0:
-        raise DataError(f"image_size must be positive, got {image_size}")
+        raise DataError(f"image_size must be positive, got {image_size}", flags=cli_flags("image_size"))
     coco = (root_path / "annotations.json").is_file()
     voc = (root_path / "Annotations").is_dir()
     if coco and voc:
@@ -533,11 +533,11 @@ def build_composite_detection(
     src = Path(source).expanduser().resolve()
     target = Path(out).expanduser()
     if num_images <= 0:
-        raise DataError(f"num_images must be positive, got {num_images}")
+        raise DataError(f"num_images must be positive, got {num_images}", flags=cli_flags("num_images"))
     if image_size <= 0:
-        raise DataError(f"image_size must be positive, got {image_size}")
+        raise DataError(f"image_size must be positive, got {image_size}", flags=cli_flags("image_size"))
     if max_objects < 0:
-        raise DataError(f"max_objects must be >= 0, got {max_objects}")
+        raise DataError(f"max_objects must be >= 0, got {max_objects}", flags=cli_flags("max_objects"))
     lo, hi = object_size
     if not 1 <= lo <= hi <= image_size:
         raise DataError(
