@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from geosane.tasks.loop import (
         Distillation,
         EpochCheckpoint,
+        FitModule,
         FitProgress,
         FitResult,
         TaskModule,
@@ -60,7 +61,7 @@ _EXPORTS = {
     ),
     "heads": ("DECODERS", "LinearSegHead", "UNetDecoder", "UPerNetHead", "build_decoder"),
     "loop": (
-        "Distillation", "EpochCheckpoint", "FitProgress", "FitResult", "TaskModule", "evaluate", "fit", "make_metric",
+        "Distillation", "EpochCheckpoint", "FitModule", "FitProgress", "FitResult", "TaskModule", "evaluate", "fit", "make_metric",
         "primary_metric_name",
     ),
     "models": ("SegmentationModel", "TaskKind", "backbone_with_weights", "build_classifier", "build_segmenter"),
@@ -77,6 +78,7 @@ __all__ = [
     "Distillation",
     "EpochCheckpoint",
     "FitConfig",
+    "FitModule",
     "FitProgress",
     "FitResult",
     "LinearSegHead",

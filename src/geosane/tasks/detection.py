@@ -2,7 +2,7 @@
 
 :func:`fit_detection` is :func:`geosane.tasks.fit` for boxes: the same budget (:class:`FitConfig`),
 optimiser groups and schedule, per-epoch history, checkpoint-and-resume and progress callbacks
-(:class:`DetectionModule` extends :class:`geosane.tasks.TaskModule`); what differs is the batch (a
+(:class:`DetectionModule` extends :class:`geosane.tasks.FitModule`, as ``TaskModule`` does); what differs is the batch (a
 list of targets with any number of boxes, none included), the loss (torchvision's) and the metric:
 mAP@50 (``map_50``, the selection metric) and mAP@50:95 (``map``) from torchmetrics'
 ``MeanAveragePrecision`` (COCO evaluation through pycocotools). Augmentation is box-aware
@@ -18,6 +18,7 @@ from typing import Any, Protocol, cast
 
 import lightning as L
 import torch
+import torchmetrics
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -35,7 +36,7 @@ from geosane.runs import (
 )
 from geosane.tasks.config import FitConfig
 from geosane.tasks.detection_models import Detector
-from geosane.tasks.loop import FitResult, TaskModule
+from geosane.tasks.loop import FitModule, FitResult
 
 __all__ = [
     "DetectionDataset",
@@ -193,51 +194,35 @@ def detection_map(
     return _map_values(metric)
 
 
-class DetectionModule(TaskModule):
-    """:class:`TaskModule` for a :class:`Detector`: its epoch history, checkpoint hooks, frozen
-    backbone and optimiser schedule; torchvision's losses and mAP for the rest."""
+class DetectionModule(FitModule):
+    """:class:`FitModule` for a :class:`Detector`: torchvision's summed losses and mAP@50 (primary)
+    and mAP@50:95 from torchmetrics; history, checkpoints, frozen backbone and schedule are shared."""
+
+    metric_name = "map_50"
 
     def __init__(self, model: Detector, config: FitConfig) -> None:
-        # TaskModule's own __init__ builds per-image/per-pixel metrics; a detector needs none of them
-        L.LightningModule.__init__(self)
-        self.model = model
-        self._distillation = []
-        self.config = config
-        self.val_metric = _make_map()
-        self.report_metric = _make_map()
-        self.metric_name = "map_50"
-        self.history: list[dict[str, float]] = []
-        self._epoch_loss: list[float] = []
-        if config.freeze_backbone:
-            model.backbone.requires_grad_(False)
+        super().__init__(model, config)
+
+    def configure_metrics(self) -> MeanAveragePrecision:
+        return _make_map()
+
+    def compute_metrics(self, metric: torchmetrics.Metric) -> dict[str, float]:
+        return _map_values(cast(MeanAveragePrecision, metric))
 
     def forward(self, x: torch.Tensor, targets: Sequence[Target] | None = None) -> Any:
         return self.model(x, targets)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self(images, targets)
         loss = cast(torch.Tensor, sum(losses.values()))
         self._epoch_loss.append(float(loss.detach()))
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:  # type: ignore[override]
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, targets = batch
         metric = self.val_metric if dataloader_idx == 0 else self.report_metric
         metric.update(self(images), targets)
-
-    def on_validation_epoch_end(self) -> None:
-        values = {f"val_{k}": v for k, v in _map_values(cast(MeanAveragePrecision, self.val_metric)).items()}
-        self.val_metric.reset()
-        if self.report_metric.update_called:
-            report = _map_values(cast(MeanAveragePrecision, self.report_metric))
-            values.update({f"report_{k}": v for k, v in report.items()})
-            self.report_metric.reset()
-        epoch = float(self.current_epoch + 1)
-        if self.history and self.history[-1].get("epoch") == epoch:
-            self.history[-1].update(values)
-        else:
-            self.history.append({"epoch": epoch, **values})
 
 
 def _loader(data: DetectionSamples, batch_size: int, config: FitConfig, **kwargs: Any) -> DataLoader[Any]:

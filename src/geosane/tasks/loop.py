@@ -157,25 +157,20 @@ def _backbone_and_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Pa
     return [p for p in model.parameters() if id(p) not in head_ids], head
 
 
-class TaskModule(L.LightningModule):
-    """LightningModule for classification, multi-label classification and segmentation."""
+class FitModule(L.LightningModule):
+    """What every task family's LightningModule shares: the per-epoch history (train loss, lr,
+    ``val_*`` on select, ``report_*`` on a reported split), its checkpoint hooks, the frozen
+    backbone and the warm-up + cosine optimiser. A family supplies its metric through
+    :meth:`configure_metrics` / :meth:`compute_metrics` and its steps."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        task: TaskKind,
-        num_classes: int,
-        config: FitConfig,
-        distillation: Distillation | None = None,
-    ) -> None:
+    metric_name: str
+
+    def __init__(self, model: nn.Module, config: FitConfig) -> None:
         super().__init__()
         self.model = model
-        self._distillation = [distillation] if distillation is not None else []  # a list: not a submodule
-        self.task = task
         self.config = config
-        self.val_metric = make_metric(task, num_classes)
-        self.report_metric = make_metric(task, num_classes)
-        self.metric_name = primary_metric_name(task)
+        self.val_metric = self.configure_metrics()
+        self.report_metric = self.configure_metrics()
         self.history: list[dict[str, float]] = []
         self._epoch_loss: list[float] = []
         if config.freeze_backbone:
@@ -183,8 +178,13 @@ class TaskModule(L.LightningModule):
             for p in backbone:
                 p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def configure_metrics(self) -> torchmetrics.Metric:
+        """A fresh metric for one split (called for select and for the reported split)."""
+        raise NotImplementedError
+
+    def compute_metrics(self, metric: torchmetrics.Metric) -> dict[str, float]:
+        """The epoch's values of ``metric``, by name (the primary one is :attr:`metric_name`)."""
+        return {self.metric_name: float(metric.compute())}
 
     def on_train_epoch_start(self) -> None:
         if self.config.freeze_backbone:  # keep frozen BatchNorm statistics frozen too
@@ -193,49 +193,31 @@ class TaskModule(L.LightningModule):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = task_loss(self.task, logits, y, self.config.label_smoothing)
-        if self._distillation:
-            distill = self._distillation[0]
-            loss = (1.0 - distill.alpha) * loss + distill.alpha * distill.loss(logits, x)
-        self._epoch_loss.append(float(loss.detach()))
-        return loss
-
-    def validation_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        x, y = batch
-        metric = self.val_metric if dataloader_idx == 0 else self.report_metric
-        metric.update(_metric_input(self.task, self(x)), y)
+    def _record(self, epoch: float, values: dict[str, float]) -> None:
+        """Merge ``values`` into the history row of ``epoch`` (train and validation hooks each add theirs)."""
+        if self.history and self.history[-1].get("epoch") == epoch:
+            self.history[-1].update(values)
+        else:
+            self.history.append({"epoch": epoch, **values})
 
     def on_train_epoch_end(self) -> None:
         row = {
-            "epoch": float(self.current_epoch + 1),
             "train_loss": sum(self._epoch_loss) / max(len(self._epoch_loss), 1),
             "lr": float(self.trainer.optimizers[0].param_groups[-1]["lr"]),
         }
         self._epoch_loss.clear()
-        if self.history and self.history[-1].get("epoch") == row["epoch"]:
-            self.history[-1].update(row)
-        else:
-            self.history.append(row)
+        self._record(float(self.current_epoch + 1), row)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_metric.reset()
             return
-        values = {f"val_{self.metric_name}": float(self.val_metric.compute())}
+        values = {f"val_{k}": v for k, v in self.compute_metrics(self.val_metric).items()}
         self.val_metric.reset()
         if self.report_metric.update_called:
-            values[f"report_{self.metric_name}"] = float(self.report_metric.compute())
+            values.update({f"report_{k}": v for k, v in self.compute_metrics(self.report_metric).items()})
             self.report_metric.reset()
-        epoch = float(self.current_epoch + 1)
-        if self.history and self.history[-1].get("epoch") == epoch:
-            self.history[-1].update(values)
-        else:
-            self.history.append({"epoch": epoch, **values})
+        self._record(float(self.current_epoch + 1), values)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["geosane_history"] = [dict(row) for row in self.history]
@@ -266,6 +248,47 @@ class TaskModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TaskModule(FitModule):
+    """LightningModule for classification, multi-label classification and segmentation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TaskKind,
+        num_classes: int,
+        config: FitConfig,
+        distillation: Distillation | None = None,
+    ) -> None:
+        self.task = task
+        self.num_classes = num_classes
+        self.metric_name = primary_metric_name(task)
+        super().__init__(model, config)
+        self._distillation = [distillation] if distillation is not None else []  # a list: not a submodule
+
+    def configure_metrics(self) -> torchmetrics.Metric:
+        return make_metric(self.task, self.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = task_loss(self.task, logits, y, self.config.label_smoothing)
+        if self._distillation:
+            distill = self._distillation[0]
+            loss = (1.0 - distill.alpha) * loss + distill.alpha * distill.loss(logits, x)
+        self._epoch_loss.append(float(loss.detach()))
+        return loss
+
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        x, y = batch
+        metric = self.val_metric if dataloader_idx == 0 else self.report_metric
+        metric.update(_metric_input(self.task, self(x)), y)
 
 
 # The name geosane.tasks exports for the callback ``fit`` writes its per-epoch checkpoint with.
