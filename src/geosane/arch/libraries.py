@@ -9,7 +9,9 @@ task. Libraries:
 - ``smp``: ``segmentation_models_pytorch.create_model(name, encoder_weights=None, **kwargs)``
   (U-Nets and other segmenters; TorchGeo's ``Unet_Weights`` are smp models);
 - ``onnx``: a graph converted with onnx2torch (:mod:`geosane.arch.onnx`; :mod:`geosane.zoo.onnx`
-  records it), for ONNX files whose architecture no library above describes.
+  records it), for ONNX files whose architecture no library above describes;
+- ``detector``: a torchvision detector (FCOS, RetinaNet, Faster R-CNN) on a timm backbone
+  (:mod:`geosane.arch.detector`); the name is the detector kind, the kwargs hold the backbone.
 """
 
 from __future__ import annotations
@@ -133,19 +135,78 @@ def _onnx_check(name: str) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# detectors (torchvision's detection models on a timm backbone)
+
+
+def _detector_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    from geosane.arch.detector import assemble_detector, check_detector_kwargs
+
+    check_detector_kwargs(name, kwargs)
+    backbone_kwargs = {
+        **dict(kwargs.get("backbone_kwargs") or {}),
+        "in_chans": int(kwargs.get("in_chans", 3)),
+    }
+    return assemble_detector(name, _timm_build(str(kwargs["backbone"]), backbone_kwargs), kwargs)
+
+
+def _detector_check(name: str) -> None:
+    from geosane.arch.detector import DETECTOR_KINDS
+
+    if name not in DETECTOR_KINDS:
+        raise SourceError(f"unknown detector kind '{name}' (choose from {', '.join(DETECTOR_KINDS)})")
+
+
+def _detector_family(name: str, kwargs: dict[str, Any]) -> str | None:
+    """``fcos-resnet``: the detector kind and its backbone's timm family."""
+    backbone = _timm_family(str(kwargs.get("backbone", "")), {})
+    return f"{name}-{backbone}" if backbone else name
+
+
+# a detector's tensors whose shape depends on the number of classes (FCOS/RetinaNet, Faster R-CNN)
+DETECTOR_HEAD_PREFIXES = ("net.head.classification_head.cls_logits.", "net.roi_heads.box_predictor.")
+
+
 ARCH_LIBRARIES: dict[str, ArchLibrary] = {
     "timm": ArchLibrary(
-        name="timm", build=_timm_build, check_name=_timm_check, family=_timm_family,
-        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=(), task="classification",
+        name="timm",
+        build=_timm_build,
+        check_name=_timm_check,
+        family=_timm_family,
+        in_chans_key="in_chans",
+        classes_key="num_classes",
+        head_prefixes=(),
+        task="classification",
     ),
     "smp": ArchLibrary(
-        name="smp", build=_smp_build, check_name=_smp_check, family=_smp_family,
-        in_chans_key="in_channels", classes_key="classes",
-        head_prefixes=("segmentation_head.", "classification_head."), task="segmentation",
+        name="smp",
+        build=_smp_build,
+        check_name=_smp_check,
+        family=_smp_family,
+        in_chans_key="in_channels",
+        classes_key="classes",
+        head_prefixes=("segmentation_head.", "classification_head."),
+        task="segmentation",
     ),
     "onnx": ArchLibrary(
-        name="onnx", build=_onnx_build, check_name=_onnx_check, family=lambda name, kwargs: "onnx",
-        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=(), task="unknown",
+        name="onnx",
+        build=_onnx_build,
+        check_name=_onnx_check,
+        family=lambda name, kwargs: "onnx",
+        in_chans_key="in_chans",
+        classes_key="num_classes",
+        head_prefixes=(),
+        task="unknown",
+    ),
+    "detector": ArchLibrary(
+        name="detector",
+        build=_detector_build,
+        check_name=_detector_check,
+        family=_detector_family,
+        in_chans_key="in_chans",
+        classes_key="num_classes",
+        head_prefixes=DETECTOR_HEAD_PREFIXES,
+        task="detection",
     ),
 }
 

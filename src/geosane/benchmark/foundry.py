@@ -35,6 +35,7 @@ from geosane.tasks.config import TrainingBudget
 
 __all__ = [
     "BenchBudget",
+    "DetectionRow",
     "FoundryBenchConfig",
     "FoundryResult",
     "GeneratorSetting",
@@ -125,6 +126,41 @@ def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @dataclass
+class DetectionRow:
+    """The detection row: case ``case``'s prompt, zoo and generated weights as detector backbones.
+
+    Three composite box sets (:func:`geosane.data.build_composite_detection`: real RSSCN7 object
+    scenes pasted onto real background scenes) are built from the *target's* train, select and
+    test folders, so no zoo model saw an image of them and the three splits share no source photo.
+    ``geosane compare`` (``compare_detection``) runs ``inits`` on them at this budget, on the
+    benchmark's seeds; the backbone is carried, the FPN and heads start fresh for every init.
+    """
+
+    enabled: bool = False
+    case: str = "a"
+    images: dict[str, int] = field(default_factory=lambda: {"train": 120, "select": 30, "test": 60})
+    image_size: int = 64
+    max_objects: int = 2
+    detector: str = "fcos"
+    fpn_channels: int = 64
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 0.001
+    inits: list[str] = field(
+        default_factory=lambda: [
+            "scratch",
+            "prompt",
+            "prompt_noise",
+            "nearest",
+            "zoo_average",
+            "ties",
+            "dare",
+            "generated",
+        ]
+    )
+
+
+@dataclass
 class FoundryBenchConfig:
     """Settings of ``geosane bench foundry`` (``configs/bench/foundry.yaml``)."""
 
@@ -149,6 +185,7 @@ class FoundryBenchConfig:
     budget: BenchBudget = field(default_factory=BenchBudget)
     levers: list[Lever] = field(default_factory=list)
     lever_case: str = "a"
+    detection: DetectionRow = field(default_factory=DetectionRow)
 
     def __post_init__(self) -> None:
         self.autoencoder = dotted(self.autoencoder)
@@ -174,6 +211,10 @@ class FoundryBenchConfig:
                 )
         if self.levers and self.lever_case not in names:
             raise ValueError(f"lever_case '{self.lever_case}' is not a prompt case ({', '.join(names)})")
+        if self.detection.enabled and self.detection.case not in names:
+            raise ValueError(
+                f"detection.case '{self.detection.case}' is not a prompt case ({', '.join(names)})"
+            )
 
 
 @dataclass
@@ -248,7 +289,9 @@ def split_source_target(cfg: FoundryBenchConfig) -> dict[str, Path]:
     for cls, files in files_of.items():
         empty = [name for name, size in split_sizes(len(files), cut).items() if size == 0]
         if empty:
-            raise DataError(f"class {cls.name} has {len(files)} images: too few for a non-empty '{empty[0]}' part")
+            raise DataError(
+                f"class {cls.name} has {len(files)} images: too few for a non-empty '{empty[0]}' part"
+            )
     every = [f for files in files_of.values() for f in files]
     labels = [number for number, files in enumerate(files_of.values()) for _ in files]
     indices = stratified_split(labels, cut, seed=cfg.split_seed)
@@ -424,6 +467,41 @@ def _compare(cfg: FoundryBenchConfig, name: str, prompt: str, generated: Path, p
     return compare(load_compare_config("compare_rsscn7", overrides))
 
 
+def _detection(
+    cfg: FoundryBenchConfig, prompt: str, generated: Path, parts: dict[str, Path]
+) -> dict[str, Any]:
+    """The detection row (:class:`DetectionRow`): composite sets from the target folders, one compare."""
+    from geosane.data.detection import build_composite_detection
+    from geosane.downstream import compare, load_compare_config
+
+    det = cfg.detection
+    folders = {}
+    for offset, split in enumerate(("train", "select", "test")):
+        folders[split] = cfg.out / "detection" / "data" / split
+        if not (folders[split] / "composite.json").is_file():  # built atomically: present means finished
+            build_composite_detection(
+                parts[split], folders[split], num_images=det.images[split], image_size=det.image_size,
+                max_objects=det.max_objects, seed=cfg.seed + offset,
+            )  # fmt: skip
+    budget = cfg.budget
+    overrides = {
+        "data.root": str(folders["train"]), "data.select_data": str(folders["select"]),
+        "data.test_data": str(folders["test"]), "data.image_size": det.image_size, "arch.name": "",
+        "task.detector": det.detector, "task.fpn_channels": det.fpn_channels,
+        "train.epochs": det.epochs, "train.batch_size": det.batch_size, "train.lr": det.lr,
+        "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"), "generated.dir": str(generated),
+        "generated.top_k": 1, "inits": list(det.inits), "seeds": list(budget.seeds), "workers": budget.workers,
+        "controls.not_applicable": "report", "controls.noise_seed": cfg.seed, "out": str(cfg.out / "detection" / "compare"),
+    }  # fmt: skip
+    result = compare(load_compare_config("compare_detection", overrides))
+    summary = read_json(result.out_dir / "summary.json")
+    return {
+        "case": det.case, "metric": result.metric, "verdict": result.verdict, "report": str(result.report),
+        "inits": summary["inits"], "not_applicable": summary["not_applicable"], "meta": summary["meta"],
+        "composite": {split: str(path) for split, path in folders.items()},
+    }  # fmt: skip
+
+
 def _ae_summary(export: Path) -> dict[str, Any]:
     """Steps, size and reconstruction R^2 (held-out and training models) of an autoencoder run."""
     summary = read_json(export.parent / "summary.json")
@@ -463,12 +541,16 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         )
     if cfg.eval_folder is not None and not Path(cfg.eval_folder).is_dir():
         raise DataError(
-            f"eval_folder={cfg.eval_folder} is not a directory (root/<class>/<image>)", flags=cli_flags("eval_folder")
+            f"eval_folder={cfg.eval_folder} is not a directory (root/<class>/<image>)",
+            flags=cli_flags("eval_folder"),
         )
     check_bench_data(cfg)
     created = not cfg.out.exists()
     claim_out_dir(
-        cfg.out, "bench-foundry", {"data": cfg.data, "eval_folder": cfg.eval_folder}, flags=cli_flags("data", "eval_folder")
+        cfg.out,
+        "bench-foundry",
+        {"data": cfg.data, "eval_folder": cfg.eval_folder},
+        flags=cli_flags("data", "eval_folder"),
     )
     started = time.perf_counter()
     try:
@@ -500,6 +582,11 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
                 f"novelty ({case.name})", case_summary, cfg, case, prompt, generated, result, parts, reasons
             )
         )
+    detection = None
+    if cfg.detection.enabled:
+        det_case = next(c for c in cfg.cases if c.name == cfg.detection.case)
+        detection = timed("detection", _detection, cfg, _prompt_source(cfg, det_case),
+                          cfg.out / "generated" / det_case.name, parts)  # fmt: skip
     levers = []
     lever_case = next((c for c in cfg.cases if c.name == cfg.lever_case), None)
     for lever in cfg.levers if lever_case is not None else []:
@@ -517,6 +604,7 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         levers.append({**lever_summary(lever, setting, result), "autoencoder_fit": _ae_summary(lever_ae)})
     seconds["total"] = time.perf_counter() - started
     summary = {"config": to_dict(cfg), "cases": cases, "levers": levers, "unknown_provenance": unknown,
-               "teacher": teacher, "autoencoder": _ae_summary(ae), "seconds": seconds}  # fmt: skip
+               "teacher": teacher, "autoencoder": _ae_summary(ae), "detection": detection,
+               "seconds": seconds}  # fmt: skip
     report = write_report(cfg, summary)
     return FoundryResult(cfg.out, report, seconds, summary)

@@ -455,7 +455,13 @@ def split_detection_indices(
         if len(groups) != len(data):
             raise DataError(f"groups names {len(groups)} images, the dataset has {len(data)}")
         return group_split(list(groups), fractions, seed)
-    return stratified_split(_strata(data, fractions), fractions, seed)
+    try:
+        return stratified_split(_strata(data, fractions), fractions, seed)
+    except DataError:  # its message names internal strata (-1: no objects, -2: pooled classes)
+        raise DataError(
+            f"{len(data)} image(s) are too few to give every split {dict(fractions)} an image; "
+            "use more images or fewer/larger splits"
+        ) from None
 
 
 def split_detection(

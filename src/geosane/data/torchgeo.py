@@ -36,6 +36,7 @@ __all__ = [
     "dataset_labels",
     "infer_task",
     "open_torchgeo",
+    "read_torchgeo_detection",
     "torchgeo_available",
 ]
 
@@ -51,6 +52,11 @@ class TorchGeoDatasetInfo:
     task: str
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # detection sets: the TorchGeo splits with boxes that geosane's train / select / test are cut
+    # from (see read_torchgeo_detection), the class names and the first class's label value
+    annotated_splits: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    first_label: int = 0
 
 
 TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
@@ -67,6 +73,34 @@ TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
     ),
     "flood_s1": TorchGeoDatasetInfo(
         "CopernicusBenchFloodS1", "segmentation", "Sentinel-1 flood mapping (Kuro Siwo), 3 classes"
+    ),
+    # DIOR's test split has no boxes: geosane trains on 'train' and halves 'val' into select / test
+    "dior": TorchGeoDatasetInfo(
+        "DIOR",
+        "detection",
+        "Google Earth RGB, 20 object classes, 800 px, horizontal boxes",
+        annotated_splits=("train", "val"),
+    ),
+    # NWPU VHR-10: 650 annotated ('positive') images, cut into train / select / test by geosane
+    "vhr10": TorchGeoDatasetInfo(
+        "VHR10",
+        "detection",
+        "NWPU VHR-10 RGB, 10 object classes, ~1000 px (needs pycocotools)",
+        {"split": "positive"},
+        annotated_splits=("positive",),
+        classes=(
+            "airplane",
+            "ship",
+            "storage_tank",
+            "baseball_diamond",
+            "tennis_court",
+            "basketball_court",
+            "ground_track_field",
+            "harbor",
+            "bridge",
+            "vehicle",
+        ),
+        first_label=1,
     ),
 }
 
@@ -141,6 +175,98 @@ def open_torchgeo(
         ) from None
     except (TypeError, AssertionError, ValueError) as exc:
         raise DataError(f"invalid arguments {arguments} for TorchGeo {cls.__name__}: {exc}") from None
+
+
+def detection_info(name: str) -> TorchGeoDatasetInfo | None:
+    """The detection set geosane knows under ``name`` (``dior``, ``vhr10``), else None."""
+    info = TORCHGEO_DATASETS.get(name.lower().replace("-", "").replace(" ", ""))
+    return info if info is not None and info.task == "detection" else None
+
+
+def _detection_sample(
+    sample: dict[str, Any], size: int, first_label: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """uint8 ``[3, size, size]`` image, its boxes scaled with it and 0-based labels; boxes left
+    with no area after clipping to the image are dropped (their count is returned)."""
+    image = torch.as_tensor(sample["image"])
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise DataError(f"a detection image must be RGB [3, H, W], got shape {tuple(image.shape)}")
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+    boxes = torch.as_tensor(sample.get("bbox_xyxy", torch.zeros(0, 4))).float().reshape(-1, 4)
+    labels = torch.as_tensor(sample.get("label", torch.zeros(0))).long().reshape(-1) - first_label
+    boxes = boxes * torch.tensor([size / width, size / height, size / width, size / height])
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    image_u8 = resized.round().clamp(0, 255).to(torch.uint8)
+    return image_u8, {"boxes": boxes[keep], "labels": labels[keep]}, int((~keep).sum())
+
+
+def read_torchgeo_detection(
+    name: str,
+    root: str | Path,
+    image_size: int,
+    fractions: dict[str, float],
+    seed: int = 0,
+    download: bool = False,
+    kwargs: dict[str, Any] | None = None,
+    max_samples: dict[str, int] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """geosane's ``train`` / ``select`` / ``test`` of a TorchGeo detection set, read into memory as
+    :class:`geosane.data.detection.DetectionData` at ``image_size`` (boxes scaled with the images).
+
+    With two annotated TorchGeo splits (DIOR: train, val) the first is ``train`` and the second is
+    cut into ``select`` / ``test`` in the ratio of ``fractions``; with one (VHR10's positive set) it
+    is cut into all three. ``max_samples`` caps each split (seeded). Boxes that no longer cover a
+    pixel after resizing are dropped; the second value reports how many, per split.
+    """
+    from geosane.data.detection import DetectionData, split_detection
+    from geosane.data.task import cap_samples
+
+    info = detection_info(name)
+    if info is None:
+        known = ", ".join(k for k, v in TORCHGEO_DATASETS.items() if v.task == "detection")
+        raise DataError(f"'{name}' is not a TorchGeo detection set geosane reads (known: {known})")
+    opened = {split: open_torchgeo(name, root, split, download, kwargs) for split in info.annotated_splits}
+    classes = info.classes or dataset_classes(next(iter(opened.values())))
+
+    def read(dataset: Any, limit: int | None) -> tuple[Any, int]:
+        take = cap_samples(np.arange(len(dataset)), limit, seed)
+        images, targets, files, dropped = [], [], [], 0
+        for index in (int(i) for i in take):
+            image, target, lost = _detection_sample(dataset[index], image_size, info.first_label)
+            bad = target["labels"][(target["labels"] < 0) | (target["labels"] >= len(classes))]
+            if bad.numel():
+                raise DataError(
+                    f"{info.class_name} item {index}: label {int(bad[0]) + info.first_label} is not one of "
+                    f"its {len(classes)} classes"
+                )
+            images.append(image)
+            targets.append(target)
+            files.append(f"{info.class_name}[{index}]")
+            dropped += lost
+        if not images:
+            raise DataError(f"TorchGeo {info.class_name} under {root} has no images in this split")
+        return DetectionData(torch.stack(images), targets, tuple(classes), tuple(files)), dropped
+
+    limits = max_samples or {}
+    parts: dict[str, Any] = {}
+    dropped: dict[str, int] = {}
+    if len(info.annotated_splits) >= 2:
+        parts["train"], dropped["train"] = read(opened[info.annotated_splits[0]], limits.get("train"))
+        held, lost = read(opened[info.annotated_splits[1]], None)
+        held_out = fractions["select"] + fractions["test"]
+        ratio = {k: fractions[k] / held_out for k in ("select", "test")}
+        cut = split_detection(held, ratio, seed)
+        for split in ("select", "test"):
+            parts[split] = cut[split].subset(cap_samples(np.arange(len(cut[split])), limits.get(split), seed))
+        dropped["select+test"] = lost
+    else:
+        everything, dropped["all"] = read(opened[info.annotated_splits[0]], None)
+        for split, part in split_detection(everything, fractions, seed).items():
+            parts[split] = part.subset(cap_samples(np.arange(len(part)), limits.get(split), seed))
+    return parts, dropped
 
 
 def infer_task(sample: dict[str, torch.Tensor]) -> str:

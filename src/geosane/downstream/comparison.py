@@ -376,7 +376,9 @@ def compare(
             build_task_model(init, data, config.task)
             build_distillation(init, data)
         except GeosaneError as exc:
-            raise GeosaneError(f"initialization '{init.name}' ({init.source}): {exc}", flags=exc.flags) from None
+            raise GeosaneError(
+                f"initialization '{init.name}' ({init.source}): {exc}", flags=exc.flags
+            ) from None
     plans: dict[tuple[str, int], RunPlan] = {}
     for init in inits:
         for seed in config.seeds:

@@ -46,15 +46,17 @@ INIT_KINDS = (*DEFAULT_INITS, *CONTROL_KINDS)
 class DataConfig:
     """Where the task's images come from and how they are split.
 
-    ``kind``: ``folder`` (``root/<class>/<image>``), ``csmask`` (``.npz`` scenes cut into chips) or
-    ``torchgeo`` (``dataset`` names a TorchGeo dataset; ``root`` is its download folder).
+    ``kind``: ``folder`` (``root/<class>/<image>``), ``csmask`` (``.npz`` scenes cut into chips),
+    ``detection`` (a COCO- or VOC-style folder of boxes, e.g. ``geosane data detection-composite``)
+    or ``torchgeo`` (``dataset`` names a TorchGeo dataset, detection sets ``dior`` and ``vhr10``
+    included; ``root`` is its download folder).
     ``test_data`` / ``select_data``: separate folders (same classes) used as the test / selection
     split instead of a part of ``root``. ``normalization``: ``auto`` uses the initialization's
     recorded per-band statistics when it has them (e.g. an ONNX model's sidecar), else the training
     split's; ``dataset``, ``imagenet`` and ``model`` force one.
     """
 
-    kind: Literal["folder", "csmask", "torchgeo"] = "folder"
+    kind: Literal["folder", "csmask", "detection", "torchgeo"] = "folder"
     root: Path | None = None
     test_data: Path | None = None
     select_data: Path | None = None
@@ -77,16 +79,21 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    """The task head: ``kind`` ``auto`` follows the data (folders: classification, csmask: segmentation).
+    """The task head: ``kind`` ``auto`` follows the data (folders: classification, csmask:
+    segmentation, box folders and DIOR: detection).
 
     ``reset_head``: every initialization starts from a fresh (seeded) classifier head, so that
     comparisons measure the backbone; off keeps a head of the weights that already fits the classes.
+    ``decoder`` / ``decoder_channels``: the segmentation head. ``detector`` / ``fpn_channels``: the
+    detection model (torchvision's FCOS, RetinaNet or Faster R-CNN on an FPN over the backbone).
     """
 
-    kind: Literal["auto", "classification", "multilabel", "segmentation"] = "auto"
+    kind: Literal["auto", "classification", "multilabel", "segmentation", "detection"] = "auto"
     reset_head: bool = True
     decoder: Literal["unet", "upernet", "linear"] = "unet"
     decoder_channels: int = 32
+    detector: Literal["fcos", "retinanet", "faster_rcnn"] = "fcos"
+    fpn_channels: int = 64
 
 
 @dataclass

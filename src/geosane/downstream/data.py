@@ -9,8 +9,15 @@ report.
 - ``csmask``: ``.npz`` scenes cut into chips; whole scenes (``group_by: scene``) or spatial blocks
   (``group_by: block``) are dealt to the splits, so neighbouring chips never straddle two splits;
   ``test_scenes`` holds named scenes out as the test split.
+- ``detection``: a COCO- or VOC-style folder of boxes (:func:`geosane.data.load_detection_folder`);
+  split stratified on each image's main class, images without objects forming their own stratum.
 - ``torchgeo``: a TorchGeo benchmark with its official ``train`` / ``val`` / ``test`` splits
-  (``val`` is the selection split).
+  (``val`` is the selection split); the detection sets (``dior``, ``vhr10``) are read into memory at
+  ``image_size`` (:func:`geosane.data.torchgeo.read_torchgeo_detection`: DIOR's test split has no
+  boxes, so its ``val`` is halved into select and test).
+
+Detection splits are :class:`geosane.data.detection.DetectionData` (uint8 images and box targets;
+the detector normalises inside the model with ``normalization``).
 
 ``test_data`` / ``select_data`` replace the test / selection part with a separate folder (same
 classes and bands, checked before anything runs).
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,12 +48,23 @@ from geosane.data import (
     split_fractions,
     stratified_split,
 )
+from geosane.data.detection import DetectionData, load_detection_folder, split_detection
 from geosane.data.splits import group_split
 from geosane.downstream.config import DataConfig
 from geosane.errors import ConfigError, DataError
 from geosane.tasks import TaskKind
 
-__all__ = ["SPLITS", "TaskData", "check_same_classes", "check_selection_size", "load_task_data"]
+__all__ = [
+    "SPLITS",
+    "DownstreamTask",
+    "TaskData",
+    "check_same_classes",
+    "check_selection_size",
+    "load_task_data",
+]
+
+# the tasks of geosane.tasks.fit and detection (geosane.tasks.fit_detection)
+DownstreamTask = TaskKind | Literal["detection"]
 
 _NORM_SAMPLES = 256
 # caps draw with split_seed + this (geosane.data.task's RNG rule), apart from the split's own draw
@@ -55,14 +73,15 @@ _CAP_SEED_OFFSET = 7919
 
 @dataclass
 class TaskData:
-    """The three splits of one task, ready for :func:`geosane.tasks.fit`."""
+    """The three splits of one task, ready for :func:`geosane.tasks.fit` (detection:
+    :class:`DetectionData` for :func:`geosane.tasks.fit_detection`)."""
 
-    task: TaskKind
+    task: DownstreamTask
     classes: tuple[str, ...]
     in_chans: int
-    train: Dataset
-    select: Dataset
-    test: Dataset
+    train: Dataset | DetectionData
+    select: Dataset | DetectionData
+    test: Dataset | DetectionData
     normalization: Normalization
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -281,8 +300,10 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
         TorchGeoSamples,
         dataset_classes,
         dataset_labels,
+        detection_info,
         infer_task,
         open_torchgeo,
+        read_torchgeo_detection,
     )
 
     if not config.dataset:
@@ -294,6 +315,15 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
             "data.test_data / data.select_data apply to folders and scenes; TorchGeo data has its own splits"
         )
     root = _root(config)
+    if detection_info(config.dataset) is not None:
+        if task not in ("auto", "detection"):
+            raise ConfigError(f"TorchGeo {config.dataset} is a detection dataset, not {task}")
+        parts, dropped = read_torchgeo_detection(
+            config.dataset, root, config.image_size, _fractions(config, list(SPLITS)), config.split_seed,
+            config.download, config.dataset_kwargs, config.max_samples,
+        )  # fmt: skip
+        info = {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "dropped_boxes": dropped}
+        return _detection_parts(config, parts, model_norm, info)
     opened = {
         n: open_torchgeo(config.dataset, root, n, config.download, config.dataset_kwargs) for n in SPLITS
     }
@@ -337,6 +367,76 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
     return TaskData(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
 
 
+# ----------------------------------------------------------------------------------------------
+# detection
+
+
+def _detection_parts(
+    config: DataConfig,
+    parts: dict[str, DetectionData],
+    model_norm: Normalization | None,
+    info: dict[str, Any],
+) -> TaskData:
+    """Checked detection splits; the detector's normalisation from the training images (``auto``)."""
+    classes = parts["train"].classes
+    for name, part in parts.items():
+        if part.classes != classes:
+            raise DataError(
+                f"the {name} split has classes {list(part.classes)}, the training split {list(classes)}"
+            )
+        if not any(t["labels"].numel() for t in part.targets):
+            raise DataError(
+                f"the {name} split of {info.get('root')} holds no box at all; nothing to learn or score"
+            )
+    norm = _normalization(config, parts["train"].images, model_norm)
+    info = {
+        **info,
+        "image_size": config.image_size,
+        "boxes": {n: sum(len(t["labels"]) for t in p.targets) for n, p in parts.items()},
+    }
+    return TaskData(
+        "detection", classes, int(parts["train"].images.shape[1]),
+        parts["train"], parts["select"], parts["test"], normalization=norm, info=info,
+    )  # fmt: skip
+
+
+def _detection_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
+    if task not in ("auto", "detection"):
+        raise ConfigError(f"a box folder holds detection targets; task '{task}' needs other data")
+    if config.bands is not None:
+        raise ConfigError("data.bands does not apply to detection folders (their images are RGB)")
+    root = _root(config)
+    data = load_detection_folder(root, config.image_size)
+    separate: dict[str, DetectionData] = {}
+    for name, path in (("test", config.test_data), ("select", config.select_data)):
+        if path is not None:
+            other = load_detection_folder(Path(path).expanduser(), config.image_size)
+            if other.classes != data.classes:
+                raise DataError(
+                    f"classes differ between training data {root} {list(data.classes)} and {name} data "
+                    f"{path} {list(other.classes)}"
+                )
+            separate[name] = other
+    names = _needed_splits(config)
+    if len(names) > 1:
+        parts = split_detection(data, _fractions(config, names), seed=config.split_seed)
+    else:
+        parts = {"train": data}
+    parts |= separate
+    for n in SPLITS:
+        if n in config.max_samples:
+            parts[n] = parts[n].subset(
+                _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
+            )
+    info = {
+        "kind": "detection",
+        "root": str(root),
+        "test_data": str(config.test_data) if config.test_data else None,
+        "select_data": str(config.select_data) if config.select_data else None,
+    }
+    return _detection_parts(config, parts, model_norm, info)
+
+
 def load_task_data(
     config: DataConfig, task: str = "auto", model_normalization: Normalization | None = None
 ) -> TaskData:
@@ -347,5 +447,10 @@ def load_task_data(
     """
     if config.image_size <= 0 or config.chip_size <= 0:
         raise ConfigError("data.image_size and data.chip_size must be positive")
-    loaders = {"folder": _folder_task_data, "csmask": _chips_task_data, "torchgeo": _torchgeo_task_data}
+    loaders = {
+        "folder": _folder_task_data,
+        "csmask": _chips_task_data,
+        "detection": _detection_task_data,
+        "torchgeo": _torchgeo_task_data,
+    }
     return loaders[config.kind](config, task, model_normalization)

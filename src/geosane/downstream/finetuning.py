@@ -50,7 +50,7 @@ from geosane.tasks import (
     fit,
 )
 from geosane.tasks.loop import primary_metric_name
-from geosane.zoo import LoadedModel
+from geosane.zoo import ArchSpec, LoadedModel
 
 __all__ = [
     "FinetuneResult",
@@ -63,7 +63,45 @@ __all__ = [
     "output_dir",
     "plan_run",
     "run_finetune",
+    "task_metric",
 ]
+
+DETECTION_METRIC = "map_50"  # mAP@50 (torchmetrics), the selection metric of detection runs
+DETECTION_ONLY = ("detector", "fpn_channels")  # TaskConfig fields that only detection runs use
+
+
+def task_metric(task: str) -> str:
+    """The metric a task's runs are selected and reported on (detection: mAP@50)."""
+    return DETECTION_METRIC if task == "detection" else primary_metric_name(task)  # type: ignore[arg-type]
+
+
+def _detection_model(init: Initialization, data: TaskData, task: TaskConfig) -> nn.Module:
+    """The detector for ``data``: a timm init becomes the backbone under a fresh FPN and heads
+    (``task.detector``); a detector init (a zoo detector, generated detector weights) keeps its own
+    record and heads, rebuilt for the task's classes, bands, image size and normalisation (a head
+    for other classes, or every head with ``reset_head``, starts fresh)."""
+    from geosane.tasks import backbone_with_weights, build_detector
+
+    image_size = int(data.train.images.shape[-1])  # type: ignore[union-attr]
+    norm = data.normalization
+    if init.arch.library == "detector":
+        kwargs = {
+            **init.arch.kwargs,
+            "num_classes": data.num_classes,
+            "in_chans": data.in_chans,
+            "image_size": image_size,
+            "image_mean": list(norm.mean),
+            "image_std": list(norm.std),
+        }
+        spec = ArchSpec("detector", init.arch.name, kwargs)
+        return backbone_with_weights(
+            spec, init.state_dict, num_classes=data.num_classes, reset_head=task.reset_head
+        )
+    return build_detector(
+        init.arch, data.num_classes, kind=task.detector, in_chans=data.in_chans,
+        backbone_weights=init.state_dict, image_size=image_size, normalization=norm,
+        fpn_channels=task.fpn_channels,
+    )  # fmt: skip
 
 
 @dataclass
@@ -106,8 +144,10 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
 
     A stem with another band count than the data is adapted (timm's ``adapt_input_conv`` rule).
     The classifier head is re-initialised (seeded) unless ``task.reset_head`` is off and the
-    weights' head already fits the classes.
+    weights' head already fits the classes. Detection: :func:`_detection_model`.
     """
+    if data.task == "detection":
+        return _detection_model(init, data, task)
     state_dict = init.state_dict
     arch = init.arch
     if state_dict is not None:
@@ -174,10 +214,13 @@ def _fingerprint(
     data_config: Any,
     test_curve: bool = False,
 ) -> str:
+    task_record = to_dict(task)
+    if data.task != "detection":  # fields added for detection: other runs keep their fingerprint
+        task_record = {k: v for k, v in task_record.items() if k not in DETECTION_ONLY}
     record: dict[str, Any] = {
         "weights": init.fingerprint(),
         "arch": init.arch.to_dict(),
-        "task": to_dict(task),
+        "task": task_record,
         "train": to_dict(dataclasses.replace(fit_config, progress=False, num_workers=0)),
         "data": to_dict(data_config),
         "sizes": data.sizes(),
@@ -314,7 +357,7 @@ def run_finetune(
     if plan.state == "redo":
         for name in ("metrics.json", "run.json", "checkpoint.ckpt", "history.csv", "weights.safetensors"):
             (out / name).unlink(missing_ok=True)
-    metric = primary_metric_name(data.task)
+    metric = task_metric(data.task)
     clock = WallClock()
     torch.manual_seed(fit_config.seed)  # the fresh head (and scratch weights) depend on the seed only
     model = build_task_model(init, data, task)
@@ -328,20 +371,31 @@ def run_finetune(
     if progress is not None:
         task_id = progress.add_task(f"{init.name} seed {fit_config.seed}", total=None, status="")
         callbacks.append(FitProgress(progress, task_id))
-    result = fit(
-        model, data.task, data.num_classes, data.train, data.select, fit_config,
-        checkpoint_path=checkpoint_path, callbacks=callbacks, report=data.test if test_curve else None,
-        distillation=build_distillation(init, data),
-    )  # fmt: skip
-    test = evaluate(model, data.task, data.num_classes, data.test)[metric]
+    if data.task == "detection":
+        from geosane.tasks import evaluate_detection, fit_detection
+
+        result = fit_detection(
+            model, data.train, data.select, fit_config, checkpoint_path=checkpoint_path,  # type: ignore[arg-type]
+            callbacks=callbacks, report=data.test if test_curve else None,  # type: ignore[arg-type]
+            augment=bool(data.info.get("augment", True)),
+        )  # fmt: skip
+        test = evaluate_detection(model, data.test, fit_config.batch_size * 2)[metric]  # type: ignore[arg-type]
+    else:
+        result = fit(
+            model, data.task, data.num_classes, data.train, data.select, fit_config,
+            checkpoint_path=checkpoint_path, callbacks=callbacks, report=data.test if test_curve else None,
+            distillation=build_distillation(init, data),
+        )  # fmt: skip
+        test = evaluate(model, data.task, data.num_classes, data.test)[metric]
     wall = clock.elapsed_s  # build, training (over every resumed attempt) and test evaluation
     if progress is not None and task_id is not None:
         progress.remove_task(task_id)
     select = result.final.get(metric, float("nan"))
     write_text(out / "history.csv", csv_text(_history_rows(result.history, metric)))
     if save_weights:
+        record = getattr(model, "record", None) if data.task == "detection" else None
         meta = {
-            "arch": json.dumps(init.arch.to_dict()),
+            "arch": json.dumps(record or init.arch.to_dict()),
             "task": data.task,
             "classes": json.dumps(list(data.classes)),
             "in_chans": str(data.in_chans),
@@ -349,6 +403,8 @@ def run_finetune(
         }
         if data.task == "segmentation":
             meta["decoder"] = task.decoder
+        if data.task == "detection":
+            meta["detector"] = str(getattr(model, "kind", task.detector))
         save_safetensors(model.state_dict(), out / "weights.safetensors", metadata=meta)
     metrics = {
         "init": init.name,

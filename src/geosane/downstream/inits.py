@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class Teacher:
     """A fine-tuned task model whose predictions a student also learns from (``distillation``)."""

@@ -17,7 +17,7 @@ import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from geosane.data import (
     recorded_normalization,
     stratified_split,
 )
+from geosane.data.detection import DetectionData
 from geosane.errors import DataError, GeosaneError, cli_flags
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
 from geosane.generation.card import MODEL_CARD, CardCandidate, ModelCard, write_loader_script
@@ -82,11 +83,12 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Selection:
-    """Labelled selection data: images with class labels (folders) or masks (``.npz`` scene chips)."""
+    """Labelled selection data: images with class labels (folders), masks (``.npz`` scene chips) or
+    boxes (a COCO/VOC detection folder: ``targets`` is the :class:`DetectionData` itself)."""
 
-    task: str  # "classification" | "segmentation"
+    task: str  # "classification" | "segmentation" | "detection"
     images: torch.Tensor
-    targets: torch.Tensor
+    targets: Any
     classes: tuple[str, ...]
     normalization: Normalization | None  # None: decided once the prompt is known (segmentation)
 
@@ -108,6 +110,21 @@ def _scene_selection(cfg: GenerateConfig) -> Selection:
     return Selection("segmentation", chips.images, chips.masks, chips.classes, None)
 
 
+def _detection_selection(cfg: GenerateConfig) -> Selection:
+    """A box folder (all of it: the folder is the selection split); the detector normalises itself."""
+    from geosane.data.detection import load_detection_folder
+
+    if cfg.select_split != "all":
+        raise DataError(
+            f"{cfg.select_data} is a detection folder: pass select_split='all' with a folder of selection "
+            "images only, so that no image your fine-tuning tests on is used for ranking",
+            flags={"select_split='all'": "--select-split all"},
+        )
+    assert cfg.select_data is not None
+    data = load_detection_folder(cfg.select_data, cfg.image_size)
+    return Selection("detection", data.images, data, data.classes, None)
+
+
 def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection | None:
     """The labelled images candidates are ranked on (never the test split) and their normalization.
 
@@ -120,6 +137,10 @@ def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection |
         return None
     if Path(cfg.select_data).is_dir() and any(Path(cfg.select_data).glob("*.npz")):
         return _scene_selection(cfg)
+    if (Path(cfg.select_data) / "annotations.json").is_file() or (
+        Path(cfg.select_data) / "Annotations"
+    ).is_dir():
+        return _detection_selection(cfg)
     data = load_image_folder(cfg.select_data, cfg.image_size)
     train = data
     if cfg.select_split == "select":
@@ -151,7 +172,7 @@ def prepare_prompt(
     classifier head is re-initialised when the class count differs. Raises when the prompt's
     architecture is unknown or cannot be instantiated.
     """
-    from geosane.tasks import build_classifier, build_segmenter
+    from geosane.tasks import backbone_with_weights, build_classifier, build_segmenter
 
     prompt = resolve(source, random_init=random_init)
     if prompt.arch is None:
@@ -169,11 +190,14 @@ def prepare_prompt(
             model = prompt.build()
         elif library.task == "segmentation":  # smp: its own head is kept when it fits the classes
             model = build_segmenter(prompt, num_classes, reset_head=False)
+        elif library.task == "detection":  # a detector: its heads are kept when they fit the classes
+            model = backbone_with_weights(prompt, num_classes=num_classes)
         else:
             model = build_classifier(prompt, num_classes)
     except GeosaneError as exc:
         raise GeosaneError(
-            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}", flags=exc.flags
+            f"prompt {source}: the architecture cannot be instantiated with its weights: {exc}",
+            flags=exc.flags,
         ) from None
     kwargs = dict(prompt.arch.kwargs)
     if num_classes is not None:
@@ -383,13 +407,23 @@ def _finite_or_none(score: float) -> float | None:
     return score if np.isfinite(score) else None
 
 
-def _bn_batches(select: TensorImageDataset | None, cfg: GenerateConfig) -> list[torch.Tensor]:
+def _bn_batches(
+    select: TensorImageDataset | DetectionData | None, cfg: GenerateConfig, prompt: LoadedModel
+) -> list[torch.Tensor]:
     """Unlabeled selection batches for BatchNorm recalibration, in a seeded order (the selection split
-    is stored in class order); built once and shared by every candidate and the prompt."""
+    is stored in class order); built once and shared by every candidate and the prompt. Detection:
+    the images normalised as the detector normalises them (its record's mean/std), for its backbone."""
     if select is None or cfg.bn_batches == 0:
         return []
     perm = torch.randperm(len(select), generator=torch.Generator().manual_seed(cfg.seed))
     order = perm[: cfg.bn_batches * cfg.batch_size].tolist()
+    if isinstance(select, DetectionData):
+        assert prompt.arch is not None
+        norm = Normalization(tuple(prompt.arch.kwargs["image_mean"]), tuple(prompt.arch.kwargs["image_std"]))
+        return [
+            norm(select.images[order[start : start + cfg.batch_size]])
+            for start in range(0, len(order), cfg.batch_size)
+        ]
     return [
         torch.stack([select[i][0] for i in order[start : start + cfg.batch_size]])
         for start in range(0, len(order), cfg.batch_size)
@@ -398,16 +432,22 @@ def _bn_batches(select: TensorImageDataset | None, cfg: GenerateConfig) -> list[
 
 def _score_candidate(
     model: nn.Module,
-    select: TensorImageDataset | None,
+    select: TensorImageDataset | DetectionData | None,
     bn_batches: list[torch.Tensor],
     cfg: GenerateConfig,
     task: str = "classification",
     num_classes: int = 0,
 ) -> tuple[float, int]:
     """BatchNorm recalibration on unlabeled selection images, then the proxy score (segmentation:
-    the mIoU of the candidate's own head)."""
+    the mIoU of the candidate's own head; detection: its mAP@50, BatchNorm of the backbone)."""
     if select is None:
         return float("nan"), 0
+    if isinstance(select, DetectionData):
+        from geosane.tasks import evaluate_detection
+
+        backbone = cast(nn.Module, model.backbone)
+        seen = recalibrate_batchnorm(backbone, bn_batches) if bn_batches and has_batchnorm(backbone) else 0
+        return evaluate_detection(cast(Any, model), select, cfg.batch_size)["map_50"], seen
     seen = recalibrate_batchnorm(model, bn_batches) if bn_batches and has_batchnorm(model) else 0
     if task == "segmentation":  # the segmenter's own head on the selection chips (mIoU)
         from geosane.tasks import evaluate
@@ -452,10 +492,19 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
             "(pass in_chans to adapt the prompt's stem)",
             flags=cli_flags("in_chans"),
         )
-    select = None
+    select: TensorImageDataset | DetectionData | None = None
     select_task = select_images.task if select_images is not None else "classification"
-    proxy_name = "miou" if select_task == "segmentation" else cfg.proxy  # segmenters: their own head
-    if select_images is not None:
+    # segmenters and detectors are ranked with their own heads
+    proxy_name = {"segmentation": "miou", "detection": "map_50"}.get(select_task, cfg.proxy)
+    prompt_task = arch_library(prompt.arch.library).task
+    if select_images is not None and (select_task == "detection") != (prompt_task == "detection"):
+        raise DataError(
+            f"{cfg.select_data} holds {select_task} data but the prompt {prompt.source} is a "
+            f"{prompt.arch.library}:{prompt.arch.name} {prompt_task} model; rank it with selection data of its task"
+        )
+    if select_images is not None and select_task == "detection":
+        select = select_images.targets
+    elif select_images is not None:
         if select_task == "segmentation" and arch_library(prompt.arch.library).task != "segmentation":
             raise DataError(
                 f"{cfg.select_data} holds segmentation scenes but the prompt {prompt.source} is a "
@@ -491,7 +540,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     base = None  # the prompt's own reconstruction, subtracted in residual decoding
     if cfg.decode == "residual":
         base = decode_sequence(ae, z_prompt, prompt_tm.positions, prompt_tm.layer_type, halo=cfg.halo)
-    bn_batches = _bn_batches(select, cfg)
+    bn_batches = _bn_batches(select, cfg, prompt)
     candidates: list[Candidate] = []
     with make_progress() as progress:
         task = progress.add_task("decode + rank candidates", total=cfg.num_candidates, status="")
@@ -520,7 +569,9 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
     card = ModelCard(
         geosane_version=__version__,
         prompt=prompt.source,
-        prompt_info={k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        prompt_info={
+            k: v for k, v in prompt.info.items() if isinstance(v, (str, int, float, bool, type(None)))
+        },
         arch=prompt.arch.to_dict() if prompt.arch else None,
         ae_checkpoint=str(Path(cfg.ae).resolve()),
         ae_sha256=sha256_file(Path(cfg.ae) / "autoencoder.safetensors" if Path(cfg.ae).is_dir() else cfg.ae),
@@ -531,9 +582,7 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         kde={
             "mode": cfg.kde_mode,
             "bandwidth": cfg.bandwidth,
-            "anchors": [
-                {k: a[k] for k in ("id", "distance", "shared_tokens", "alignment")} for a in anchors
-            ],
+            "anchors": [{k: a[k] for k in ("id", "distance", "shared_tokens", "alignment")} for a in anchors],
         },
         num_candidates=cfg.num_candidates,
         top_k=cfg.top_k,
@@ -547,7 +596,12 @@ def generate(cfg: GenerateConfig) -> GenerationResult:
         all_proxy_scores=[_finite_or_none(c.score) for c in candidates],
         candidates=[
             CardCandidate(
-                rank, f"candidate_{rank}.safetensors", c.index, _finite_or_none(c.score), proxy_name, c.bn_images
+                rank,
+                f"candidate_{rank}.safetensors",
+                c.index,
+                _finite_or_none(c.score),
+                proxy_name,
+                c.bn_images,
             )
             for rank, c in enumerate(chosen, start=1)
         ],

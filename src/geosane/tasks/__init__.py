@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         DetectorKind,
         backbone_state,
         build_detector,
+        detector_spec,
         load_backbone_state,
     )
     from geosane.tasks.heads import DECODERS, LinearSegHead, UNetDecoder, UPerNetHead, build_decoder
@@ -57,7 +58,8 @@ _EXPORTS = {
         "evaluate_detection", "fit_detection",
     ),
     "detection_models": (
-        "DETECTOR_KINDS", "Detector", "DetectorKind", "backbone_state", "build_detector", "load_backbone_state",
+        "DETECTOR_KINDS", "Detector", "DetectorKind", "backbone_state", "build_detector", "detector_spec",
+        "load_backbone_state",
     ),
     "heads": ("DECODERS", "LinearSegHead", "UNetDecoder", "UPerNetHead", "build_decoder"),
     "loop": (
@@ -96,6 +98,7 @@ __all__ = [
     "check_detection_data",
     "detection_augmentation",
     "detection_map",
+    "detector_spec",
     "evaluate",
     "evaluate_detection",
     "fit",
