@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from geosane.data import (
 from geosane.data.detection import DetectionData, load_detection_folder, split_detection
 from geosane.data.splits import group_split
 from geosane.downstream.config import DataConfig
-from geosane.errors import ConfigError, DataError
+from geosane.errors import ConfigError, DataError, GeosaneError
 from geosane.tasks import TaskKind
 
 __all__ = [
@@ -91,6 +91,17 @@ class TaskData:
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLITS}
+
+    def image_task(self) -> tuple[TaskKind, Dataset, Dataset, Dataset]:
+        """The task and its train / select / test datasets for :func:`geosane.tasks.fit` (not detection)."""
+        if self.task == "detection" or not all(isinstance(getattr(self, n), Dataset) for n in SPLITS):
+            raise GeosaneError(f"this is a {self.task} task; it trains with geosane.tasks.fit_detection")
+        return (
+            self.task,
+            cast(Dataset, self.train),
+            cast(Dataset, self.select),
+            cast(Dataset, self.test),
+        )
 
 
 def check_same_classes(
@@ -322,8 +333,10 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
             config.dataset, root, config.image_size, _fractions(config, list(SPLITS)), config.split_seed,
             config.download, config.dataset_kwargs, config.max_samples,
         )  # fmt: skip
-        info = {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "dropped_boxes": dropped}
-        return _detection_parts(config, parts, model_norm, info)
+        return _detection_parts(
+            config, parts, model_norm,
+            {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "dropped_boxes": dropped},
+        )  # fmt: skip
     opened = {
         n: open_torchgeo(config.dataset, root, n, config.download, config.dataset_kwargs) for n in SPLITS
     }
@@ -363,7 +376,9 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
         )
         for n in SPLITS
     }
-    info = {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "image_size": config.image_size}
+    info = {
+        "kind": "torchgeo", "dataset": config.dataset, "root": str(root), "image_size": config.image_size,
+    }  # fmt: skip
     return TaskData(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
 
 

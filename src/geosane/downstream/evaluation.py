@@ -87,15 +87,21 @@ def evaluate_source(config: FinetuneConfig, out: Path | None = None) -> Evaluati
     init = Initialization("init", "source", arch, loaded.state_dict, config.init, normalization_info(loaded))
     recorded = recorded_normalization(init.info)
     data = load_task_data(config.data, config.task.kind, recorded)
+    if data.task == "detection":
+        raise ConfigError(
+            "zero-shot evaluation covers classification and segmentation; for a detector, fine-tune it "
+            "(geosane finetune) and read its test mAP@50"
+        )
+    kind, _, select_set, test_set = data.image_task()
     task = dataclasses.replace(config.task, reset_head=False)
     torch.manual_seed(0)
     model = build_task_model(init, data, task)
     assert init.state_dict is not None
     _check_head_kept(model, init.state_dict, config.init, data.num_classes)
-    metric = primary_metric_name(data.task)
+    metric = primary_metric_name(kind)
     scores, per_class = {}, {}
-    for split in ("select", "test"):
-        split_result = evaluate(model, data.task, data.num_classes, getattr(data, split), per_class=True)
+    for split, dataset in (("select", select_set), ("test", test_set)):
+        split_result = evaluate(model, kind, data.num_classes, dataset, per_class=True)
         scores[split], per_class[split] = split_result[metric], split_result["per_class"]
     if recorded is not None and data.normalization == recorded:
         normalization = "model"

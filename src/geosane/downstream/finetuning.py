@@ -381,12 +381,13 @@ def run_finetune(
         )  # fmt: skip
         test = evaluate_detection(model, data.test, fit_config.batch_size * 2)[metric]  # type: ignore[arg-type]
     else:
+        kind, train, select_set, test_set = data.image_task()
         result = fit(
-            model, data.task, data.num_classes, data.train, data.select, fit_config,
-            checkpoint_path=checkpoint_path, callbacks=callbacks, report=data.test if test_curve else None,
+            model, kind, data.num_classes, train, select_set, fit_config,
+            checkpoint_path=checkpoint_path, callbacks=callbacks, report=test_set if test_curve else None,
             distillation=build_distillation(init, data),
         )  # fmt: skip
-        test = evaluate(model, data.task, data.num_classes, data.test)[metric]
+        test = evaluate(model, kind, data.num_classes, test_set)[metric]
     wall = clock.elapsed_s  # build, training (over every resumed attempt) and test evaluation
     if progress is not None and task_id is not None:
         progress.remove_task(task_id)
