@@ -29,7 +29,13 @@ if TYPE_CHECKING:
         load_compare_config,
         load_finetune_config,
     )
-    from geosane.downstream.data import TaskData, check_same_classes, check_selection_size, load_task_data
+    from geosane.downstream.data import (
+        TaskData,
+        TaskSplits,
+        check_same_classes,
+        check_selection_size,
+        load_task_data,
+    )
     from geosane.downstream.finetuning import (
         FinetuneResult,
         build_task_model,
@@ -58,6 +64,7 @@ __all__ = [
     "MergeResult",
     "TaskConfig",
     "TaskData",
+    "TaskSplits",
     "ZooInitConfig",
     "average_merge",
     "build_initializations",
@@ -95,7 +102,7 @@ __getattr__, __dir__ = lazy_exports(
             "load_compare_config",
             "load_finetune_config",
         ),
-        "data": ("TaskData", "check_same_classes", "check_selection_size", "load_task_data"),
+        "data": ("TaskData", "TaskSplits", "check_same_classes", "check_selection_size", "load_task_data"),
         "finetuning": ("FinetuneResult", "build_task_model", "finetune", "initialization_from_source"),
         "inits": (
             "GeneratedDir",

@@ -43,7 +43,7 @@ from geosane.downstream.controls import (
     prune_to,
     select_weights,
 )
-from geosane.downstream.data import TaskData, load_task_data
+from geosane.downstream.data import TaskSplits, load_task_data
 from geosane.downstream.finetuning import (
     FinetuneResult,
     RunPlan,
@@ -299,7 +299,7 @@ def _larger_source(config: CompareConfig, arch: ArchSpec) -> WeightSource:
     return larger_member(zoo, arch)
 
 
-def _notes(config: CompareConfig, inits: list[Initialization], data: TaskData) -> list[str]:
+def _notes(config: CompareConfig, inits: list[Initialization], data: TaskSplits) -> list[str]:
     notes = []
     generated = [i for i in inits if i.kind == "generated"]
     if generated and config.generated.dir is not None:
@@ -423,7 +423,7 @@ def _status(result: FinetuneResult) -> str:
 
 def _run_sequential(
     config: CompareConfig,
-    data: TaskData,
+    data: TaskSplits,
     jobs: list[tuple[Initialization, int]],
     plans: dict[tuple[str, int], RunPlan],
     out: Path,
@@ -452,7 +452,7 @@ def _worker_setup(threads: int) -> None:
 
 def _run_one(
     init: Initialization,
-    data: TaskData,
+    data: TaskSplits,
     config: CompareConfig,
     seed: int,
     plan: RunPlan,
@@ -470,7 +470,7 @@ def _run_one(
 
 def _run_parallel(
     config: CompareConfig,
-    data: TaskData,
+    data: TaskSplits,
     jobs: list[tuple[Initialization, int]],
     plans: dict[tuple[str, int], RunPlan],
     out: Path,
@@ -530,7 +530,7 @@ def _run_parallel(
 def _write_outputs(
     config: CompareConfig,
     out: Path,
-    data: TaskData,
+    data: TaskSplits,
     arch: ArchSpec,
     inits: list[Initialization],
     results: dict[str, list[FinetuneResult]],

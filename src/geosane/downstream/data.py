@@ -1,6 +1,6 @@
 """Task data for fine-tuning: train / selection / test datasets from folders, scenes or TorchGeo.
 
-:func:`load_task_data` turns a :class:`DataConfig` into a :class:`TaskData`. The split is a pure
+:func:`load_task_data` turns a :class:`DataConfig` into a :class:`TaskSplits`. The split is a pure
 function of the data and ``split_seed``, so every initialization and every seed of a comparison
 sees the same three splits; only ``select`` may be used to choose anything, only ``test`` to
 report.
@@ -58,6 +58,7 @@ __all__ = [
     "SPLITS",
     "DownstreamTask",
     "TaskData",
+    "TaskSplits",
     "check_same_classes",
     "check_selection_size",
     "load_task_data",
@@ -72,9 +73,14 @@ _CAP_SEED_OFFSET = 7919
 
 
 @dataclass
-class TaskData:
+class TaskSplits:
     """The three splits of one task, ready for :func:`geosane.tasks.fit` (detection:
-    :class:`DetectionData` for :func:`geosane.tasks.fit_detection`)."""
+    :class:`DetectionData` for :func:`geosane.tasks.fit_detection`).
+
+    Not :class:`geosane.data.TaskData` (images and split indices in memory): these are the finished
+    datasets, normalised and augmented, lazy for TorchGeo benchmarks that do not fit in memory.
+    Built only by :func:`load_task_data`; ``TaskData`` is its old name, kept as an alias.
+    """
 
     task: DownstreamTask
     classes: tuple[str, ...]
@@ -102,6 +108,9 @@ class TaskData:
             cast(Dataset, self.select),
             cast(Dataset, self.test),
         )
+
+
+TaskData = TaskSplits  # the name before 0.2 (imports of geosane.downstream.TaskData keep working)
 
 
 def check_same_classes(
@@ -196,7 +205,7 @@ def _load_folder(path: Path, config: DataConfig) -> ImageFolderData:
     return load_image_folder(path, config.image_size).select_bands(config.bands)
 
 
-def _folder_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
+def _folder_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskSplits:
     if task not in ("auto", "classification"):
         raise ConfigError(f"image folders hold single-label classes; task '{task}' needs other data")
     root = _root(config)
@@ -235,7 +244,9 @@ def _folder_task_data(config: DataConfig, task: str, model_norm: Normalization |
         "select_data": str(config.select_data) if config.select_data else None,
         "image_size": config.image_size,
     }
-    return TaskData("classification", data.classes, data.num_bands, **datasets, normalization=norm, info=info)
+    return TaskSplits(
+        "classification", data.classes, data.num_bands, **datasets, normalization=norm, info=info
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +269,7 @@ def _select_chip_bands(chips: SegmentationChips, bands: list[int] | None) -> Seg
     )
 
 
-def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
+def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskSplits:
     if task not in ("auto", "segmentation"):
         raise ConfigError(f"scene chips carry segmentation masks; task '{task}' needs other data")
     root = _root(config)
@@ -296,7 +307,7 @@ def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | 
         "group_by": config.group_by,
         "scenes": {n: sorted(set(parts[n].scenes)) for n in SPLITS},
     }
-    return TaskData(
+    return TaskSplits(
         "segmentation", chips.classes, int(chips.images.shape[1]), **datasets, normalization=norm, info=info
     )
 
@@ -305,7 +316,7 @@ def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | 
 # TorchGeo
 
 
-def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
+def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskSplits:
     from geosane.data.torchgeo import (
         TORCHGEO_DATASETS,
         TorchGeoSamples,
@@ -379,7 +390,7 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
     info = {
         "kind": "torchgeo", "dataset": config.dataset, "root": str(root), "image_size": config.image_size,
     }  # fmt: skip
-    return TaskData(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
+    return TaskSplits(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,7 +402,7 @@ def _detection_parts(
     parts: dict[str, DetectionData],
     model_norm: Normalization | None,
     info: dict[str, Any],
-) -> TaskData:
+) -> TaskSplits:
     """Checked detection splits; the detector's normalisation from the training images (``auto``)."""
     classes = parts["train"].classes
     for name, part in parts.items():
@@ -409,13 +420,15 @@ def _detection_parts(
         "image_size": config.image_size,
         "boxes": {n: sum(len(t["labels"]) for t in p.targets) for n, p in parts.items()},
     }
-    return TaskData(
+    return TaskSplits(
         "detection", classes, int(parts["train"].images.shape[1]),
         parts["train"], parts["select"], parts["test"], normalization=norm, info=info,
     )  # fmt: skip
 
 
-def _detection_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskData:
+def _detection_task_data(
+    config: DataConfig, task: str, model_norm: Normalization | None = None
+) -> TaskSplits:
     if task not in ("auto", "detection"):
         raise ConfigError(f"a box folder holds detection targets; task '{task}' needs other data")
     if config.bands is not None:
@@ -454,7 +467,7 @@ def _detection_task_data(config: DataConfig, task: str, model_norm: Normalizatio
 
 def load_task_data(
     config: DataConfig, task: str = "auto", model_normalization: Normalization | None = None
-) -> TaskData:
+) -> TaskSplits:
     """Load and split the task's data (raises :class:`DataError` / :class:`ConfigError` on bad input).
 
     ``model_normalization``: the initialization's recorded normalization, used when

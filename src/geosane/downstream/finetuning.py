@@ -36,7 +36,7 @@ from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.data import recorded_normalization
 from geosane.downstream.config import FinetuneConfig, TaskConfig
-from geosane.downstream.data import TaskData, load_task_data
+from geosane.downstream.data import TaskSplits, load_task_data
 from geosane.downstream.inits import Initialization, arch_from_config, load_source, normalization_info
 from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import check_out_dir, claim_out_dir, read_json, save_safetensors, write_json, write_text
@@ -75,7 +75,7 @@ def task_metric(task: str) -> str:
     return DETECTION_METRIC if task == "detection" else primary_metric_name(task)  # type: ignore[arg-type]
 
 
-def _detection_model(init: Initialization, data: TaskData, task: TaskConfig) -> nn.Module:
+def _detection_model(init: Initialization, data: TaskSplits, task: TaskConfig) -> nn.Module:
     """The detector for ``data``: a timm init becomes the backbone under a fresh FPN and heads
     (``task.detector``); a detector init (a zoo detector, generated detector weights) keeps its own
     record and heads, rebuilt for the task's classes, bands, image size and normalisation (a head
@@ -139,7 +139,7 @@ class RunPlan:
     state: str  # "new" | "done" | "resume" | "redo"
 
 
-def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> nn.Module:
+def build_task_model(init: Initialization, data: TaskSplits, task: TaskConfig) -> nn.Module:
     """The task model (classifier or segmenter) for ``data`` with ``init``'s backbone weights.
 
     A stem with another band count than the data is adapted (timm's ``adapt_input_conv`` rule).
@@ -172,7 +172,7 @@ def build_task_model(init: Initialization, data: TaskData, task: TaskConfig) -> 
     )
 
 
-def build_distillation(init: Initialization, data: TaskData) -> Distillation | None:
+def build_distillation(init: Initialization, data: TaskSplits) -> Distillation | None:
     """The frozen teacher of a ``distillation`` run, checked against the task's classes."""
     teacher = init.teacher
     if teacher is None:
@@ -208,7 +208,7 @@ def initialization_from_source(source: str, arch_config: Any, name: str | None =
 
 def _fingerprint(
     init: Initialization,
-    data: TaskData,
+    data: TaskSplits,
     task: TaskConfig,
     fit_config: FitConfig,
     data_config: Any,
@@ -234,7 +234,7 @@ def _fingerprint(
 def plan_run(
     out_dir: Path,
     init: Initialization,
-    data: TaskData,
+    data: TaskSplits,
     task: TaskConfig,
     fit_config: FitConfig,
     data_config: Any,
@@ -334,7 +334,7 @@ class WallClock(Callback):
 
 def run_finetune(
     init: Initialization,
-    data: TaskData,
+    data: TaskSplits,
     task: TaskConfig,
     fit_config: FitConfig,
     plan: RunPlan,
