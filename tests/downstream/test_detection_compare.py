@@ -41,7 +41,9 @@ def _finetune(composite: Path, out: Path, *extra: str) -> object:
     return finetune(load_finetune_config("detection", overrides), show_progress=False)
 
 
-def test_finetune_detection_writes_map_and_a_detector_that_joins_a_zoo(composite: Path, tmp_path: Path) -> None:
+def test_finetune_detection_writes_map_and_a_detector_that_joins_a_zoo(
+    composite: Path, tmp_path: Path
+) -> None:
     result = _finetune(composite, tmp_path / "run", "train.epochs=2")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == "detection" and metrics["metric"] == "map_50"
@@ -78,7 +80,9 @@ def test_tokenize_a_detector_zoo_covers_backbone_and_head(composite: Path, tmp_p
     tm = tokenize_zoo(zoo.path, tmp_path / "tokens", token_size=64).load("det")
     names = [n for n in tm.layout if n not in tm.carried]
     assert any(n.startswith("net.backbone.body.model.") for n in names)
-    assert any(n.startswith("net.head.") for n in names) and any(n.startswith("net.backbone.fpn.") for n in names)
+    assert any(n.startswith("net.head.") for n in names) and any(
+        n.startswith("net.backbone.fpn.") for n in names
+    )
 
 
 def test_compare_detection_runs_the_controls_and_reports(
@@ -132,8 +136,13 @@ def test_detection_bad_inputs_fail_clearly_and_write_nothing(composite: Path, tm
     with pytest.raises(DataError, match="holds no box at all"):
         _finetune(empty, out)
     with pytest.raises(DataError, match=r"3 image\(s\) are too few to give every split"):
-        _finetune(empty, out, "data.max_samples={}", "data.fractions={train: 0.6, select: 0.15, test: 0.25}",
-                  "data.root=" + str(_three(tmp_path)))
+        _finetune(
+            empty,
+            out,
+            "data.max_samples={}",
+            "data.fractions={train: 0.6, select: 0.15, test: 0.25}",
+            "data.root=" + str(_three(tmp_path)),
+        )
     with pytest.raises(ConfigError, match="not classification"):
         load_task_data(DataConfig(kind="torchgeo", dataset="dior", root=tmp_path), "classification")
     assert not out.exists()
@@ -196,7 +205,9 @@ def test_dior_through_torchgeo_trains_on_train_and_halves_val(tmp_path: Path) ->
 
 def test_compare_detection_preset_loads() -> None:
     config = load_compare_config("compare_detection", ["data.root=x"])
-    assert config.task.kind == "detection" and config.data.kind == "detection" and config.task.detector == "fcos"
+    assert (
+        config.task.kind == "detection" and config.data.kind == "detection" and config.task.detector == "fcos"
+    )
     assert config.inits[0] == "scratch" and config.generated.top_k == 1
 
 
@@ -233,7 +244,9 @@ def test_generate_for_a_detector_prompt_and_compare_its_candidates(composite: Pa
     assert any(n.startswith("net.head.") for n in generated)
     assert any(n.startswith("net.backbone.body.model.") for n in generated)
     assert any(n.endswith("running_mean") for n in card["carried_tensors"])
-    assert 0.0 <= card["candidates"][0]["proxy_score"] <= 1.0 and card["candidates"][0]["bn_recalibrated_on"] > 0
+    assert (
+        0.0 <= card["candidates"][0]["proxy_score"] <= 1.0 and card["candidates"][0]["bn_recalibrated_on"] > 0
+    )
     weights = load_file(str(tmp_path / "gen" / "candidate_1.safetensors"))
     assert sorted(weights) == sorted(zoo.load("det-0").state_dict)
     with pytest.raises(DataError, match="holds detection data but the prompt"):
@@ -247,3 +260,48 @@ def test_generate_for_a_detector_prompt_and_compare_its_candidates(composite: Pa
     }  # fmt: skip
     result = run_compare("compare_detection", overrides, show_progress=False)
     assert {s.name for s in result.summaries} == {"scratch", "prompt", "generated-1"}
+
+
+def _write_fake_vhr10(root: Path, count: int) -> Path:
+    """TorchGeo's VHR10 layout: the (unopened) archive, 'positive image set' JPEGs and COCO annotations
+    with 1-based category ids and polygon masks; image 3 has no object."""
+    folder = root / "NWPU VHR-10 dataset"
+    (folder / "positive image set").mkdir(parents=True)
+    (root / "NWPU VHR-10 dataset.zip").write_bytes(b"present")  # only its presence is checked
+    rng = np.random.default_rng(1)
+    images, annotations = [], []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, size=(100, 120, 3), dtype=np.uint8)).save(
+            folder / "positive image set" / f"{i + 1:03d}.jpg"
+        )
+        images.append({"id": i, "file_name": f"{i + 1:03d}.jpg", "width": 120, "height": 100})
+        if i == 3:
+            continue
+        x, y = 10 + i, 20
+        annotations.append({
+            "id": i, "image_id": i, "category_id": 1 + i % 10, "iscrowd": 0, "area": 600.0,
+            "bbox": [x, y, 30, 20], "segmentation": [[x, y, x + 30, y, x + 30, y + 20, x, y + 20]],
+        })  # fmt: skip
+    categories = [{"id": c, "name": f"c{c}"} for c in range(1, 11)]
+    (folder / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    return root
+
+
+def test_vhr10_through_torchgeo_is_cut_into_three_splits_with_zero_based_labels(tmp_path: Path) -> None:
+    pytest.importorskip("torchgeo")
+    pytest.importorskip("pycocotools")
+    root = _write_fake_vhr10(tmp_path / "vhr10", 20)
+    data = load_task_data(DataConfig(kind="torchgeo", dataset="vhr10", root=root, image_size=64))
+    assert data.task == "detection" and data.classes[0] == "airplane" and len(data.classes) == 10
+    assert sum(data.sizes().values()) == 20 and min(data.sizes().values()) > 0
+    labels = torch.cat([t["labels"] for part in (data.train, data.select, data.test) for t in part.targets])  # type: ignore[union-attr]
+    assert labels.min() == 0 and labels.max() <= 9 and labels.numel() == 19  # one image has no object
+    images_without = [
+        t
+        for part in (data.train, data.select, data.test)
+        for t in part.targets
+        if t["labels"].numel() == 0  # type: ignore[union-attr]
+    ]
+    assert len(images_without) == 1

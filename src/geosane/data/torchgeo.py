@@ -86,7 +86,6 @@ TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
         "VHR10",
         "detection",
         "NWPU VHR-10 RGB, 10 object classes, ~1000 px (needs pycocotools)",
-        {"split": "positive"},
         annotated_splits=("positive",),
         classes=(
             "airplane",
@@ -193,8 +192,11 @@ def _detection_sample(
         raise DataError(f"a detection image must be RGB [3, H, W], got shape {tuple(image.shape)}")
     height, width = int(image.shape[-2]), int(image.shape[-1])
     resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-    boxes = torch.as_tensor(sample.get("bbox_xyxy", torch.zeros(0, 4))).float().reshape(-1, 4)
-    labels = torch.as_tensor(sample.get("label", torch.zeros(0))).long().reshape(-1) - first_label
+    if "bbox_xyxy" in sample:
+        boxes = torch.as_tensor(sample["bbox_xyxy"]).float().reshape(-1, 4)
+        labels = torch.as_tensor(sample["label"]).long().reshape(-1) - first_label
+    else:  # an image without objects (VHR10 then keeps its raw COCO record under 'label')
+        boxes, labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
     boxes = boxes * torch.tensor([size / width, size / height, size / width, size / height])
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size)
