@@ -305,3 +305,23 @@ def test_vhr10_through_torchgeo_is_cut_into_three_splits_with_zero_based_labels(
         if t["labels"].numel() == 0  # type: ignore[union-attr]
     ]
     assert len(images_without) == 1
+
+
+def test_cli_finetune_detection_and_a_bad_detector_kind(
+    composite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "cli-run"
+    code, stdout, _ = run_cli(
+        capsys, "finetune", "detection", "--data", str(composite), "--init", "scratch", "--out", str(out),
+        f"arch.name={ARCH.name}", *FAST, "--json",
+    )  # fmt: skip
+    assert code == 0, stdout
+    assert json.loads(stdout)["metric"] == "map_50" and (out / "weights.safetensors").is_file()
+    code, stdout, err = run_cli(
+        capsys, "finetune", "detection", "--data", str(composite), "--init", "scratch",
+        "--out", str(tmp_path / "never"), f"arch.name={ARCH.name}", "task.detector=yolo",
+    )  # fmt: skip
+    assert code == 2 and "task.detector" in (stdout + err) and "Traceback" not in err
+    assert not (tmp_path / "never").exists()
