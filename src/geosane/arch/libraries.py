@@ -169,46 +169,24 @@ DETECTOR_HEAD_PREFIXES = ("net.head.classification_head.cls_logits.", "net.roi_h
 
 ARCH_LIBRARIES: dict[str, ArchLibrary] = {
     "timm": ArchLibrary(
-        name="timm",
-        build=_timm_build,
-        check_name=_timm_check,
-        family=_timm_family,
-        in_chans_key="in_chans",
-        classes_key="num_classes",
-        head_prefixes=(),
-        task="classification",
+        name="timm", build=_timm_build, check_name=_timm_check, family=_timm_family,
+        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=(), task="classification",
     ),
     "smp": ArchLibrary(
-        name="smp",
-        build=_smp_build,
-        check_name=_smp_check,
-        family=_smp_family,
-        in_chans_key="in_channels",
-        classes_key="classes",
-        head_prefixes=("segmentation_head.", "classification_head."),
-        task="segmentation",
+        name="smp", build=_smp_build, check_name=_smp_check, family=_smp_family,
+        in_chans_key="in_channels", classes_key="classes",
+        head_prefixes=("segmentation_head.", "classification_head."), task="segmentation",
     ),
     "onnx": ArchLibrary(
-        name="onnx",
-        build=_onnx_build,
-        check_name=_onnx_check,
-        family=lambda name, kwargs: "onnx",
-        in_chans_key="in_chans",
-        classes_key="num_classes",
-        head_prefixes=(),
-        task="unknown",
+        name="onnx", build=_onnx_build, check_name=_onnx_check, family=lambda name, kwargs: "onnx",
+        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=(), task="unknown",
     ),
     "detector": ArchLibrary(
-        name="detector",
-        build=_detector_build,
-        check_name=_detector_check,
-        family=_detector_family,
-        in_chans_key="in_chans",
-        classes_key="num_classes",
-        head_prefixes=DETECTOR_HEAD_PREFIXES,
+        name="detector", build=_detector_build, check_name=_detector_check, family=_detector_family,
+        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=DETECTOR_HEAD_PREFIXES,
         task="detection",
     ),
-}
+}  # fmt: skip
 
 
 def arch_library(name: str) -> ArchLibrary:
