@@ -22,6 +22,7 @@ __all__ = [
     "DifuseConfig",
     "FuserConfig",
     "PretrainConfig",
+    "SatelliteMetadata",
     "TaskConfig",
     "TrainConfig",
     "load_difuse_config",
@@ -32,24 +33,58 @@ RESULTS_ROOT = Path("runs/difuser")  # default outputs, relative to the working 
 
 
 @dataclass
-class ConditioningConfig:
-    """Optional conditioning of a ``UNet2DConditionModel`` (and class/metadata-conditioned UNets).
+class SatelliteMetadata:
+    """One image's metadata as DiffusionSat takes it (raw values; geosane applies DiffusionSat's scaling).
 
-    - ``prompt``: encoded once by the CLIP text encoder in ``<model_dir>/text_encoder`` (+ tokenizer);
+    ``longitude`` / ``latitude`` in degrees, ``gsd`` in metres per pixel, ``cloud_cover`` a fraction
+    (0.25 = 25 %), the acquisition date as ``year`` / ``month`` / ``day``. Every field is needed by a
+    DiffusionSat UNet; a missing one is an error naming it.
+    """
+
+    longitude: float | None = None
+    latitude: float | None = None
+    gsd: float | None = None
+    cloud_cover: float | None = None
+    year: int | None = None
+    month: int | None = None
+    day: int | None = None
+
+    def missing(self) -> list[str]:
+        return [name for name, value in vars(self).items() if value is None]
+
+
+@dataclass
+class ConditioningConfig:
+    """Optional conditioning of a ``UNet2DConditionModel``, a class-conditioned UNet or DiffusionSat's SatUNet.
+
+    - ``prompt``: encoded once by the CLIP text encoder in ``<model_dir>/text_encoder`` (+ tokenizer;
+      needs the ``transformers`` package: ``pip install geosane[difuser]``);
     - ``prompt_embedding``: a safetensors file holding ``embedding`` ``[tokens, dim]`` (a precomputed
       prompt embedding, for when the text encoder is not available);
-    - ``metadata``: numbers fed to the UNet's class embedding (``class_embed_type: projection``), e.g.
-      normalised longitude, latitude, GSD, cloud cover, year, month, day.
-    Without prompt or embedding a conditional UNet gets an all-zero (null) context.
+    - ``satellite``: DiffusionSat metadata of every image (longitude, latitude, gsd, cloud_cover,
+      year, month, day), scaled as DiffusionSat's ``metadata_normalize`` does;
+    - ``metadata_file``: a CSV with one row per image (column ``image``: the path relative to
+      ``task.root``, then the ``satellite`` fields), for per-image DiffusionSat metadata;
+    - ``metadata``: numbers fed as they are: to a SatUNet's metadata embedding (already normalised,
+      e.g. ``[0, 0, 0, 0, 0, 0, 0]`` for DiffusionSat's null metadata), or to the UNet's class
+      embedding (``class_embed_type: projection``).
+    Without prompt or embedding a conditional UNet gets an all-zero (null) context. A SatUNet
+    without ``satellite``, ``metadata_file`` or ``metadata`` is refused.
     """
 
     prompt: str | None = None
     prompt_embedding: Path | None = None
     metadata: list[float] | None = None
+    satellite: SatelliteMetadata | None = None
+    metadata_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.prompt is not None and self.prompt_embedding is not None:
             raise ValueError("give either conditioning.prompt or conditioning.prompt_embedding, not both")
+        if self.metadata is not None and self.satellite is not None:
+            raise ValueError(
+                "give either conditioning.metadata (normalised numbers) or conditioning.satellite, not both"
+            )
 
 
 @dataclass

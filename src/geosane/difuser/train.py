@@ -28,14 +28,14 @@ from torch.utils.data import DataLoader
 
 from geosane.config import save_config, to_dict
 from geosane.console import console
-from geosane.difuser.backbone import DiffusionBackbone
+from geosane.difuser.backbone import DiffusionBackbone, read_metadata_file
 from geosane.difuser.cache import CachedFeatureDataset, FeatureCache
 from geosane.difuser.config import DifuseConfig, apply_threads
 from geosane.difuser.data import TaskData, load_task_data
 from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
 from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
-from geosane.errors import GeosaneError, cli_flags
+from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import claim_out_dir, save_safetensors, write_json
 from geosane.runs import (
     ResumableRandomness,
@@ -49,7 +49,9 @@ from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_
 __all__ = ["DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"]
 
 
-def difuser_loss(task: TaskKind, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+def difuser_loss(
+    task: TaskKind, logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
     """Cross-entropy (single-label, segmentation with ``ignore_index``) or BCE (multi-label)."""
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, target.float())
@@ -142,7 +144,9 @@ class DifuserModule(TaskModule):
         return config
 
 
-def build_model(cfg: DifuseConfig, layout: StreamLayout, num_classes: int, output_size: tuple[int, int]) -> DifuserModel:
+def build_model(
+    cfg: DifuseConfig, layout: StreamLayout, num_classes: int, output_size: tuple[int, int]
+) -> DifuserModel:
     """Fuser (``cfg.fuser``) + head (``cfg.decoder``) over ``layout``."""
     fuser = build_fuser(cfg.fuser, layout)
     head = build_head(cfg.decoder, cfg.fuser.width, layout.num_scales, num_classes)
@@ -161,7 +165,15 @@ def prepare_features(
             f"the task images have {data.images.shape[1]} bands but the diffusion model takes "
             f"{backbone._image_channels()}; choose task.bands"
         )
-    cache = FeatureCache(cfg.cache_dir, backbone, data.images, data.digest())
+    metadata = None
+    if cfg.backbone.conditioning.metadata_file is not None:
+        names = data.info.get("images")
+        if not names:
+            raise ConfigError(
+                f"backbone.conditioning.metadata_file needs image names; task.dataset {cfg.task.dataset} has none"
+            )
+        metadata = read_metadata_file(cfg.backbone.conditioning.metadata_file, list(names))
+    cache = FeatureCache(cfg.cache_dir, backbone, data.images, data.digest(), metadata=metadata)
     if build:
         cache.build()
     return cache, data, backbone
@@ -171,7 +183,9 @@ def _metric_collection(task: TaskKind, num_classes: int, ignore_index: int) -> t
     if task == "multilabel":
         return torchmetrics.MetricCollection(
             {
-                "map": torchmetrics.AveragePrecision(task="multilabel", num_labels=num_classes, average="macro"),
+                "map": torchmetrics.AveragePrecision(
+                    task="multilabel", num_labels=num_classes, average="macro"
+                ),
                 "macro_f1": torchmetrics.F1Score(task="multilabel", num_labels=num_classes, average="macro"),
                 "micro_f1": torchmetrics.F1Score(task="multilabel", num_labels=num_classes, average="micro"),
             }
@@ -179,7 +193,9 @@ def _metric_collection(task: TaskKind, num_classes: int, ignore_index: int) -> t
     ignore = ignore_index if task == "segmentation" else None
     return torchmetrics.MetricCollection(
         {
-            "confusion": torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes, ignore_index=ignore),
+            "confusion": torchmetrics.ConfusionMatrix(
+                task="multiclass", num_classes=num_classes, ignore_index=ignore
+            ),
         }
     )
 
@@ -223,7 +239,9 @@ def evaluate_model(
     true_total, pred_total = conf.sum(dim=1), conf.sum(dim=0)
     precision = torch.where(pred_total > 0, tp / pred_total.clamp_min(1), torch.zeros_like(tp))
     recall = torch.where(true_total > 0, tp / true_total.clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0
+    )
     union = true_total + pred_total - tp
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.zeros_like(tp))
     out.update(
@@ -290,7 +308,9 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     cache, data, backbone = prepare_features(cfg, build=False)
     layout = StreamLayout.from_layers(backbone.layers, backbone.save_timesteps, cfg.fuser.group)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    output_size = (int(data.targets.shape[-2]), int(data.targets.shape[-1])) if data.kind == "segmentation" else (0, 0)
+    output_size = (
+        (int(data.targets.shape[-2]), int(data.targets.shape[-1])) if data.kind == "segmentation" else (0, 0)
+    )
     model = build_model(cfg, layout, data.num_classes, output_size)
     # everything validated: from here on files are written
     claim_out_dir(out, "difuse", {"task.root": cfg.task.root, "cache_dir": cfg.cache_dir})
@@ -305,10 +325,18 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     )
     train_loader, select_loader, test_loader = _loaders(cache, data, cfg)
     fit_config = FitConfig(
-        **cfg.train.budget(), seed=cfg.train.seed, num_workers=cfg.train.num_workers, progress=cfg.train.progress
+        **cfg.train.budget(),
+        seed=cfg.train.seed,
+        num_workers=cfg.train.num_workers,
+        progress=cfg.train.progress,
     )
     module = DifuserModule(
-        model, data.kind, data.num_classes, fit_config, cfg.task.ignore_index, out / "checkpoints" / "best.safetensors"
+        model,
+        data.kind,
+        data.num_classes,
+        fit_config,
+        cfg.task.ignore_index,
+        out / "checkpoints" / "best.safetensors",
     )
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
@@ -347,7 +375,9 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     fusion["layout"] = layout.to_dict()
     save_safetensors(model.state_dict(), out / "model.safetensors", metadata={"format": "geosane-difuser"})
     write_json(out / "fusion_weights.json", fusion)
-    plot_fusion_weights(fusion, out / "fusion_weights.png", title=f"{cfg.fuser.name.upper()} fusion ({data.kind})")
+    plot_fusion_weights(
+        fusion, out / "fusion_weights.png", title=f"{cfg.fuser.name.upper()} fusion ({data.kind})"
+    )
     if "confusion_matrix" in test_metrics:
         plot_confusion(test_metrics["confusion_matrix"], out / "confusion_test.png")
     write_json(out / "metrics.json", {"select": select_metrics, "test": test_metrics})

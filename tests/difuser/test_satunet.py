@@ -1,0 +1,194 @@
+"""DiffusionSat SatUNet: a local checkpoint in the published layout, every key used, metadata fed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geosane.config import from_dict
+from geosane.difuser import BackboneConfig, DiffusionBackbone, FeatureCache
+from geosane.difuser.backbone import find_unet_dir, load_unet, read_metadata_file
+from geosane.difuser.satunet import SatUNet, diffusionsat_metadata, read_state_dict
+from geosane.errors import ConfigError, SourceError, UnsafeCheckpointError
+
+from .conftest import DIFFUSIONSAT_UNET_CONFIG, diffusionsat_state_dict
+
+# DiffusionSat's notebook example (Brisbane, 2017-02-11, 0.41 m GSD, no clouds), normalised by its
+# metadata_normalize: [925.8798, 345.2111, 411.4541, 0.0, 308.3333, 166.6667, 354.8387]
+BRISBANE = {"longitude": 153.31676, "latitude": -27.861998, "gsd": 0.4114541, "cloud_cover": 0.0,
+            "year": 2017, "month": 2, "day": 11}  # fmt: skip
+
+
+def make_backbone(model_dir: Path, **overrides: object) -> DiffusionBackbone:
+    data = {"model_dir": str(model_dir), "image_size": 16, "save_timesteps": [1, 21], **overrides}
+    return DiffusionBackbone.from_config(from_dict(BackboneConfig, data))
+
+
+def images(n: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_metadata_normalisation_matches_diffusionsat() -> None:
+    values = diffusionsat_metadata(**BRISBANE)
+    expected = [925.8798, 345.2111, 411.4541, 0.0, 308.3333, 166.6667, 354.8387]
+    assert values == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(
+        ConfigError, match=r"cloud_cover = 25.0 is out of range \(expected a fraction in \[0, 1\]\)"
+    ):
+        diffusionsat_metadata(**{**BRISBANE, "cloud_cover": 25.0})
+
+
+@pytest.mark.parametrize("fixture", ["diffusionsat_dir", "diffusionsat_bin_dir"])
+def test_published_layout_loads_every_key(fixture: str, request: pytest.FixtureRequest) -> None:
+    model_dir: Path = request.getfixturevalue(fixture)
+    unet_dir, class_name = find_unet_dir(model_dir)
+    assert class_name == "SatUNet"
+    weights = next(unet_dir.glob("diffusion_pytorch_model.*"))
+    stored = read_state_dict(weights)
+    unet = load_unet(unet_dir, class_name)
+    assert isinstance(unet, SatUNet) and unet.num_metadata == 7
+    loaded = unet.state_dict()
+    assert list(loaded) == list(diffusionsat_state_dict())  # same keys, same order, nothing dropped or added
+    assert set(loaded) == set(stored)
+    for key, value in stored.items():
+        assert torch.equal(loaded[key], value), key
+    md_keys = [k for k in stored if k.startswith("metadata_embedding.")]
+    assert len(md_keys) == 7 * 4 and "metadata_embedding.6.linear_2.bias" in md_keys
+    assert loaded["metadata_embedding.3.linear_1.weight"].shape == (32, 8)  # TimestepEmbedding(8, 32)
+
+
+def test_metadata_changes_the_features(diffusionsat_dir: Path) -> None:
+    base = make_backbone(diffusionsat_dir, conditioning={"satellite": BRISBANE})
+    assert base._metadata is not None and base._metadata.shape == (1, 7)
+    a = base.extract(images())[21]
+    again = base.extract(images())[21]
+    moved = make_backbone(diffusionsat_dir, conditioning={"satellite": {**BRISBANE, "latitude": 40.0}})
+    b = moved.extract(images())[21]
+    null = make_backbone(diffusionsat_dir, conditioning={"metadata": [0.0] * 7}).extract(images())[21]
+    for name in ("up0_res0", "up1_attn0"):
+        assert torch.equal(a[name], again[name])
+        assert not torch.allclose(a[name], b[name], atol=1e-5)
+        assert not torch.allclose(a[name], null[name], atol=1e-5)
+    # per-image rows: row i gives image i the same features as the config value would
+    rows = torch.tensor(
+        [diffusionsat_metadata(**BRISBANE), diffusionsat_metadata(**{**BRISBANE, "latitude": 40.0})]
+    )
+    mixed = base.extract(images(), metadata=rows)[21]["up0_res0"]
+    assert torch.allclose(mixed[0], a["up0_res0"][0], atol=1e-5)
+    assert torch.allclose(mixed[1], b["up0_res0"][1], atol=1e-5)
+    # the SatUNet forward is DiffusionSat's: emb = time MLP + sum_i metadata MLP_i(time_proj(value_i))
+    unet = base.unet
+    md = torch.tensor([diffusionsat_metadata(**BRISBANE)])
+    proj = unet.time_proj(md.view(-1)).view(1, 7, -1)
+    manual = sum(unet.metadata_embedding[i](proj[:, i]) for i in range(7))
+    assert torch.allclose(unet.embed_metadata(md, torch.float32), manual)
+
+
+def test_missing_metadata_is_refused_naming_what_the_model_expects(diffusionsat_dir: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_backbone(diffusionsat_dir)
+    message = str(err.value)
+    assert (
+        "SatUNet embeds 7 metadata values (longitude, latitude, gsd, cloud_cover, year, month, day)"
+        in message
+    )
+    assert "backbone.conditioning.satellite" in message
+    partial = {k: v for k, v in BRISBANE.items() if k not in ("gsd", "day")}
+    with pytest.raises(ConfigError, match=r"backbone\.conditioning\.satellite is missing gsd, day"):
+        make_backbone(diffusionsat_dir, conditioning={"satellite": partial})
+    with pytest.raises(ConfigError, match=r"conditioning\.metadata has 3 values; this SatUNet expects 7"):
+        make_backbone(diffusionsat_dir, conditioning={"metadata": [1.0, 2.0, 3.0]})
+    unet = make_backbone(diffusionsat_dir, conditioning={"metadata": [0.0] * 7}).unet
+    with pytest.raises(ConfigError, match="none were given"):
+        unet(torch.zeros(1, 4, 8, 8), 1, torch.zeros(1, 1, 12))
+
+
+def test_satellite_metadata_needs_a_satunet(latent_model_dir: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="need a DiffusionSat SatUNet with a metadata embedding; this UNet has none"
+    ):
+        make_backbone(latent_model_dir, conditioning={"satellite": BRISBANE})
+
+
+def test_mismatched_keys_name_the_first_missing_and_unexpected(
+    tmp_path: Path, diffusionsat_dir: Path
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(diffusionsat_dir, bad)
+    path = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    state["metadata_embedding.7.linear_1.weight"] = state.pop("metadata_embedding.0.linear_1.weight")
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+    with pytest.raises(SourceError) as err:
+        make_backbone(bad, conditioning={"satellite": BRISBANE})
+    message = str(err.value)
+    assert "1 missing (first: metadata_embedding.0.linear_1.weight)" in message
+    assert "1 unexpected (first: metadata_embedding.7.linear_1.weight)" in message
+    # a config that disagrees with the weights (6 metadata values declared, 7 stored)
+    config = dict(DIFFUSIONSAT_UNET_CONFIG, num_metadata=6)
+    (bad / "unet" / "config.json").write_text(json.dumps(config))
+    save_file(diffusionsat_state_dict(), str(path))
+    with pytest.raises(SourceError, match=r"4 unexpected \(first: metadata_embedding\.6\.linear_1\.bias\)"):
+        make_backbone(bad, conditioning={"metadata": [0.0] * 6})
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickle_with_code_is_refused_unrun(tmp_path: Path, diffusionsat_bin_dir: Path) -> None:
+    bad = tmp_path / "evil"
+    shutil.copytree(diffusionsat_bin_dir, bad)
+    path = bad / "unet" / "diffusion_pytorch_model.bin"
+    state = torch.load(path, weights_only=True)
+    state["extra"] = _Payload()
+    with open(path, "wb") as f:
+        pickle.dump(state, f, protocol=2)
+    marker = bad / "written"
+    with pytest.raises(UnsafeCheckpointError, match="not a weights-only checkpoint"):
+        make_backbone(bad, conditioning={"satellite": BRISBANE})
+    assert not marker.exists()
+    # .ckpt holding {"state_dict": ...} (a training checkpoint) loads the same weights
+    ckpt_dir = tmp_path / "ckpt"
+    shutil.copytree(diffusionsat_bin_dir, ckpt_dir)
+    (ckpt_dir / "unet" / "diffusion_pytorch_model.bin").unlink()
+    torch.save({"state_dict": diffusionsat_state_dict(), "global_step": 3}, ckpt_dir / "unet" / "model.ckpt")
+    unet = load_unet(*find_unet_dir(ckpt_dir))
+    assert torch.equal(unet.state_dict()["metadata_embedding.0.linear_1.weight"],
+                       diffusionsat_state_dict()["metadata_embedding.0.linear_1.weight"])  # fmt: skip
+
+
+def test_per_image_metadata_file(tmp_path: Path, diffusionsat_dir: Path) -> None:
+    csv = tmp_path / "meta.csv"
+    header = "image,longitude,latitude,gsd,cloud_cover,year,month,day\n"
+    csv.write_text(header + "a/1.png,153.3,-27.9,0.4,0.0,2017,2,11\nb/2.png,10.0,50.0,1.2,0.5,2020,7,1\n")
+    values = read_metadata_file(csv, ["b/2.png", "a/1.png"])
+    assert values.shape == (2, 7)
+    assert values[0].tolist() == pytest.approx(
+        diffusionsat_metadata(10.0, 50.0, 1.2, 0.5, 2020, 7, 1), rel=1e-6
+    )
+    with pytest.raises(ConfigError, match=r"has no row for 1 image\(s\) \(first: c/3.png\)"):
+        read_metadata_file(csv, ["a/1.png", "c/3.png"])
+    (tmp_path / "short.csv").write_text("image,longitude\na/1.png,1\n")
+    with pytest.raises(ConfigError, match="lacks column"):
+        read_metadata_file(tmp_path / "short.csv", ["a/1.png"])
+    backbone = make_backbone(diffusionsat_dir, conditioning={"metadata_file": str(csv)})
+    assert backbone._metadata is None  # every extract() call brings its rows
+    x = images(2)
+    cache = FeatureCache(tmp_path / "cache", backbone, x, "d", metadata=values).build(progress=False)
+    direct = backbone.extract(x, metadata=values)
+    assert torch.allclose(cache.load(1)["t21/up0_res0"], direct[21]["up0_res0"][1], atol=2e-3)
+    other = FeatureCache(tmp_path / "cache", backbone, x, "d", metadata=values.flip(0))
+    assert other.key != cache.key
+    with pytest.raises(ConfigError, match="extract\\(\\) was called without it"):
+        backbone.extract(x)
