@@ -12,6 +12,7 @@ resumable ``checkpoints/last.ckpt``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors.torch import load_file
@@ -36,7 +38,7 @@ from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
 from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
 from geosane.errors import ConfigError, GeosaneError, cli_flags
-from geosane.io import claim_out_dir, save_safetensors, write_json
+from geosane.io import claim_out_dir, load_torch, save_safetensors, write_json
 from geosane.runs import (
     ResumableRandomness,
     SafeCheckpointIO,
@@ -75,12 +77,14 @@ class DifuserModule(TaskModule):
         config: FitConfig,
         ignore_index: int = 255,
         best_path: Path | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, task, num_classes, config)
         self.ignore_index = ignore_index
         self.val_metric = make_metric(task, num_classes, ignore_index)
         self._aux_losses: list[float] = []
         self.best_path = best_path
+        self.run_config = run_config  # stored in checkpoints: a resume must run the same schedule
         self.best_score = float("-inf")
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -127,6 +131,8 @@ class DifuserModule(TaskModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["geosane_history"] = [dict(row) for row in self.history]
         checkpoint["geosane_best"] = {"score": self.best_score, "epoch": self.best_epoch}
+        if self.run_config is not None:
+            checkpoint["geosane_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(row) for row in checkpoint.get("geosane_history", [])]
@@ -288,6 +294,67 @@ def _loaders(
     return make("train", True), make("select", False), make("test", False)
 
 
+# Keys a resume may change: they do not touch the model, the data or the schedule.
+RESUME_FREE_KEYS = frozenset(
+    {
+        "train.progress",
+        "train.num_workers",
+        "num_threads",
+        "device",
+        "cache_dir",
+        "backbone.batch_size",
+        "seeds",
+    }
+)
+
+
+def _plain_config(cfg: DifuseConfig) -> dict[str, Any]:
+    """The composed config as plain JSON types (paths as strings), as it is stored in checkpoints."""
+    return json.loads(json.dumps(to_dict(cfg), default=str))
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resume_config(run_config: dict[str, Any], last: Path, out: Path) -> None:
+    """Refuse a resume whose config differs from the one the run started with (before anything is written).
+
+    A resume continues the run's own schedule (linear warm-up then cosine over the *original*
+    ``train.epochs``, its batch size, learning rate and early stopping); changing the budget would
+    leave the cosine curve finished (lr 0) or bent mid-way, so it is refused instead. Only
+    :data:`RESUME_FREE_KEYS` (progress bars, threads, device, cache location) may change.
+    """
+    checkpoint = load_torch(last)
+    started = checkpoint.get("geosane_config") if isinstance(checkpoint, dict) else None
+    if started is None and (out / "config.yaml").is_file():  # a checkpoint written before configs were stored
+        started = json.loads(
+            json.dumps(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")), default=str)
+        )
+    if started is None:
+        return
+    old, new = _flatten(started), _flatten(run_config)
+    changed = [
+        k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k)
+    ]
+    if not changed:
+        return
+    key = changed[0]
+    more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])})" if len(changed) > 1 else ""
+    raise GeosaneError(
+        f"resume=True: {key} is {new.get(key)!r} but the run in {out} was started with {old.get(key)!r}{more}; "
+        "resuming continues the schedule the run started with (warm-up, then cosine over its "
+        f"{old.get('train.epochs')} epochs), so its config cannot change. Rerun with {key}={old.get(key)!r}, "
+        "or start a new run in another output_dir (nothing was written)",
+        flags=cli_flags("resume"),
+    )
+
+
 def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train and evaluate one SatDiFuser experiment; returns (and writes) the report.
 
@@ -304,6 +371,9 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
             f"{out} already holds a training run; pass resume=True or choose another output_dir",
             flags=cli_flags("resume"),
         )
+    run_config = _plain_config(cfg)
+    if resume:
+        check_resume_config(run_config, last, out)
     quiet_lightning()
     cache, data, backbone = prepare_features(cfg, build=False)
     layout = StreamLayout.from_layers(backbone.layers, backbone.save_timesteps, cfg.fuser.group)
@@ -337,6 +407,7 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
         fit_config,
         cfg.task.ignore_index,
         out / "checkpoints" / "best.safetensors",
+        run_config=run_config,
     )
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
