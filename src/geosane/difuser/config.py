@@ -123,6 +123,11 @@ class FuserConfig:
 
     ``group: scale`` concatenates layers of the same spatial size into one stream per scale (the
     method's layout); ``group: layer`` keeps every hooked layer a stream of its own.
+
+    MoE: ``moe_variant: reference`` (default) is shaped like SatDiFuser's code (bottleneck-projector
+    experts on the raw per-scale features, KL-to-uniform usage balance); ``projected`` is geosane's
+    first variant (per-stream projectors, then pointwise-MLP experts, Switch balance).
+    ``balance_loss: auto`` takes the variant's own term; ``usage_kl`` / ``switch`` choose one.
     """
 
     name: Literal["gw", "lw", "moe"] = "gw"
@@ -133,6 +138,8 @@ class FuserConfig:
     warmup_steps: int = 200
     balance_weight: float = 0.01
     temperature: float = 1.0
+    moe_variant: Literal["reference", "projected"] = "reference"
+    balance_loss: Literal["auto", "usage_kl", "switch"] = "auto"
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.width % 4:
