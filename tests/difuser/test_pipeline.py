@@ -229,3 +229,55 @@ def test_ema_ramps_up_so_short_runs_track_the_trained_weights() -> None:
         ema.update_parameters(model)
     # a fixed 0.999 decay would still sit near the first values (~45); the ramp follows recent steps
     assert 250 < float(ema.module.weight[0, 0].detach()) < 299
+
+
+def test_seed_sweep_runs_each_seed_and_aggregates(
+    pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path
+) -> None:
+    import statistics
+
+    from geosane.difuser import run_difuse_sweep
+
+    config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "gw", "sweep")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["difuse", str(config), "seeds=[0,1]"])
+    assert exit_info.value.code in (0, None)
+    out = tmp_path / "sweep"
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["seeds"] == [0, 1] and [r["seed"] for r in summary["runs"]] == [0, 1]
+    reports = [json.loads((out / f"seed{s}" / "report.json").read_text()) for s in (0, 1)]
+    assert [r["config"]["train"]["seed"] for r in reports] == [0, 1]
+    assert reports[0]["history"][0]["train_loss"] != reports[1]["history"][0]["train_loss"]  # different inits
+    tests = [r["test"] for r in reports]
+    agg = summary["aggregate"]["test"]
+    assert agg["mean"] == pytest.approx(statistics.mean(tests)) and agg["std"] == pytest.approx(
+        statistics.stdev(tests)
+    )
+    table = (out / "report.md").read_text()
+    assert "| seed | select accuracy | test accuracy |" in table
+    assert f"**{agg['mean']:.4f} ± {agg['std']:.4f}**" in table
+    # a second sweep into the same directory is refused before anything is written
+    stamp = (out / "sweep.json").stat().st_mtime_ns
+    cfg = load_difuse_config(config, ["seeds=[0,1,2]"])
+    with pytest.raises(GeosaneError, match="seed0 already holds a training run; pass resume=True"):
+        run_difuse_sweep(cfg)
+    assert (out / "sweep.json").stat().st_mtime_ns == stamp and not (out / "seed2").exists()
+    # resume: finished seeds come back unchanged, the new seed runs
+    resumed = run_difuse_sweep(cfg, resume=True)
+    assert [r["seed"] for r in resumed["runs"]] == [0, 1, 2]
+    assert [r["test"] for r in resumed["runs"][:2]] == tests
+    assert (out / "seed2" / "report.json").is_file() and resumed["aggregate"]["test"]["n"] == 3
+
+
+def test_bad_seed_lists_are_refused(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+    from geosane.errors import ConfigError
+
+    config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "gw", "bad")
+    for seeds in ("seeds=[]", "seeds=[1,1]"):
+        with pytest.raises(ConfigError, match="seeds must list distinct training seeds"):
+            load_difuse_config(config, [seeds])
+    with pytest.raises(
+        ConfigError, match=r"asks for a seed sweep: run it with geosane\.difuser\.run_difuse_sweep"
+    ):
+        run_difuse(load_difuse_config(config, ["seeds=[0,1]"]))
+    assert not (tmp_path / "bad").exists()

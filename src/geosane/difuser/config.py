@@ -210,6 +210,8 @@ class DifuseConfig:
     """One SatDiFuser experiment: backbone + fuser + decoder + task + training.
 
     ``num_threads`` sets torch's CPU threads (1 is much faster on an oversubscribed machine).
+    ``seeds``: a seed sweep (``geosane.difuser.sweep``): one run per training seed in
+    ``output_dir/seed<k>/`` and a mean ± std table over them.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -221,8 +223,11 @@ class DifuseConfig:
     cache_dir: Path = RESULTS_ROOT / "feature-cache"
     device: str = "cpu"
     num_threads: int | None = None
+    seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must list distinct training seeds, got {self.seeds}")
         if self.task.kind == "segmentation" and self.decoder.name != "upernet":
             raise ValueError("task.kind segmentation needs decoder.name upernet")
         if self.task.kind != "segmentation" and self.decoder.name != "linear":

@@ -361,6 +361,11 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     ``resume`` continues from ``output_dir/checkpoints/last.ckpt`` exactly where it stopped (RNG
     states included). ``callbacks``: extra Lightning callbacks.
     """
+    if cfg.seeds is not None:
+        raise ConfigError(
+            f"seeds {cfg.seeds} asks for a seed sweep: run it with geosane.difuser.run_difuse_sweep "
+            "(the difuse command does), or set train.seed for one run"
+        )
     apply_threads(cfg.num_threads)
     out = Path(cfg.output_dir).expanduser()
     last = out / "checkpoints" / "last.ckpt"
