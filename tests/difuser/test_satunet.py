@@ -192,3 +192,57 @@ def test_per_image_metadata_file(tmp_path: Path, diffusionsat_dir: Path) -> None
     assert other.key != cache.key
     with pytest.raises(ConfigError, match="extract\\(\\) was called without it"):
         backbone.extract(x)
+
+
+def test_prompt_without_transformers_names_the_extra(tmp_path: Path, diffusionsat_dir: Path) -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("transformers is installed: the prompt path is tested in test_backbone.py")
+    model_dir = tmp_path / "sat"
+    shutil.copytree(diffusionsat_dir, model_dir)
+    (model_dir / "text_encoder").mkdir()
+    (model_dir / "tokenizer").mkdir()
+    with pytest.raises(ConfigError, match=r"pip install 'geosane\[difuser\]'"):
+        make_backbone(model_dir, conditioning={"prompt": "A satellite image", "satellite": BRISBANE})
+
+
+def test_difuse_on_diffusionsat_with_per_image_metadata(
+    diffusionsat_bin_dir: Path, tiny_image_folder: Path, tmp_path: Path
+) -> None:
+    from geosane.difuser import load_difuse_config, run_difuse
+
+    rows = ["image,longitude,latitude,gsd,cloud_cover,year,month,day"]
+    for i, path in enumerate(sorted(tiny_image_folder.rglob("*.png"))):
+        rows.append(
+            f"{path.relative_to(tiny_image_folder).as_posix()},{i * 7 - 80},{i - 10},0.5,0.1,2018,{i % 12 + 1},3"
+        )
+    csv = tmp_path / "meta.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    config = tmp_path / "sat.yaml"
+    config.write_text(
+        "base: [difuser/fuser/moe.yaml, difuser/decoder/linear.yaml, difuser/task/rsscn7.yaml]\n"
+        f"backbone: {{model_dir: {diffusionsat_bin_dir}, image_size: 16, save_timesteps: [1, 21], "
+        f"layer_idxs: [up1_attn0, up0_res0], conditioning: {{metadata_file: {csv}}}}}\n"
+        "fuser: {width: 16, num_experts: 3, warmup_steps: 2}\n"
+        f"task: {{root: {tiny_image_folder}, fractions: {{train: 0.5, select: 0.25, test: 0.25}}}}\n"
+        "train: {epochs: 2, batch_size: 4, warmup_epochs: 1, progress: false}\n"
+        f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\n"
+    )
+    report = run_difuse(load_difuse_config(config))
+    assert 0.0 <= report["test"] <= 1.0 and report["fuser"] == "moe"
+    # the model without metadata is refused before anything is written
+    with pytest.raises(ConfigError, match="SatUNet embeds 7 metadata values"):
+        run_difuse(
+            load_difuse_config(
+                config, ["backbone.conditioning.metadata_file=null", f"output_dir={tmp_path / 'x'}"]
+            )
+        )
+    assert not (tmp_path / "x").exists()
+    # a CSV missing an image is refused before anything is written
+    csv.write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(ConfigError, match=r"has no row for 1 image\(s\) \(first: gamma/07.png\)"):
+        run_difuse(load_difuse_config(config, [f"output_dir={tmp_path / 'y'}"]))
+    assert not (tmp_path / "y").exists()

@@ -515,7 +515,8 @@ def _conditioning_context(cond: ConditioningConfig, model_dir: Path, unet: nn.Mo
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError:
         raise ConfigError(
-            "conditioning.prompt needs the 'transformers' package (pip install transformers)"
+            "conditioning.prompt needs the 'transformers' package for the CLIP text encoder, which is not "
+            "installed: pip install 'geosane[difuser]' (or give conditioning.prompt_embedding)"
         ) from None
     tokenizer = CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer"), local_files_only=True)
     encoder = _from_pretrained(CLIPTextModel, model_dir / "text_encoder").eval()
