@@ -246,3 +246,29 @@ def test_difuse_on_diffusionsat_with_per_image_metadata(
     with pytest.raises(ConfigError, match=r"has no row for 1 image\(s\) \(first: gamma/07.png\)"):
         run_difuse(load_difuse_config(config, [f"output_dir={tmp_path / 'y'}"]))
     assert not (tmp_path / "y").exists()
+
+
+def test_shipped_diffusionsat_config_feeds_null_metadata_and_satellite_needs_it_cleared() -> None:
+    from geosane.difuser import load_difuse_config
+
+    cfg = load_difuse_config("difuser/diffusionsat_rsscn7_gw.yaml")
+    assert cfg.backbone.conditioning.metadata == [0.0] * 7 and cfg.fuser.moe_variant == "reference"
+    sat = "backbone.conditioning.satellite={longitude: 1, latitude: 2, gsd: 0.5, cloud_cover: 0, year: 2020, month: 1, day: 1}"
+    with pytest.raises(ConfigError, match=r"not both \(set conditioning\.metadata=null to use satellite\)"):
+        load_difuse_config("difuser/diffusionsat_rsscn7_gw.yaml", [sat])
+    cfg = load_difuse_config(
+        "difuser/diffusionsat_rsscn7_gw.yaml", [sat, "backbone.conditioning.metadata=null"]
+    )
+    assert cfg.backbone.conditioning.satellite is not None and cfg.backbone.conditioning.satellite.gsd == 0.5
+
+
+def test_layers_command_lists_satunet_layers(
+    diffusionsat_bin_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geosane.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["difuse", "layers", str(diffusionsat_bin_dir)])
+    assert exit_info.value.code in (0, None)
+    names = capsys.readouterr().out.split()
+    assert names == ["up0_res0", "up0_res1", "up1_res0", "up1_res1", "up1_attn0", "up1_attn1"]

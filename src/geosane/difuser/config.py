@@ -83,7 +83,8 @@ class ConditioningConfig:
             raise ValueError("give either conditioning.prompt or conditioning.prompt_embedding, not both")
         if self.metadata is not None and self.satellite is not None:
             raise ValueError(
-                "give either conditioning.metadata (normalised numbers) or conditioning.satellite, not both"
+                "give either conditioning.metadata (normalised numbers) or conditioning.satellite, not both "
+                "(set conditioning.metadata=null to use satellite)"
             )
 
 
