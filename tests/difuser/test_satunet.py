@@ -272,3 +272,31 @@ def test_layers_command_lists_satunet_layers(
     assert exit_info.value.code in (0, None)
     names = capsys.readouterr().out.split()
     assert names == ["up0_res0", "up0_res1", "up1_res0", "up1_res1", "up1_attn0", "up1_attn1"]
+
+
+def test_training_output_layout_with_unet_in_a_checkpoint_dir(
+    tmp_path: Path, diffusionsat_bin_dir: Path
+) -> None:
+    """DiffusionSat's train_text_to_image output: pipeline parts at the top, the UNet in checkpoint-<step>/unet."""
+    model_dir = tmp_path / "finetune_sd21_sn-satlas-fmow_snr5_md7norm_bs64"
+    shutil.copytree(diffusionsat_bin_dir, model_dir)
+    (model_dir / "checkpoint-150000").mkdir()
+    (model_dir / "unet").rename(model_dir / "checkpoint-150000" / "unet")
+    with pytest.raises(SourceError) as err:
+        make_backbone(model_dir, conditioning={"satellite": BRISBANE})
+    assert "it holds checkpoint-150000/unet: set backbone.unet_dir=" in str(err.value)
+    backbone = make_backbone(
+        model_dir,
+        unet_dir=str(model_dir / "checkpoint-150000" / "unet"),
+        conditioning={"satellite": BRISBANE},
+    )
+    assert (
+        isinstance(backbone.unet, SatUNet) and backbone.vae is not None
+    )  # the VAE still comes from model_dir
+    reference = make_backbone(diffusionsat_bin_dir, conditioning={"satellite": BRISBANE})
+    assert torch.equal(
+        backbone.extract(images())[21]["up0_res0"], reference.extract(images())[21]["up0_res0"]
+    )
+    assert any(
+        "checkpoint-150000/unet/diffusion_pytorch_model.bin" in f[0] for f in backbone.fingerprint()["files"]
+    )

@@ -136,9 +136,16 @@ def find_unet_dir(model_dir: Path) -> tuple[Path, str]:
                 return candidate, class_name
             if candidate != model_dir:
                 raise SourceError(f"{config}: unsupported UNet class '{class_name}'")
+    # DiffusionSat's training output keeps the UNet in checkpoint-<step>/unet (accelerate save_state)
+    nested = sorted(p.parent for p in model_dir.glob("checkpoint-*/unet*/config.json"))
+    hint = (
+        f"; it holds {nested[-1].relative_to(model_dir)}: set backbone.unet_dir={nested[-1]}"
+        if nested
+        else ""
+    )
     raise SourceError(
         f"{model_dir} is not a diffusers UNet directory (expected unet/config.json or config.json "
-        f"of a {', '.join(sorted(_PIXEL_CLASSES | _CONDITION_CLASSES))})"
+        f"of a {', '.join(sorted(_PIXEL_CLASSES | _CONDITION_CLASSES))}){hint}"
     )
 
 
@@ -219,16 +226,21 @@ class DiffusionBackbone(nn.Module):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_config(cls, config: BackboneConfig, device: str | torch.device = "cpu") -> DiffusionBackbone:
-        """Load the UNet (+ VAE, scheduler, text encoder) from ``config.model_dir``, safetensors only."""
+        """Load the UNet (+ VAE, scheduler, text encoder) from ``config.model_dir`` (the UNet from
+        ``config.unet_dir`` when set); safetensors or weights-only pickles, local files only."""
         from diffusers import AutoencoderKL
 
         if config.model_dir is None:
             raise ConfigError("backbone.model_dir is not set (a diffusers model directory)")
         model_dir = Path(config.model_dir).expanduser()
-        unet_dir, class_name = find_unet_dir(model_dir)
+        if not model_dir.is_dir():
+            raise SourceError(f"diffusion model directory not found: {model_dir}")
+        unet_dir, class_name = find_unet_dir(
+            Path(config.unet_dir).expanduser() if config.unet_dir else model_dir
+        )
         unet: Any = load_unet(unet_dir, class_name)  # config read by attribute
         vae = None
-        if (model_dir / "vae" / "config.json").is_file() and unet_dir != model_dir:
+        if (model_dir / "vae" / "config.json").is_file() and unet_dir.resolve() != model_dir.resolve():
             vae = load_diffusers_model(AutoencoderKL, model_dir / "vae")
         elif int(unet.config.in_channels) != 3:
             raise SourceError(f"{model_dir}: a latent UNet ({unet.config.in_channels} channels) needs vae/")
@@ -441,11 +453,17 @@ class DiffusionBackbone(nn.Module):
         """What determines the features (for cache keys): config, model files and schedule."""
         model_dir = Path(self.config.model_dir).expanduser().resolve() if self.config.model_dir else None
         files = []
-        if model_dir is not None:
-            for path in sorted(model_dir.rglob("*")):
+        roots = [model_dir] if model_dir is not None else []
+        if self.config.unet_dir is not None:
+            unet_dir = Path(self.config.unet_dir).expanduser().resolve()
+            if model_dir is None or not unet_dir.is_relative_to(model_dir):
+                roots.append(unet_dir)
+        for root in roots:
+            for path in sorted(root.rglob("*")):
                 if path.is_file() and not path.name.startswith("."):
                     stat = path.stat()
-                    files.append([str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns])
+                    name = str(path.relative_to(root)) if root == model_dir else str(path)
+                    files.append([name, stat.st_size, stat.st_mtime_ns])
         cond = self.config.conditioning
         return {
             "model_dir": str(model_dir),

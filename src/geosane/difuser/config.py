@@ -95,10 +95,13 @@ class BackboneConfig:
     ``layer_idxs`` selects hooked layers by name or glob (``up1_res*``, ``up2_attn0``; ``geosane difuse
     layers MODEL_DIR`` lists them): ``up{L}_res{R}`` is ResNet ``conv2`` of repeat R in up-block L,
     ``up{L}_attn{R}`` the self-attention (``attn1``) output there. ``save_timesteps`` are values of the
-    DDIM schedule of ``num_timesteps`` steps.
+    DDIM schedule of ``num_timesteps`` steps. ``unet_dir``: the UNet's own directory when it is not
+    ``model_dir/unet`` (DiffusionSat's training output keeps it in ``checkpoint-<step>/unet``); the
+    VAE, scheduler and text encoder still come from ``model_dir``.
     """
 
     model_dir: Path | None = None
+    unet_dir: Path | None = None
     image_size: int = 64
     num_timesteps: int = 50
     save_timesteps: list[int] = field(default_factory=lambda: [1, 21, 41])
