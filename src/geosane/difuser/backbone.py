@@ -164,7 +164,7 @@ def load_unet(unet_dir: Path, class_name: str) -> nn.Module:
     ignored = ignored_config_fields(cls, config)
     if ignored:
         console.print(
-            f"[yellow]note:[/] {class_name} config fields not used by diffusers {cls.__name__}: {ignored}"
+            f"[yellow]note:[/] {unet_dir}/config.json fields that {cls.__name__} does not take (ignored): {ignored}"
         )
     return load_diffusers_model(cls, Path(unet_dir), config)
 
