@@ -140,14 +140,22 @@ def diffusionsat_state_dict(config: dict | None = None, seed: int = 0) -> dict[s
         k: v for k, v in config.items() if not k.startswith("_") and k not in ("use_metadata", "num_metadata")
     }
     torch.manual_seed(seed)
-    state = dict(UNet2DConditionModel(**base).state_dict())
+    sd2 = dict(UNet2DConditionModel(**base).state_dict())
     c = config["block_out_channels"][0]
     gen = torch.Generator().manual_seed(seed + 1)
+    metadata: dict[str, torch.Tensor] = {}
     for i in range(config["num_metadata"] if config["use_metadata"] else 0):
-        state[f"metadata_embedding.{i}.linear_1.weight"] = torch.randn(4 * c, c, generator=gen) * 0.5
-        state[f"metadata_embedding.{i}.linear_1.bias"] = torch.randn(4 * c, generator=gen) * 0.5
-        state[f"metadata_embedding.{i}.linear_2.weight"] = torch.randn(4 * c, 4 * c, generator=gen) * 0.5
-        state[f"metadata_embedding.{i}.linear_2.bias"] = torch.randn(4 * c, generator=gen) * 0.5
+        metadata[f"metadata_embedding.{i}.linear_1.weight"] = torch.randn(4 * c, c, generator=gen) * 0.5
+        metadata[f"metadata_embedding.{i}.linear_1.bias"] = torch.randn(4 * c, generator=gen) * 0.5
+        metadata[f"metadata_embedding.{i}.linear_2.weight"] = torch.randn(4 * c, 4 * c, generator=gen) * 0.5
+        metadata[f"metadata_embedding.{i}.linear_2.bias"] = torch.randn(4 * c, generator=gen) * 0.5
+    # SatUNet.__init__ registers metadata_embedding after the time / class embeddings, before down_blocks
+    state: dict[str, torch.Tensor] = {}
+    for key, value in sd2.items():
+        if key.startswith("down_blocks.") and metadata:
+            state.update(metadata)
+            metadata = {}
+        state[key] = value
     return state
 
 

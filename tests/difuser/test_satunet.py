@@ -57,6 +57,12 @@ def test_published_layout_loads_every_key(fixture: str, request: pytest.FixtureR
     loaded = unet.state_dict()
     assert list(loaded) == list(diffusionsat_state_dict())  # same keys, same order, nothing dropped or added
     assert set(loaded) == set(stored)
+    if weights.suffix == ".bin":  # a pickle keeps the published order (safetensors sorts its keys)
+        assert list(stored) == list(loaded)
+    keys = list(loaded)
+    assert keys.index("time_embedding.linear_2.bias") < keys.index("metadata_embedding.0.linear_1.weight")
+    first_down = next(k for k in keys if k.startswith("down_blocks."))
+    assert keys.index("metadata_embedding.6.linear_2.bias") + 1 == keys.index(first_down)
     for key, value in stored.items():
         assert torch.equal(loaded[key], value), key
     md_keys = [k for k in stored if k.startswith("metadata_embedding.")]

@@ -146,6 +146,14 @@ class SatUNet(_UNetBase):  # type: ignore[misc]
             if num_metadata
             else None
         )
+        if (
+            self.metadata_embedding is not None
+        ):  # DiffusionSat registers it before down_blocks: same key order
+            modules = self._modules
+            order = [k for k in modules if k != "metadata_embedding"]
+            at = order.index("down_blocks") if "down_blocks" in order else len(order)
+            order.insert(at, "metadata_embedding")
+            self._modules = {k: modules[k] for k in order}
         self.register_to_config(use_metadata=num_metadata > 0, num_metadata=self.num_metadata)
         self._metadata: torch.Tensor | None = None
 
