@@ -146,10 +146,9 @@ class SatUNet(_UNetBase):  # type: ignore[misc]
             if num_metadata
             else None
         )
-        if (
-            self.metadata_embedding is not None
-        ):  # DiffusionSat registers it before down_blocks: same key order
-            modules = self._modules
+        if self.metadata_embedding is not None:
+            # DiffusionSat registers it before down_blocks: move it there, so the key order is the published one
+            modules: dict[str, nn.Module | None] = nn.Module.__getattribute__(self, "_modules")
             order = [k for k in modules if k != "metadata_embedding"]
             at = order.index("down_blocks") if "down_blocks" in order else len(order)
             order.insert(at, "metadata_embedding")
