@@ -287,7 +287,7 @@ class DiffusionBackbone(nn.Module):
     def _check_metadata(self, metadata: torch.Tensor | None) -> torch.Tensor | None:
         """The default metadata row ``[1, n]`` of a SatUNet; refused when the UNet needs it and it is None.
 
-        ``None`` with ``per_image=True`` in the config: every :meth:`extract` call brings its own.
+        ``None`` with ``conditioning.metadata_file`` set: every :meth:`extract` call brings its rows.
         """
         n = self.metadata_values
         if n == 0:
