@@ -306,3 +306,37 @@ def test_training_output_layout_with_unet_in_a_checkpoint_dir(
     assert any(
         "checkpoint-150000/unet/diffusion_pytorch_model.bin" in f[0] for f in backbone.fingerprint()["files"]
     )
+
+
+def test_sharded_weights_and_shape_mismatch(tmp_path: Path, diffusionsat_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(diffusionsat_dir, sharded)
+    unet_dir = sharded / "unet"
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    state = diffusionsat_state_dict()
+    keys = list(state)
+    halves = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}  # fmt: skip
+    for name, part in halves.items():
+        save_file({k: state[k].contiguous() for k in part}, str(unet_dir / name))
+    weight_map = {k: name for name, part in halves.items() for k in part}
+    (unet_dir / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": weight_map})
+    )
+    unet = load_unet(*find_unet_dir(sharded))
+    assert all(torch.equal(unet.state_dict()[k], state[k]) for k in keys)
+    # a tensor of the wrong shape is named with both shapes
+    bad = dict(state, **{"metadata_embedding.2.linear_1.weight": torch.zeros(32, 9)})
+    for name in halves:
+        (unet_dir / name).unlink()
+    (unet_dir / "diffusion_pytorch_model.safetensors.index.json").unlink()
+    save_file(
+        {k: v.contiguous() for k, v in bad.items()}, str(unet_dir / "diffusion_pytorch_model.safetensors")
+    )
+    with pytest.raises(
+        SourceError,
+        match=r"metadata_embedding\.2\.linear_1\.weight has shape \(32, 9\), the model's config gives \(32, 8\)",
+    ):
+        load_unet(*find_unet_dir(sharded))
