@@ -175,6 +175,13 @@ def test_difuse_resume_of_a_finished_run(
     # more epochs would resume past the end of the cosine schedule (lr 0): refused, naming the key
     with pytest.raises(GeosaneError, match=r"train\.epochs is 5 but the run .* was started with 3"):
         run_difuse(load_difuse_config(config, ["train.epochs=5", "train.patience=50"]), resume=True)
+    # a checkpoint from before configs were stored in it: the run's config.yaml is compared instead
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    stored = torch.load(last, weights_only=True)
+    torch.save({k: v for k, v in stored.items() if k != "geosane_config"}, last)
+    with pytest.raises(GeosaneError, match=r"train\.epochs is 5 but the run .* was started with 3"):
+        run_difuse(load_difuse_config(config, ["train.epochs=5", "train.patience=50"]), resume=True)
+    torch.save(stored, last)
     again = run_difuse(load_difuse_config(config, ["train.patience=50"]), resume=True)
     assert again["history"] == first["history"] and again["test"] == first["test"]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

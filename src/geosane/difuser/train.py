@@ -339,9 +339,8 @@ def check_resume_config(run_config: dict[str, Any], last: Path, out: Path) -> No
     if started is None:
         return
     old, new = _flatten(started), _flatten(run_config)
-    changed = [
-        k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE_KEYS and old.get(k) != new.get(k)
-    ]
+    # a key the started config lacks is newer than the run (an old config.yaml): not compared
+    changed = [k for k in sorted(old) if k not in RESUME_FREE_KEYS and old[k] != new.get(k)]
     if not changed:
         return
     key = changed[0]
