@@ -148,22 +148,39 @@ def test_mismatched_keys_name_the_first_missing_and_unexpected(
 
 
 class _Payload:
+    """Unpickling this runs a shell command that creates ``path``: proof that code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch {self.path}",))
 
 
-def test_pickle_with_code_is_refused_unrun(tmp_path: Path, diffusionsat_bin_dir: Path) -> None:
+def test_pickle_with_code_is_refused_unrun(
+    tmp_path: Path, diffusionsat_bin_dir: Path, tiny_image_folder: Path
+) -> None:
+    from geosane.difuser import load_difuse_config, run_difuse
+
     bad = tmp_path / "evil"
     shutil.copytree(diffusionsat_bin_dir, bad)
     path = bad / "unet" / "diffusion_pytorch_model.bin"
     state = torch.load(path, weights_only=True)
-    state["extra"] = _Payload()
+    marker = tmp_path / "code-ran"
+    state["extra"] = _Payload(marker)
     with open(path, "wb") as f:
         pickle.dump(state, f, protocol=2)
-    marker = bad / "written"
     with pytest.raises(UnsafeCheckpointError, match="not a weights-only checkpoint"):
         make_backbone(bad, conditioning={"satellite": BRISBANE})
     assert not marker.exists()
+    overrides = [f"backbone.model_dir={bad}", f"task.root={tiny_image_folder}", "backbone.image_size=16",
+                 "backbone.save_timesteps=[1,21]", f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'c'}"]  # fmt: skip
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing to load .*diffusion_pytorch_model\.bin"):
+        run_difuse(load_difuse_config("difuser/diffusionsat_rsscn7_gw.yaml", overrides))
+    assert not marker.exists() and not (tmp_path / "out").exists() and not (tmp_path / "c").exists()
+    with open(path, "rb") as f:  # the payload is real: plain pickle would have run it
+        pickle.load(f)
+    assert marker.exists()
     # .ckpt holding {"state_dict": ...} (a training checkpoint) loads the same weights
     ckpt_dir = tmp_path / "ckpt"
     shutil.copytree(diffusionsat_bin_dir, ckpt_dir)
