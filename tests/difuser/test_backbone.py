@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from geosane.config import from_dict
 from geosane.difuser import BackboneConfig, DiffusionBackbone, FeatureCache, StreamLayout
@@ -26,7 +26,14 @@ def images(n: int = 2, seed: int = 0) -> torch.Tensor:
 
 def test_pixel_unet_hook_shapes_per_scale(pixel_model_dir: Path) -> None:
     backbone = make_backbone(pixel_model_dir)
-    assert backbone.available_layers == ["up0_res0", "up0_res1", "up0_attn0", "up0_attn1", "up1_res0", "up1_res1"]
+    assert backbone.available_layers == [
+        "up0_res0",
+        "up0_res1",
+        "up0_attn0",
+        "up0_attn1",
+        "up1_res0",
+        "up1_res1",
+    ]
     feats = backbone.extract(images(3))
     assert sorted(feats) == [1, 21, 41]
     for per_layer in feats.values():
@@ -87,9 +94,13 @@ def test_modes_feed_the_unet_the_documented_samples(pixel_model_dir: Path) -> No
         captured, eps = inv._run_hooked(sample, t)
         manual[t] = captured["up1_res1"]
         sample = inv.inverse_scheduler.step(eps, t, sample).prev_sample
-    assert torch.allclose(feats[1]["up1_res1"], manual[1]) and torch.allclose(feats[41]["up1_res1"], manual[41])
+    assert torch.allclose(feats[1]["up1_res1"], manual[1]) and torch.allclose(
+        feats[41]["up1_res1"], manual[41]
+    )
     assert not torch.allclose(manual[21], manual[41])
-    gen = make_backbone(pixel_model_dir, save_timesteps=[1, 41], layer_idxs=["up1_res1"], diffusion_mode="generation")
+    gen = make_backbone(
+        pixel_model_dir, save_timesteps=[1, 41], layer_idxs=["up1_res1"], diffusion_mode="generation"
+    )
     noise = torch.stack([torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (5, 6)])
     noisy = gen.scheduler.add_noise(x, noise, torch.tensor([41, 41]))
     expected = gen._run_hooked(noisy, 41)[0]["up1_res1"]
@@ -123,7 +134,10 @@ def test_conditioning_metadata_and_prompt_embedding(latent_model_dir: Path, tmp_
 
 
 def test_prompt_through_a_local_clip_text_encoder(latent_model_dir: Path, tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip(
+        "transformers",
+        reason="the CLIP text prompt needs transformers (pip install geosane[difuser]); not installed",
+    )
     model_dir = tmp_path / "sd"
     shutil.copytree(latent_model_dir, model_dir)
     chars = "abcdefghijklmnopqrstuvwxyz"
@@ -135,13 +149,24 @@ def test_prompt_through_a_local_clip_text_encoder(latent_model_dir: Path, tmp_pa
     tok_dir.mkdir()
     (tok_dir / "vocab.json").write_text(json.dumps(vocab))
     (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=8)
+    tokenizer = transformers.CLIPTokenizer(
+        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=8
+    )
     tokenizer.save_pretrained(str(tok_dir))
     config = transformers.CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=12, intermediate_size=24, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        vocab_size=len(vocab),
+        hidden_size=12,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=8,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
-    transformers.CLIPTextModel(config).save_pretrained(str(model_dir / "text_encoder"), safe_serialization=True)
+    transformers.CLIPTextModel(config).save_pretrained(
+        str(model_dir / "text_encoder"), safe_serialization=True
+    )
     a = make_backbone(model_dir, conditioning={"prompt": "a satellite image"})
     b = make_backbone(model_dir, conditioning={"prompt": "farmland"})
     assert a._context.shape == (1, 8, 12)
@@ -164,13 +189,17 @@ def test_unknown_layer_lists_valid_layers(pixel_model_dir: Path) -> None:
     assert "valid layers: up0_res0, up0_res1, up0_attn0, up0_attn1, up1_res0, up1_res1" in message
 
 
-def test_only_safetensors_weights_are_loaded(pixel_model_dir: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "pickled"
-    shutil.copytree(pixel_model_dir, bad)
-    weights = bad / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.rename(weights.with_suffix(".bin"))
-    with pytest.raises(SourceError, match=r"no \.safetensors weights"):
-        make_backbone(bad)
+def test_weights_only_bin_loads_like_safetensors(pixel_model_dir: Path, tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled"
+    shutil.copytree(pixel_model_dir, pickled)
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+    weights.unlink()
+    a, b = make_backbone(pixel_model_dir), make_backbone(pickled)
+    assert torch.equal(a.extract(images())[21]["up0_res0"], b.extract(images())[21]["up0_res0"])
+    (pickled / "unet" / "diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(SourceError, match=r"holds no weights \(expected diffusion_pytorch_model.safetensors"):
+        make_backbone(pickled)
     with pytest.raises(SourceError, match="not found"):
         make_backbone(tmp_path / "missing")
 
@@ -187,6 +216,8 @@ def test_feature_cache_per_image_and_timestep(pixel_model_dir: Path, tmp_path: P
     assert cache.missing() == []
     (cache.directory / "features" / files[4]).unlink()
     assert cache.missing() == [1]
-    other = FeatureCache(tmp_path / "cache", make_backbone(pixel_model_dir, layer_idxs=["up0_res0"]), x, "digest-a")
+    other = FeatureCache(
+        tmp_path / "cache", make_backbone(pixel_model_dir, layer_idxs=["up0_res0"]), x, "digest-a"
+    )
     assert other.key != cache.key
     assert FeatureCache(tmp_path / "cache", backbone, x, "digest-b").key != cache.key

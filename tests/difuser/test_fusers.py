@@ -110,20 +110,33 @@ def test_lw_per_pixel_weights_sum_to_one_per_scale() -> None:
     assert torch.isclose(heat[:, 1:].sum(), torch.tensor(1.0, dtype=heat.dtype), atol=1e-5)
 
 
-def moe(**kw: object) -> MoEFuser:
-    args = {"width": 16, "num_experts": 4, "top_k": 2, "warmup_steps": 0, "balance_weight": 0.1}
+VARIANTS = pytest.mark.parametrize("variant", ["reference", "projected"])
+
+
+def moe(variant: str = "reference", **kw: object) -> MoEFuser:
+    args = {
+        "width": 16,
+        "num_experts": 4,
+        "top_k": 2,
+        "warmup_steps": 0,
+        "balance_weight": 0.1,
+        "variant": variant,
+    }
     args.update(kw)
     return MoEFuser(layout(), **args)  # type: ignore[arg-type]
 
 
-def test_moe_topk_routing_after_warmup() -> None:
+@VARIANTS
+def test_moe_topk_routing_after_warmup(variant: str) -> None:
     torch.manual_seed(0)
-    fuser = moe()
+    fuser = moe(variant)
     x = fuser.project(streams(fuser.layout, batch=6))[1]  # coarse scale, t=1
     probs, combine, top_idx = fuser.route(1, x)
     assert ((combine > 0).sum(dim=1) == 2).all()
     assert torch.allclose(combine.sum(dim=1), torch.ones(6), atol=1e-6)
-    assert torch.equal((combine > 0).nonzero()[:, 1].view(6, 2).sort(dim=1).values, top_idx.sort(dim=1).values)
+    assert torch.equal(
+        (combine > 0).nonzero()[:, 1].view(6, 2).sort(dim=1).values, top_idx.sort(dim=1).values
+    )
     # experts kept are the two most probable ones, renormalised
     expected = probs.gather(1, top_idx) / probs.gather(1, top_idx).sum(dim=1, keepdim=True)
     assert torch.allclose(combine.gather(1, top_idx), expected)
@@ -139,8 +152,9 @@ def test_moe_topk_routing_after_warmup() -> None:
         assert torch.allclose(before, fuser._mix(1, x, combine))
 
 
-def test_moe_dense_during_warmup_then_sparse() -> None:
-    fuser = moe(warmup_steps=3)
+@VARIANTS
+def test_moe_dense_during_warmup_then_sparse(variant: str) -> None:
+    fuser = moe(variant, warmup_steps=3)
     x = fuser.project(streams(fuser.layout))[0]
     assert fuser.dense and ((fuser.route(0, x)[1] > 0).sum(dim=1) == 4).all()
     for _ in range(3):
@@ -148,10 +162,11 @@ def test_moe_dense_during_warmup_then_sparse() -> None:
     assert not fuser.dense and ((fuser.route(0, x)[1] > 0).sum(dim=1) == 2).all()
 
 
-def test_moe_load_balancing_term_changes_the_gradient() -> None:
+@VARIANTS
+def test_moe_load_balancing_term_changes_the_gradient(variant: str) -> None:
     def gate_grad(weight: float) -> tuple[torch.Tensor, float]:
         torch.manual_seed(0)
-        fuser = moe(balance_weight=weight)
+        fuser = moe(variant, balance_weight=weight)
         head = ClassificationHead(16, 3)
         model = DifuserModel(fuser, head)
         logits = model(features(batch=8))
@@ -165,24 +180,69 @@ def test_moe_load_balancing_term_changes_the_gradient() -> None:
     assert not torch.allclose(g0, g1)
 
 
-def test_training_step_adds_the_load_balancing_loss() -> None:
+@VARIANTS
+def test_training_step_adds_the_load_balancing_loss(variant: str) -> None:
     """The reference computed this term and dropped it; here the loss the optimizer sees includes it."""
 
     def step(weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        model = DifuserModel(moe(balance_weight=weight), ClassificationHead(16, 3))
+        model = DifuserModel(moe(variant, balance_weight=weight), ClassificationHead(16, 3))
         module = DifuserModule(model, "classification", 3, FitConfig())
         batch = features(batch=8)
         loss = module.training_step((batch, torch.arange(8) % 3), 0)
         task_loss = torch.nn.functional.cross_entropy(model(batch), torch.arange(8) % 3)
         loss.backward()
-        return loss.detach(), task_loss.detach() + model.aux_loss().detach(), model.fuser.gates[1].weight.grad.clone()
+        return (
+            loss.detach(),
+            task_loss.detach() + model.aux_loss().detach(),
+            model.fuser.gates[1].weight.grad.clone(),
+        )
 
     loss0, expected0, grad0 = step(0.0)
     loss1, expected1, grad1 = step(0.5)
     assert torch.isclose(loss0, expected0) and torch.isclose(loss1, expected1)
     assert loss1 > loss0  # same weights and data: the difference is the balance term
     assert not torch.allclose(grad0, grad1)
+
+
+def test_reference_variant_is_shaped_like_satdifuser() -> None:
+    """No per-stream projectors; per scale a gate and bottleneck-projector experts on the raw features."""
+    ref, proj = moe("reference"), moe("projected")
+    assert len(ref.projectors) == 0 and len(proj.projectors) == 6  # 3 timesteps x 2 groups
+    for s, raw in enumerate((8, 32)):  # 8x8: up1_res0 (8 ch); 4x4: up0_res0 + up0_attn0 (16 + 16)
+        assert ref.gates[s].in_channels == raw and ref.gates[s].kernel_size == (3, 3)
+        experts = list(ref.experts[s])
+        assert len(experts) == 4 and all(isinstance(e, BottleneckProjector) for e in experts)
+        assert experts[0].body[0].in_channels == raw and experts[0].body[0].out_channels == 16 // 4
+        assert proj.gates[s].in_channels == 16  # one projected group of width 16 per scale
+    assert ref.balance_loss == "usage_kl" and proj.balance_loss == "switch"
+    assert moe("projected", balance_loss="usage_kl").balance_loss == "usage_kl"
+    outs = ref(streams(ref.layout, batch=3))
+    assert [tuple(o.shape) for o in outs] == [(3, 16, 8, 8), (3, 16, 4, 4)]
+    cfg = from_dict(FuserConfig, {"name": "moe", "width": 16, "num_experts": 4})
+    assert cfg.moe_variant == "reference" and build_fuser(cfg, layout()).variant == "reference"
+    with pytest.raises(ConfigError, match="expected one of reference, projected"):
+        from_dict(FuserConfig, {"moe_variant": "switch"})
+
+
+def test_usage_kl_balance_is_zero_when_balanced_and_positive_when_collapsed() -> None:
+    fuser = moe("reference", balance_weight=1.0)
+    uniform = torch.full((5, 4), 0.25)
+    top = uniform.topk(2, dim=1).indices
+    assert float(fuser._balance_loss(uniform, top)) == pytest.approx(0.0, abs=1e-6)
+    collapsed = torch.tensor([[0.97, 0.01, 0.01, 0.01]] * 5)
+    usage = collapsed.mean(dim=0)
+    expected = float((usage * torch.log(usage * 4)).sum())  # KL(usage || uniform)
+    assert float(fuser._balance_loss(collapsed, top)) == pytest.approx(expected, rel=1e-5) and expected > 1.0
+    # the loss of a forward pass is the weighted mean over (scale, timestep)
+    with torch.no_grad():
+        for gate in fuser.gates:
+            gate.weight.zero_()
+            gate.bias.zero_()
+    fuser(streams(fuser.layout))
+    assert float(fuser.aux_loss().detach()) == pytest.approx(
+        0.0, abs=1e-6
+    )  # zero gates: uniform probabilities
 
 
 def test_top_k_larger_than_experts_is_an_error() -> None:
@@ -208,20 +268,27 @@ def _trainer(max_epochs: int, ckpt_dir: Path) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)],
         plugins=[SafeCheckpointIO()],
     )
 
 
-def test_moe_warmup_counts_optimizer_steps_and_survives_resume(tmp_path: Path) -> None:
+@VARIANTS
+def test_moe_warmup_counts_optimizer_steps_and_survives_resume(variant: str, tmp_path: Path) -> None:
     data = DataLoader(_Features(8), batch_size=4)
     config = FitConfig(epochs=2, batch_size=4, lr=1e-3, warmup_epochs=0.0)
 
     def module() -> DifuserModule:
         torch.manual_seed(0)
-        return DifuserModule(DifuserModel(moe(warmup_steps=5), ClassificationHead(16, 3)), "classification", 3, config)
+        return DifuserModule(
+            DifuserModel(moe(variant, warmup_steps=5), ClassificationHead(16, 3)), "classification", 3, config
+        )
 
     first = module()
     _trainer(2, tmp_path).fit(first, data, data)  # 2 epochs x 2 batches, plus 2 validation passes

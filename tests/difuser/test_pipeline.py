@@ -44,7 +44,9 @@ def tiny_pretrain_config(folder: Path, out: Path, steps: int) -> PretrainConfig:
     )
 
 
-def test_pretrain_writes_a_loadable_diffusers_dir_and_resumes(tiny_image_folder: Path, tmp_path: Path) -> None:
+def test_pretrain_writes_a_loadable_diffusers_dir_and_resumes(
+    tiny_image_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ddpm"
     first = pretrain_ddpm(tiny_pretrain_config(tiny_image_folder, out, steps=3))
     assert first.steps == 3 and first.num_images == 12  # the train split only (half of 24)
@@ -58,7 +60,9 @@ def test_pretrain_writes_a_loadable_diffusers_dir_and_resumes(tiny_image_folder:
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5
     backbone = DiffusionBackbone.from_config(
-        from_dict(BackboneConfig, {"model_dir": str(resumed.model_dir), "image_size": 16, "save_timesteps": [1, 21]})
+        from_dict(
+            BackboneConfig, {"model_dir": str(resumed.model_dir), "image_size": 16, "save_timesteps": [1, 21]}
+        )
     )
     assert backbone.layer_names[0] == "up0_res0" and backbone.vae is None
     ema = load_file(str(resumed.model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -78,7 +82,9 @@ def _write_experiment(tmp_path: Path, model_dir: Path, folder: Path, fuser: str,
     return path
 
 
-def test_difuse_trains_reports_and_reuses_the_cache(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+def test_difuse_trains_reports_and_reuses_the_cache(
+    pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path
+) -> None:
     config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "gw", "gw")
     with pytest.raises(SystemExit) as exit_info:
         main(["difuse", str(config)])
@@ -88,7 +94,11 @@ def test_difuse_trains_reports_and_reuses_the_cache(pixel_model_dir: Path, tiny_
     assert report["fuser"] == "gw" and 0.0 <= report["test"] <= 1.0 and report["epochs_run"] >= 1
     metrics = json.loads((out / "metrics.json").read_text())
     counts = torch.tensor(metrics["test"]["confusion_matrix"]["counts"])
-    assert counts.shape == (3, 3) and counts.sum(dim=1).tolist() == [2, 2, 2]  # rows = true class, 2 test images each
+    assert counts.shape == (3, 3) and counts.sum(dim=1).tolist() == [
+        2,
+        2,
+        2,
+    ]  # rows = true class, 2 test images each
     weights = json.loads((out / "fusion_weights.json").read_text())
     assert abs(sum(map(sum, weights["heatmap"])) - 1.0) < 1e-5 and len(weights["rows"]) == 2
     assert (out / "fusion_weights.png").stat().st_size > 0 and (out / "model.safetensors").is_file()
@@ -96,47 +106,87 @@ def test_difuse_trains_reports_and_reuses_the_cache(pixel_model_dir: Path, tiny_
     files = sorted((tmp_path / "cache").rglob("*.safetensors"))
     assert len(files) == 24 * 2  # one file per (image, timestep)
     stamps = [f.stat().st_mtime_ns for f in files]
-    moe = run_difuse(load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "moe")))
+    moe = run_difuse(
+        load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "moe"))
+    )
     assert sorted((tmp_path / "cache").rglob("*.safetensors")) == files  # same features: no UNet rerun
     assert [f.stat().st_mtime_ns for f in files] == stamps
     summary = json.loads((tmp_path / "moe" / "fusion_weights.json").read_text())
-    assert summary["optimizer_steps"] == 3 * moe["best_epoch"]  # the best checkpoint's counter (3 steps/epoch)
+    assert (
+        summary["optimizer_steps"] == 3 * moe["best_epoch"]
+    )  # the best checkpoint's counter (3 steps/epoch)
     assert all(abs(sum(row) - 1.0) < 1e-5 for row in summary["heatmap"])
 
 
 class _Interrupt(L.Callback):
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, idx: int
+    ) -> None:
         if trainer.current_epoch == 2 and idx == 1:
             raise KeyboardInterrupt
 
 
-def test_interrupted_difuse_resumes_bitwise(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+def test_interrupted_difuse_resumes_bitwise(
+    pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path
+) -> None:
     """Ctrl-C mid-epoch, then --resume: the same history, metrics and weights as an uninterrupted run."""
     settings = ["train.patience=50", "train.epochs=4"]
     reference = run_difuse(
-        load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "ref"), settings)
+        load_difuse_config(
+            _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "ref"), settings
+        )
     )
-    config = load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run"), settings)
+    config = load_difuse_config(
+        _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run"), settings
+    )
     with pytest.raises(Interrupted, match="rerun with resume=True"):
         run_difuse(config, callbacks=[_Interrupt()])
-    resumed = run_difuse(config, resume=True)
+    # a changed budget is refused before anything is written: the schedule is the one the run started with
+    run_dir = tmp_path / "run"
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    longer = load_difuse_config(_write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run"),
+                                [*settings, "train.epochs=6"])  # fmt: skip
+    with pytest.raises(GeosaneError) as err:
+        run_difuse(longer, resume=True)
+    message = str(err.value)
+    assert "train.epochs is 6 but the run in" in message and "was started with 4" in message
+    assert "resuming continues the schedule the run started with" in message and "train.epochs=4" in message
+    assert err.value.cli_message().startswith("--resume: train.epochs is 6")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    resumed = run_difuse(load_difuse_config(run_dir.parent / "moe.yaml", [*settings, "train.progress=false"]),
+                         resume=True)  # fmt: skip
     assert resumed["history"] == reference["history"] and resumed["test"] == reference["test"]
-    got, want = load_file(tmp_path / "run" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    got, want = (
+        load_file(tmp_path / "run" / "model.safetensors"),
+        load_file(tmp_path / "ref" / "model.safetensors"),
+    )
     assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.slow
-def test_difuse_resume_continues_training(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+def test_difuse_resume_of_a_finished_run(
+    pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path
+) -> None:
     config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "moe", "run")
     first = run_difuse(load_difuse_config(config, ["train.patience=50"]))
     assert first["epochs_run"] == 3
     with pytest.raises(GeosaneError, match="pass resume=True"):
         run_difuse(load_difuse_config(config))
-    second = run_difuse(load_difuse_config(config, ["train.epochs=5", "train.patience=50"]), resume=True)
-    assert second["epochs_run"] == 5 and [r["epoch"] for r in second["history"]] == [1, 2, 3, 4, 5]
+    # more epochs would resume past the end of the cosine schedule (lr 0): refused, naming the key
+    with pytest.raises(GeosaneError, match=r"train\.epochs is 5 but the run .* was started with 3"):
+        run_difuse(load_difuse_config(config, ["train.epochs=5", "train.patience=50"]), resume=True)
+    # a checkpoint from before configs were stored in it: the run's config.yaml is compared instead
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    stored = torch.load(last, weights_only=True)
+    torch.save({k: v for k, v in stored.items() if k != "geosane_config"}, last)
+    with pytest.raises(GeosaneError, match=r"train\.epochs is 5 but the run .* was started with 3"):
+        run_difuse(load_difuse_config(config, ["train.epochs=5", "train.patience=50"]), resume=True)
+    torch.save(stored, last)
+    again = run_difuse(load_difuse_config(config, ["train.patience=50"]), resume=True)
+    assert again["history"] == first["history"] and again["test"] == first["test"]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 5 * 3  # 3 optimizer steps per epoch, continued after epoch 3
-    assert int(ckpt["state_dict"]["model.fuser.optimizer_steps"]) == 5 * 3
+    assert ckpt["global_step"] == 3 * 3 and ckpt["geosane_config"]["train"]["epochs"] == 3
+    assert int(ckpt["state_dict"]["model.fuser.optimizer_steps"]) == 3 * 3
 
 
 @pytest.mark.slow
@@ -186,3 +236,55 @@ def test_ema_ramps_up_so_short_runs_track_the_trained_weights() -> None:
         ema.update_parameters(model)
     # a fixed 0.999 decay would still sit near the first values (~45); the ramp follows recent steps
     assert 250 < float(ema.module.weight[0, 0].detach()) < 299
+
+
+def test_seed_sweep_runs_each_seed_and_aggregates(
+    pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path
+) -> None:
+    import statistics
+
+    from geosane.difuser import run_difuse_sweep
+
+    config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "gw", "sweep")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["difuse", str(config), "seeds=[0,1]"])
+    assert exit_info.value.code in (0, None)
+    out = tmp_path / "sweep"
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["seeds"] == [0, 1] and [r["seed"] for r in summary["runs"]] == [0, 1]
+    reports = [json.loads((out / f"seed{s}" / "report.json").read_text()) for s in (0, 1)]
+    assert [r["config"]["train"]["seed"] for r in reports] == [0, 1]
+    assert reports[0]["history"][0]["train_loss"] != reports[1]["history"][0]["train_loss"]  # different inits
+    tests = [r["test"] for r in reports]
+    agg = summary["aggregate"]["test"]
+    assert agg["mean"] == pytest.approx(statistics.mean(tests)) and agg["std"] == pytest.approx(
+        statistics.stdev(tests)
+    )
+    table = (out / "report.md").read_text()
+    assert "| seed | select accuracy | test accuracy |" in table
+    assert f"**{agg['mean']:.4f} ± {agg['std']:.4f}**" in table
+    # a second sweep into the same directory is refused before anything is written
+    stamp = (out / "sweep.json").stat().st_mtime_ns
+    cfg = load_difuse_config(config, ["seeds=[0,1,2]"])
+    with pytest.raises(GeosaneError, match="seed0 already holds a training run; pass resume=True"):
+        run_difuse_sweep(cfg)
+    assert (out / "sweep.json").stat().st_mtime_ns == stamp and not (out / "seed2").exists()
+    # resume: finished seeds come back unchanged, the new seed runs
+    resumed = run_difuse_sweep(cfg, resume=True)
+    assert [r["seed"] for r in resumed["runs"]] == [0, 1, 2]
+    assert [r["test"] for r in resumed["runs"][:2]] == tests
+    assert (out / "seed2" / "report.json").is_file() and resumed["aggregate"]["test"]["n"] == 3
+
+
+def test_bad_seed_lists_are_refused(pixel_model_dir: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+    from geosane.errors import ConfigError
+
+    config = _write_experiment(tmp_path, pixel_model_dir, tiny_image_folder, "gw", "bad")
+    for seeds in ("seeds=[]", "seeds=[1,1]"):
+        with pytest.raises(ConfigError, match="seeds must list distinct training seeds"):
+            load_difuse_config(config, [seeds])
+    with pytest.raises(
+        ConfigError, match=r"asks for a seed sweep: run it with geosane\.difuser\.run_difuse_sweep"
+    ):
+        run_difuse(load_difuse_config(config, ["seeds=[0,1]"]))
+    assert not (tmp_path / "bad").exists()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         DifuseConfig,
         FuserConfig,
         PretrainConfig,
+        SatelliteMetadata,
         TaskConfig,
         TrainConfig,
         load_difuse_config,
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from geosane.difuser.heads import ClassificationHead, DifuserModel, SegmentationHead, build_head
     from geosane.difuser.pretrain import PretrainResult, build_ddpm_unet, pretrain_ddpm
     from geosane.difuser.probe import run_probe, run_scratch_baseline
+    from geosane.difuser.satunet import SatUNet, diffusionsat_metadata
+    from geosane.difuser.sweep import run_difuse_sweep
     from geosane.difuser.train import DifuserModule, build_model, evaluate_model, prepare_features, run_difuse
 
 _EXPORTS = {
@@ -57,6 +60,7 @@ _EXPORTS = {
         "DifuseConfig",
         "FuserConfig",
         "PretrainConfig",
+        "SatelliteMetadata",
         "TaskConfig",
         "TrainConfig",
         "load_difuse_config",
@@ -78,6 +82,8 @@ _EXPORTS = {
     "train": ("DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"),
     "pretrain": ("PretrainResult", "build_ddpm_unet", "pretrain_ddpm"),
     "probe": ("run_probe", "run_scratch_baseline"),
+    "satunet": ("SatUNet", "diffusionsat_metadata"),
+    "sweep": ("run_difuse_sweep",),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -101,6 +107,8 @@ __all__ = [
     "MoEFuser",
     "PretrainConfig",
     "PretrainResult",
+    "SatUNet",
+    "SatelliteMetadata",
     "SegmentationHead",
     "StreamLayout",
     "TaskConfig",
@@ -109,6 +117,7 @@ __all__ = [
     "build_fuser",
     "build_head",
     "build_model",
+    "diffusionsat_metadata",
     "evaluate_model",
     "feature_key",
     "find_unet_dir",
@@ -118,6 +127,7 @@ __all__ = [
     "prepare_features",
     "pretrain_ddpm",
     "run_difuse",
+    "run_difuse_sweep",
     "run_probe",
     "run_scratch_baseline",
 ]

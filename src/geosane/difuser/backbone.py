@@ -8,8 +8,11 @@ and the DDPM trained by ``geosane difuse pretrain`` load the same way::
     MODEL_DIR/scheduler/scheduler_config.json       noise schedule (any diffusers scheduler config)
     MODEL_DIR/text_encoder/, MODEL_DIR/tokenizer/   CLIP text encoder (only for ``conditioning.prompt``)
 
-A bare UNet directory (``config.json`` + safetensors at the top) works too. Only safetensors weights
-are read and nothing is fetched from the network; no remote code is run.
+A bare UNet directory (``config.json`` + weights at the top) works too. Weights are safetensors or
+weights-only pickles (``diffusion_pytorch_model.bin`` / ``.ckpt``, read with
+``torch.load(weights_only=True)``); nothing is fetched from the network and no remote code is run.
+DiffusionSat's ``SatUNet`` loads as :class:`geosane.difuser.satunet.SatUNet` with its metadata
+embedding, which is then fed (``conditioning.satellite`` / ``metadata_file`` / ``metadata``).
 
 Hooked layers are named ``up{L}_res{R}`` (the second conv of ResNet R in up-block L) and
 ``up{L}_attn{R}`` (the self-attention output: ``attn1`` of a transformer block, tokens reshaped to a
@@ -22,9 +25,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -33,10 +33,27 @@ import torch
 from torch import nn
 
 from geosane.console import console
-from geosane.difuser.config import BackboneConfig, ConditioningConfig
+from geosane.difuser.config import BackboneConfig, ConditioningConfig, SatelliteMetadata
+from geosane.difuser.satunet import (
+    DIFFUSIONSAT_METADATA,
+    SatUNet,
+    diffusionsat_metadata,
+    find_weights,
+    ignored_config_fields,
+    load_diffusers_model,
+    metadata_tensor,
+    quiet_diffusers,
+)
 from geosane.errors import ConfigError, SourceError
 
-__all__ = ["DiffusionBackbone", "LayerInfo", "find_unet_dir", "list_hook_layers", "load_unet", "select_layers"]
+__all__ = [
+    "DiffusionBackbone",
+    "LayerInfo",
+    "find_unet_dir",
+    "list_hook_layers",
+    "load_unet",
+    "select_layers",
+]
 
 _PIXEL_CLASSES = {"UNet2DModel"}
 _CONDITION_CLASSES = {"UNet2DConditionModel", "SatUNet"}
@@ -115,29 +132,41 @@ def find_unet_dir(model_dir: Path) -> tuple[Path, str]:
             except json.JSONDecodeError as exc:
                 raise SourceError(f"{config}: invalid JSON ({exc})") from None
             if class_name in _PIXEL_CLASSES | _CONDITION_CLASSES:
-                if not any(candidate.glob("*.safetensors")):
-                    raise SourceError(
-                        f"{candidate} holds no .safetensors weights (pickled .bin weights are not loaded)"
-                    )
+                find_weights(candidate)  # a clear error now when the directory holds no weights
                 return candidate, class_name
             if candidate != model_dir:
                 raise SourceError(f"{config}: unsupported UNet class '{class_name}'")
+    # DiffusionSat's training output keeps the UNet in checkpoint-<step>/unet (accelerate save_state)
+    nested = sorted(p.parent for p in model_dir.glob("checkpoint-*/unet*/config.json"))
+    hint = (
+        f"; it holds {nested[-1].relative_to(model_dir)}: set backbone.unet_dir={nested[-1]}"
+        if nested
+        else ""
+    )
     raise SourceError(
         f"{model_dir} is not a diffusers UNet directory (expected unet/config.json or config.json "
-        f"of a {', '.join(sorted(_PIXEL_CLASSES | _CONDITION_CLASSES))})"
+        f"of a {', '.join(sorted(_PIXEL_CLASSES | _CONDITION_CLASSES))}){hint}"
     )
 
 
 def load_unet(unet_dir: Path, class_name: str) -> nn.Module:
-    """Load a UNet2DModel / UNet2DConditionModel from ``unet_dir`` (safetensors, local files only)."""
+    """Load a UNet2DModel / UNet2DConditionModel / DiffusionSat SatUNet from ``unet_dir`` (local files only).
+
+    Every weight in the file must be used: a key the model does not have (or one it lacks) is an
+    error naming the first of each. Config fields the class does not take are listed in a note.
+    """
     from diffusers import UNet2DConditionModel, UNet2DModel
 
-    if class_name not in {"UNet2DModel", "UNet2DConditionModel"}:
+    classes: dict[str, Any] = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel,
+                               "SatUNet": SatUNet}  # fmt: skip
+    cls = classes[class_name]
+    config = json.loads((Path(unet_dir) / "config.json").read_text(encoding="utf-8"))
+    ignored = ignored_config_fields(cls, config)
+    if ignored:
         console.print(
-            f"[yellow]note:[/] loading {class_name} as UNet2DConditionModel; modules that diffusers' "
-            "UNet2DConditionModel does not have (e.g. DiffusionSat's metadata embedding) are skipped"
+            f"[yellow]note:[/] {unet_dir}/config.json fields that {cls.__name__} does not take (ignored): {ignored}"
         )
-    return _from_pretrained(UNet2DModel if class_name in _PIXEL_CLASSES else UNet2DConditionModel, unet_dir)
+    return load_diffusers_model(cls, Path(unet_dir), config)
 
 
 def _load_scheduler_config(model_dir: Path) -> dict[str, Any]:
@@ -159,16 +188,17 @@ class DiffusionBackbone(nn.Module):
         vae: nn.Module | None = None,
         context: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
+        metadata: torch.Tensor | None = None,
     ) -> None:
-        from diffusers import DDIMInverseScheduler, DDIMScheduler
+        from diffusers import DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
 
         super().__init__()
         # diffusers models: their config and blocks are read by attribute (Any, not nn.Module's Tensor | Module)
         self.unet: Any = unet.eval().requires_grad_(False)
         self.vae: Any = vae.eval().requires_grad_(False) if vae is not None else None
         self.config = config
-        self.conditional = hasattr(unet.config, "cross_attention_dim") and "Condition" in type(unet).__name__
-        with _quiet_diffusers():
+        self.conditional = isinstance(unet, UNet2DConditionModel)  # SatUNet included
+        with quiet_diffusers():
             self.scheduler = DDIMScheduler.from_config(scheduler_config or {})
             self.scheduler.set_timesteps(config.num_timesteps)
             self.inverse_scheduler = DDIMInverseScheduler.from_config(self.scheduler.config)
@@ -190,34 +220,43 @@ class DiffusionBackbone(nn.Module):
         self.layer_names = select_layers(self.available_layers, list(config.layer_idxs))
         self._context = self._check_context(context)
         self._class_labels = self._check_class_labels(class_labels)
+        self._metadata = self._check_metadata(metadata)
         self.layers = self._probe_layers()
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_config(cls, config: BackboneConfig, device: str | torch.device = "cpu") -> DiffusionBackbone:
-        """Load the UNet (+ VAE, scheduler, text encoder) from ``config.model_dir``, safetensors only."""
+        """Load the UNet (+ VAE, scheduler, text encoder) from ``config.model_dir`` (the UNet from
+        ``config.unet_dir`` when set); safetensors or weights-only pickles, local files only."""
         from diffusers import AutoencoderKL
 
         if config.model_dir is None:
             raise ConfigError("backbone.model_dir is not set (a diffusers model directory)")
         model_dir = Path(config.model_dir).expanduser()
-        unet_dir, class_name = find_unet_dir(model_dir)
+        if not model_dir.is_dir():
+            raise SourceError(f"diffusion model directory not found: {model_dir}")
+        unet_dir, class_name = find_unet_dir(
+            Path(config.unet_dir).expanduser() if config.unet_dir else model_dir
+        )
         unet: Any = load_unet(unet_dir, class_name)  # config read by attribute
         vae = None
-        if (model_dir / "vae" / "config.json").is_file() and unet_dir != model_dir:
-            vae = _from_pretrained(AutoencoderKL, model_dir / "vae")
+        if (model_dir / "vae" / "config.json").is_file() and unet_dir.resolve() != model_dir.resolve():
+            vae = load_diffusers_model(AutoencoderKL, model_dir / "vae")
         elif int(unet.config.in_channels) != 3:
             raise SourceError(f"{model_dir}: a latent UNet ({unet.config.in_channels} channels) needs vae/")
         context = _conditioning_context(config.conditioning, model_dir, unet)
-        labels = _metadata_labels(config.conditioning, unet)
-        backbone = cls(unet, config, _load_scheduler_config(model_dir), vae, context, labels)
+        labels = None if isinstance(unet, SatUNet) else _metadata_labels(config.conditioning, unet)
+        metadata = sat_metadata(config.conditioning, unet)
+        backbone = cls(unet, config, _load_scheduler_config(model_dir), vae, context, labels, metadata)
         return backbone.to(device)
 
     # ------------------------------------------------------------------ conditioning
     def _check_context(self, context: torch.Tensor | None) -> torch.Tensor | None:
         if not self.conditional:
             if context is not None:
-                raise ConfigError("a prompt / prompt_embedding needs a UNet2DConditionModel; this UNet is unconditional")
+                raise ConfigError(
+                    "a prompt / prompt_embedding needs a UNet2DConditionModel; this UNet is unconditional"
+                )
             return None
         dim = int(self.unet.config.cross_attention_dim)
         if context is None:
@@ -238,11 +277,48 @@ class DiffusionBackbone(nn.Module):
             raise ConfigError("conditioning.metadata given but this UNet has no class/metadata embedding")
         return labels.float().reshape(1, -1)
 
+    @property
+    def metadata_values(self) -> int:
+        """How many metadata values each image needs (a DiffusionSat SatUNet's ``num_metadata``; else 0)."""
+        if isinstance(self.unet, SatUNet) and self.unet.metadata_embedding is not None:
+            return int(self.unet.num_metadata)
+        return 0
+
+    def _check_metadata(self, metadata: torch.Tensor | None) -> torch.Tensor | None:
+        """The default metadata row ``[1, n]`` of a SatUNet; refused when the UNet needs it and it is None.
+
+        ``None`` with ``conditioning.metadata_file`` set: every :meth:`extract` call brings its rows.
+        """
+        n = self.metadata_values
+        if n == 0:
+            if metadata is not None:
+                raise ConfigError(
+                    "conditioning.satellite / metadata_file need a DiffusionSat SatUNet with a metadata embedding; "
+                    "this UNet has none"
+                )
+            return None
+        if metadata is None:
+            if self.config.conditioning.metadata_file is not None:
+                return None  # per image: extract() is given each image's row
+            raise ConfigError(
+                f"this DiffusionSat SatUNet embeds {n} metadata values ({', '.join(DIFFUSIONSAT_METADATA[:n])}) "
+                "and none were given: set backbone.conditioning.satellite (longitude, latitude, gsd, cloud_cover, "
+                "year, month, day), conditioning.metadata_file (one CSV row per image), or conditioning.metadata "
+                f"({n} normalised numbers; all zeros is DiffusionSat's null metadata)"
+            )
+        metadata = metadata_tensor(metadata)
+        if metadata.shape != (1, n):
+            raise ConfigError(
+                f"conditioning.metadata has {metadata.shape[-1]} values; this SatUNet expects {n}"
+            )
+        return metadata
+
     # ------------------------------------------------------------------ features
     def _probe_layers(self) -> list[LayerInfo]:
         size = self.config.image_size
         x = torch.zeros(1, self._image_channels(), size, size)
-        captured = self._run_hooked(self.encode(x), self.save_timesteps[0])[0]
+        probe = torch.zeros(1, self.metadata_values) if self.metadata_values else None
+        captured = self._run_hooked(self.encode(x), self.save_timesteps[0], probe)[0]
         infos = {info.name: info for info, _, _ in self._points}
         out = []
         for name in self.layer_names:
@@ -277,15 +353,30 @@ class DiffusionBackbone(nn.Module):
         latent = self.vae.encode(images).latent_dist.mean
         return latent * float(getattr(self.vae.config, "scaling_factor", 0.18215))
 
-    def _unet_kwargs(self, batch: int) -> dict[str, torch.Tensor]:
+    def _unet_kwargs(self, batch: int, metadata: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         kwargs: dict[str, torch.Tensor] = {}
+        if self.metadata_values:
+            rows = metadata if metadata is not None else self._metadata
+            if rows is None:
+                raise ConfigError(
+                    f"this SatUNet needs metadata for every image ({', '.join(DIFFUSIONSAT_METADATA[: self.metadata_values])}); "
+                    "extract() was called without it"
+                )
+            rows = metadata_tensor(rows).to(self.device)
+            if rows.shape[0] not in (1, batch) or rows.shape[1] != self.metadata_values:
+                raise ConfigError(
+                    f"metadata has shape {tuple(rows.shape)}; expected [{batch}, {self.metadata_values}] for this batch"
+                )
+            kwargs["metadata"] = rows.expand(batch, -1)
         if self._context is not None:
             kwargs["encoder_hidden_states"] = self._context.to(self.device).expand(batch, -1, -1)
         if self._class_labels is not None:
             kwargs["class_labels"] = self._class_labels.to(self.device).expand(batch, -1)
         return kwargs
 
-    def _run_hooked(self, sample: torch.Tensor, timestep: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _run_hooked(
+        self, sample: torch.Tensor, timestep: int, metadata: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One UNet call; returns the hooked maps of the selected layers and the noise prediction."""
         captured: dict[str, torch.Tensor] = {}
         sizes: dict[int, tuple[int, int]] = {}
@@ -316,7 +407,7 @@ class DiffusionBackbone(nn.Module):
                 handles.append(module.register_forward_hook(make_hook(info.name, owner)))
             t = torch.full((sample.shape[0],), timestep, device=sample.device, dtype=torch.long)
             with torch.no_grad():
-                noise_pred = self.unet(sample, t, **self._unet_kwargs(sample.shape[0])).sample
+                noise_pred = self.unet(sample, t, **self._unet_kwargs(sample.shape[0], metadata)).sample
         finally:
             for handle in handles:
                 handle.remove()
@@ -324,9 +415,12 @@ class DiffusionBackbone(nn.Module):
 
     @torch.no_grad()
     def extract(
-        self, images: torch.Tensor, noise_seeds: list[int] | None = None
+        self, images: torch.Tensor, noise_seeds: list[int] | None = None, metadata: torch.Tensor | None = None
     ) -> dict[int, dict[str, torch.Tensor]]:
         """Features ``{timestep: {layer: [B, C, h, w]}}`` of images in [-1, 1] at ``save_timesteps``.
+
+        ``metadata``: ``[B, num_metadata]`` DiffusionSat values per image (normalised, see
+        :func:`geosane.difuser.satunet.diffusionsat_metadata`); default: the config's.
 
         ``inversion``: deterministic DDIM inversion from the clean input, features taken from the
         UNet call at each save timestep. ``generation``: noise (one draw per image, seeded by
@@ -342,12 +436,12 @@ class DiffusionBackbone(nn.Module):
             ).to(x0.device)
             for t in self.save_timesteps:
                 noisy = self.scheduler.add_noise(x0, noise, torch.tensor([t] * batch, device=x0.device))
-                out[t] = self._run_hooked(noisy, t)[0]
+                out[t] = self._run_hooked(noisy, t, metadata)[0]
             return out
         sample = x0
         last = self.save_timesteps[-1]
         for t in (int(v) for v in self.inverse_scheduler.timesteps):
-            captured, noise_pred = self._run_hooked(sample, t)
+            captured, noise_pred = self._run_hooked(sample, t, metadata)
             if t in self.save_timesteps:
                 out[t] = captured
             if t >= last:
@@ -359,11 +453,17 @@ class DiffusionBackbone(nn.Module):
         """What determines the features (for cache keys): config, model files and schedule."""
         model_dir = Path(self.config.model_dir).expanduser().resolve() if self.config.model_dir else None
         files = []
-        if model_dir is not None:
-            for path in sorted(model_dir.rglob("*")):
+        roots = [model_dir] if model_dir is not None else []
+        if self.config.unet_dir is not None:
+            unet_dir = Path(self.config.unet_dir).expanduser().resolve()
+            if model_dir is None or not unet_dir.is_relative_to(model_dir):
+                roots.append(unet_dir)
+        for root in roots:
+            for path in sorted(root.rglob("*")):
                 if path.is_file() and not path.name.startswith("."):
                     stat = path.stat()
-                    files.append([str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns])
+                    name = str(path.relative_to(root)) if root == model_dir else str(path)
+                    files.append([name, stat.st_size, stat.st_mtime_ns])
         cond = self.config.conditioning
         return {
             "model_dir": str(model_dir),
@@ -379,31 +479,25 @@ class DiffusionBackbone(nn.Module):
             "prompt_embedding": str(cond.prompt_embedding) if cond.prompt_embedding else None,
             "context_sum": float(self._context.double().sum()) if self._context is not None else None,
             "metadata": cond.metadata,
+            "sat_metadata": self._metadata.tolist() if self._metadata is not None else None,
+            "metadata_file": str(cond.metadata_file) if cond.metadata_file else None,
             "dtype": self.config.cache_dtype,
         }
 
 
-@contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    """Silence diffusers' info/warning chatter (unused config keys, accelerate hints) while loading."""
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        diffusers_logging.set_verbosity(level)
-
-
 def _from_pretrained(cls: Any, path: Path) -> nn.Module:
-    kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+    """``cls.from_pretrained`` on local files; a pickled weight file is first checked to be weights-only."""
+    safetensors = any(Path(path).glob("*.safetensors"))
+    if not safetensors:
+        from geosane.io import load_torch
+
+        for pickled in sorted(Path(path).glob("*.bin")):
+            load_torch(pickled)  # refuses a pickle that needs code, before transformers reads it
+    kwargs: dict[str, Any] = {"use_safetensors": safetensors, "local_files_only": True}
     if cls.__module__.startswith("diffusers"):
         kwargs["low_cpu_mem_usage"] = False
     try:
-        with _quiet_diffusers():
+        with quiet_diffusers():
             return cls.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot load {cls.__name__} from {path}: {str(exc).splitlines()[0]}") from None
@@ -438,11 +532,18 @@ def _conditioning_context(cond: ConditioningConfig, model_dir: Path, unet: nn.Mo
     try:
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError:
-        raise ConfigError("conditioning.prompt needs the 'transformers' package (pip install transformers)") from None
+        raise ConfigError(
+            "conditioning.prompt needs the 'transformers' package for the CLIP text encoder, which is not "
+            "installed: pip install 'geosane[difuser]' (or give conditioning.prompt_embedding)"
+        ) from None
     tokenizer = CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer"), local_files_only=True)
     encoder = _from_pretrained(CLIPTextModel, model_dir / "text_encoder").eval()
     ids = tokenizer(
-        cond.prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        cond.prompt,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids
     with torch.no_grad():
         return encoder(ids)[0].float()
@@ -456,7 +557,9 @@ def _metadata_labels(cond: ConditioningConfig, unet: Any) -> torch.Tensor | None
         if not has_embedding:
             return None
         if embed_type != "projection":
-            raise ConfigError(f"this UNet needs class labels (class_embed_type {embed_type!r}); not supported")
+            raise ConfigError(
+                f"this UNet needs class labels (class_embed_type {embed_type!r}); not supported"
+            )
         return torch.zeros(int(unet.config.projection_class_embeddings_input_dim))
     if embed_type != "projection":
         raise ConfigError(
@@ -465,5 +568,87 @@ def _metadata_labels(cond: ConditioningConfig, unet: Any) -> torch.Tensor | None
         )
     expected = int(unet.config.projection_class_embeddings_input_dim)
     if len(cond.metadata) != expected:
-        raise ConfigError(f"conditioning.metadata has {len(cond.metadata)} values; the UNet expects {expected}")
+        raise ConfigError(
+            f"conditioning.metadata has {len(cond.metadata)} values; the UNet expects {expected}"
+        )
     return torch.tensor(cond.metadata, dtype=torch.float32)
+
+
+def satellite_values(meta: SatelliteMetadata, where: str = "backbone.conditioning.satellite") -> list[float]:
+    """DiffusionSat's normalised values of one image's metadata; a missing field is an error naming it."""
+    missing = meta.missing()
+    if missing:
+        raise ConfigError(
+            f"{where} is missing {', '.join(missing)}; a DiffusionSat UNet needs all of "
+            f"{', '.join(DIFFUSIONSAT_METADATA)}"
+        )
+    return diffusionsat_metadata(
+        float(meta.longitude),  # type: ignore[arg-type]
+        float(meta.latitude),  # type: ignore[arg-type]
+        float(meta.gsd),  # type: ignore[arg-type]
+        float(meta.cloud_cover),  # type: ignore[arg-type]
+        int(meta.year),  # type: ignore[arg-type]
+        int(meta.month),  # type: ignore[arg-type]
+        int(meta.day),  # type: ignore[arg-type]
+    )
+
+
+def sat_metadata(cond: ConditioningConfig, unet: nn.Module) -> torch.Tensor | None:
+    """The config's metadata row for a SatUNet (``satellite`` normalised, or ``metadata`` as given)."""
+    if cond.satellite is not None:
+        values = satellite_values(cond.satellite)
+        if (
+            isinstance(unet, SatUNet)
+            and unet.metadata_embedding is not None
+            and unet.num_metadata != len(values)
+        ):
+            raise ConfigError(
+                f"conditioning.satellite gives DiffusionSat's {len(values)} values; this SatUNet embeds "
+                f"{unet.num_metadata} (use conditioning.metadata with {unet.num_metadata} numbers)"
+            )
+        return torch.tensor([values], dtype=torch.float32)
+    if isinstance(unet, SatUNet) and cond.metadata is not None:
+        return torch.tensor([cond.metadata], dtype=torch.float32)
+    if not isinstance(unet, SatUNet) and cond.metadata_file is not None:
+        raise ConfigError("conditioning.metadata_file needs a DiffusionSat SatUNet with a metadata embedding")
+    return None
+
+
+def read_metadata_file(path: Path, images: list[str]) -> torch.Tensor:
+    """Per-image DiffusionSat metadata ``[N, 7]`` (normalised) from a CSV, rows matched to ``images``.
+
+    Columns: ``image`` (path relative to ``task.root``, as ``images`` spells it) and the
+    :class:`SatelliteMetadata` fields. Every image must have a row.
+    """
+    import csv
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"conditioning.metadata_file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        needed = {"image", *DIFFUSIONSAT_METADATA}
+        if not needed <= columns:
+            raise ConfigError(
+                f"conditioning.metadata_file {path} lacks column(s) {', '.join(sorted(needed - columns))} "
+                f"(needs image, {', '.join(DIFFUSIONSAT_METADATA)})"
+            )
+        rows = {row["image"]: row for row in reader}
+    missing = [name for name in images if name not in rows]
+    if missing:
+        raise ConfigError(
+            f"conditioning.metadata_file {path} has no row for {len(missing)} image(s) (first: {missing[0]})"
+        )
+    out = []
+    for name in images:
+        row = rows[name]
+        try:
+            meta = SatelliteMetadata(
+                float(row["longitude"]), float(row["latitude"]), float(row["gsd"]), float(row["cloud_cover"]),
+                int(row["year"]), int(row["month"]), int(row["day"]),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(f"conditioning.metadata_file {path}, image {name}: {exc}") from None
+        out.append(satellite_values(meta, f"conditioning.metadata_file row {name}"))
+    return torch.tensor(out, dtype=torch.float32)

@@ -34,10 +34,31 @@ FORMAT = "geosane-difuser-features"
 class FeatureCache:
     """Features of ``images`` (``[N, C, S, S]`` in [-1, 1]) under ``backbone``, cached in ``root``."""
 
-    def __init__(self, root: str | Path, backbone: DiffusionBackbone, images: torch.Tensor, images_digest: str) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        backbone: DiffusionBackbone,
+        images: torch.Tensor,
+        images_digest: str,
+        metadata: torch.Tensor | None = None,
+    ) -> None:
+        """``metadata``: ``[N, num_metadata]`` per-image DiffusionSat values (else the config's, if any)."""
         self.backbone = backbone
         self.images = images
-        fingerprint = {"backbone": backbone.fingerprint(), "images": images_digest, "count": int(images.shape[0])}
+        if metadata is not None and tuple(metadata.shape) != (int(images.shape[0]), backbone.metadata_values):
+            raise ValueError(
+                f"metadata has shape {tuple(metadata.shape)}; expected [{images.shape[0]}, {backbone.metadata_values}]"
+            )
+        self.metadata = metadata
+        fingerprint: dict[str, Any] = {
+            "backbone": backbone.fingerprint(),
+            "images": images_digest,
+            "count": int(images.shape[0]),
+        }
+        if metadata is not None:
+            fingerprint["metadata"] = hashlib.sha256(
+                metadata.float().contiguous().numpy().tobytes()
+            ).hexdigest()
         blob = json.dumps(fingerprint, sort_keys=True, default=str).encode()
         self.key = hashlib.sha256(blob).hexdigest()[:16]
         self.directory = Path(root).expanduser() / self.key
@@ -71,7 +92,8 @@ class FeatureCache:
             for start in range(0, len(todo), batch_size):
                 idx = todo[start : start + batch_size]
                 seeds = [self.backbone.config.seed + i for i in idx]
-                feats = self.backbone.extract(self.images[idx], noise_seeds=seeds)
+                rows = self.metadata[idx] if self.metadata is not None else None
+                feats = self.backbone.extract(self.images[idx], noise_seeds=seeds, metadata=rows)
                 for j, i in enumerate(idx):
                     for t in self.timesteps:
                         tensors = {name: fmap[j].to(self.dtype).cpu() for name, fmap in feats[t].items()}

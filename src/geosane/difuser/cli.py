@@ -2,6 +2,7 @@
 
     geosane difuse CONFIG.yaml [key=value ...]         train fuser + head (same as ``difuse train``)
     geosane difuse train CONFIG.yaml [key=value ...]   train fuser + head, report on the test split
+                                                       (seeds=[0,1,2]: a seed sweep, mean ± std)
     geosane difuse extract CONFIG.yaml [...]           only build the on-disk feature cache
     geosane difuse probe CONFIG.yaml [...]             linear probe per (timestep, layer); best on select
     geosane difuse scratch CONFIG.yaml [...]           small CNN trained from scratch on the same splits
@@ -51,11 +52,16 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT_DIR/checkpoints/last.ckpt."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Train fuser + head on cached UNet features; early stopping on select, report on test."""
+    """Train fuser + head on cached UNet features; early stopping on select, report on test.
+
+    With ``seeds=[0,1,2]`` one run per seed (OUTPUT_DIR/seed<k>/) and a mean ± std table (report.md).
+    """
     from geosane.difuser.config import load_difuse_config
+    from geosane.difuser.sweep import run_difuse_sweep
     from geosane.difuser.train import run_difuse
 
-    report = run_difuse(load_difuse_config(config, overrides or []), resume=resume)
+    cfg = load_difuse_config(config, overrides or [])
+    report = run_difuse_sweep(cfg, resume=resume) if cfg.seeds is not None else run_difuse(cfg, resume=resume)
     if as_json:
         _print_json(report)
 

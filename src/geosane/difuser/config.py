@@ -22,6 +22,7 @@ __all__ = [
     "DifuseConfig",
     "FuserConfig",
     "PretrainConfig",
+    "SatelliteMetadata",
     "TaskConfig",
     "TrainConfig",
     "load_difuse_config",
@@ -32,24 +33,59 @@ RESULTS_ROOT = Path("runs/difuser")  # default outputs, relative to the working 
 
 
 @dataclass
-class ConditioningConfig:
-    """Optional conditioning of a ``UNet2DConditionModel`` (and class/metadata-conditioned UNets).
+class SatelliteMetadata:
+    """One image's metadata as DiffusionSat takes it (raw values; geosane applies DiffusionSat's scaling).
 
-    - ``prompt``: encoded once by the CLIP text encoder in ``<model_dir>/text_encoder`` (+ tokenizer);
+    ``longitude`` / ``latitude`` in degrees, ``gsd`` in metres per pixel, ``cloud_cover`` a fraction
+    (0.25 = 25 %), the acquisition date as ``year`` / ``month`` / ``day``. Every field is needed by a
+    DiffusionSat UNet; a missing one is an error naming it.
+    """
+
+    longitude: float | None = None
+    latitude: float | None = None
+    gsd: float | None = None
+    cloud_cover: float | None = None
+    year: int | None = None
+    month: int | None = None
+    day: int | None = None
+
+    def missing(self) -> list[str]:
+        return [name for name, value in vars(self).items() if value is None]
+
+
+@dataclass
+class ConditioningConfig:
+    """Optional conditioning of a ``UNet2DConditionModel``, a class-conditioned UNet or DiffusionSat's SatUNet.
+
+    - ``prompt``: encoded once by the CLIP text encoder in ``<model_dir>/text_encoder`` (+ tokenizer;
+      needs the ``transformers`` package: ``pip install geosane[difuser]``);
     - ``prompt_embedding``: a safetensors file holding ``embedding`` ``[tokens, dim]`` (a precomputed
       prompt embedding, for when the text encoder is not available);
-    - ``metadata``: numbers fed to the UNet's class embedding (``class_embed_type: projection``), e.g.
-      normalised longitude, latitude, GSD, cloud cover, year, month, day.
-    Without prompt or embedding a conditional UNet gets an all-zero (null) context.
+    - ``satellite``: DiffusionSat metadata of every image (longitude, latitude, gsd, cloud_cover,
+      year, month, day), scaled as DiffusionSat's ``metadata_normalize`` does;
+    - ``metadata_file``: a CSV with one row per image (column ``image``: the path relative to
+      ``task.root``, then the ``satellite`` fields), for per-image DiffusionSat metadata;
+    - ``metadata``: numbers fed as they are: to a SatUNet's metadata embedding (already normalised,
+      e.g. ``[0, 0, 0, 0, 0, 0, 0]`` for DiffusionSat's null metadata), or to the UNet's class
+      embedding (``class_embed_type: projection``).
+    Without prompt or embedding a conditional UNet gets an all-zero (null) context. A SatUNet
+    without ``satellite``, ``metadata_file`` or ``metadata`` is refused.
     """
 
     prompt: str | None = None
     prompt_embedding: Path | None = None
     metadata: list[float] | None = None
+    satellite: SatelliteMetadata | None = None
+    metadata_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.prompt is not None and self.prompt_embedding is not None:
             raise ValueError("give either conditioning.prompt or conditioning.prompt_embedding, not both")
+        if self.metadata is not None and self.satellite is not None:
+            raise ValueError(
+                "give either conditioning.metadata (normalised numbers) or conditioning.satellite, not both "
+                "(set conditioning.metadata=null to use satellite)"
+            )
 
 
 @dataclass
@@ -59,10 +95,13 @@ class BackboneConfig:
     ``layer_idxs`` selects hooked layers by name or glob (``up1_res*``, ``up2_attn0``; ``geosane difuse
     layers MODEL_DIR`` lists them): ``up{L}_res{R}`` is ResNet ``conv2`` of repeat R in up-block L,
     ``up{L}_attn{R}`` the self-attention (``attn1``) output there. ``save_timesteps`` are values of the
-    DDIM schedule of ``num_timesteps`` steps.
+    DDIM schedule of ``num_timesteps`` steps. ``unet_dir``: the UNet's own directory when it is not
+    ``model_dir/unet`` (DiffusionSat's training output keeps it in ``checkpoint-<step>/unet``); the
+    VAE, scheduler and text encoder still come from ``model_dir``.
     """
 
     model_dir: Path | None = None
+    unet_dir: Path | None = None
     image_size: int = 64
     num_timesteps: int = 50
     save_timesteps: list[int] = field(default_factory=lambda: [1, 21, 41])
@@ -88,6 +127,11 @@ class FuserConfig:
 
     ``group: scale`` concatenates layers of the same spatial size into one stream per scale (the
     method's layout); ``group: layer`` keeps every hooked layer a stream of its own.
+
+    MoE: ``moe_variant: reference`` (default) is shaped like SatDiFuser's code (bottleneck-projector
+    experts on the raw per-scale features, KL-to-uniform usage balance); ``projected`` is geosane's
+    first variant (per-stream projectors, then pointwise-MLP experts, Switch balance).
+    ``balance_loss: auto`` takes the variant's own term; ``usage_kl`` / ``switch`` choose one.
     """
 
     name: Literal["gw", "lw", "moe"] = "gw"
@@ -98,6 +142,8 @@ class FuserConfig:
     warmup_steps: int = 200
     balance_weight: float = 0.01
     temperature: float = 1.0
+    moe_variant: Literal["reference", "projected"] = "reference"
+    balance_loss: Literal["auto", "usage_kl", "switch"] = "auto"
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.width % 4:
@@ -168,6 +214,8 @@ class DifuseConfig:
     """One SatDiFuser experiment: backbone + fuser + decoder + task + training.
 
     ``num_threads`` sets torch's CPU threads (1 is much faster on an oversubscribed machine).
+    ``seeds``: a seed sweep (``geosane.difuser.sweep``): one run per training seed in
+    ``output_dir/seed<k>/`` and a mean ± std table over them.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -179,8 +227,11 @@ class DifuseConfig:
     cache_dir: Path = RESULTS_ROOT / "feature-cache"
     device: str = "cpu"
     num_threads: int | None = None
+    seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must list distinct training seeds, got {self.seeds}")
         if self.task.kind == "segmentation" and self.decoder.name != "upernet":
             raise ValueError("task.kind segmentation needs decoder.name upernet")
         if self.task.kind != "segmentation" and self.decoder.name != "linear":

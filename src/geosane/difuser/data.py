@@ -8,6 +8,7 @@ the same seed and fractions sees the same test images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,7 +59,14 @@ def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
         data = data.subset(keep)
         splits = stratified_split(data.labels.numpy(), task.fractions, task.split_seed)
         images = to_unit_range(_select_bands(data.images, task.bands), splits["train"])
-        return TaskData("classification", images, data.labels, data.classes, splits, ignore_index=task.ignore_index)
+        root = Path(data.root).expanduser().resolve()
+        names = [
+            Path(p).resolve().relative_to(root).as_posix() for p in data.paths
+        ]  # per-image metadata rows
+        return TaskData(
+            "classification", images, data.labels, data.classes, splits, info={"images": names},
+            ignore_index=task.ignore_index,
+        )  # fmt: skip
     if task.kind != "segmentation":
         raise ConfigError("task.dataset csmask needs task.kind segmentation")
     chips = load_csmask(task.root, task.chip_size)
@@ -82,7 +90,9 @@ def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
     if images.shape[-1] != image_size:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
     images = to_unit_range(images, splits["train"])
-    return TaskData("segmentation", images, chips.masks, tuple(chips.classes), splits, ignore_index=task.ignore_index)
+    return TaskData(
+        "segmentation", images, chips.masks, tuple(chips.classes), splits, ignore_index=task.ignore_index
+    )
 
 
 def load_training_images(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,13 @@ class StreamLayout:
         return {
             "timesteps": list(self.timesteps),
             "groups": [
-                {"name": g.name, "layers": list(g.layers), "channels": g.channels, "size": list(g.size), "scale": g.scale}
+                {
+                    "name": g.name,
+                    "layers": list(g.layers),
+                    "channels": g.channels,
+                    "size": list(g.size),
+                    "scale": g.scale,
+                }
                 for g in self.groups
             ],
             "sizes": [list(s) for s in self.sizes],
@@ -153,16 +159,23 @@ class BottleneckProjector(nn.Module):
 class Fuser(nn.Module):
     """Base: per-stream projectors; subclasses fuse the projected streams into one map per scale."""
 
-    def __init__(self, layout: StreamLayout, width: int) -> None:
+    def __init__(self, layout: StreamLayout, width: int, project_streams: bool = True) -> None:
         super().__init__()
         self.layout = layout
         self.width = width
-        self.projectors = nn.ModuleList(BottleneckProjector(g.channels, width) for _, g in layout.streams())
+        self.project_streams = project_streams
+        self.projectors = nn.ModuleList(
+            BottleneckProjector(g.channels, width) for _, g in (layout.streams() if project_streams else [])
+        )
         self.reset_statistics()
 
     def project(self, streams: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if len(streams) != len(self.projectors):
-            raise ValueError(f"expected {len(self.projectors)} streams, got {len(streams)}")
+        """Every stream through its projector (or unchanged when the fuser projects inside its experts)."""
+        expected = len(self.layout.streams())
+        if len(streams) != expected:
+            raise ValueError(f"expected {expected} streams, got {len(streams)}")
+        if not self.project_streams:
+            return list(streams)
         return [proj(x) for proj, x in zip(self.projectors, streams, strict=True)]
 
     def aux_loss(self) -> torch.Tensor:
@@ -224,7 +237,9 @@ class LWFuser(Fuser):
         self.mixers = nn.ModuleList(nn.Conv2d(width, len(idx), 1) for idx in self._scale_streams)
 
     def reset_statistics(self) -> None:
-        self._weight_sum = torch.zeros(len(self.layout.timesteps) * len(self.layout.groups), dtype=torch.float64)
+        self._weight_sum = torch.zeros(
+            len(self.layout.timesteps) * len(self.layout.groups), dtype=torch.float64
+        )
         self._weight_count = 0
 
     def forward(self, streams: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -272,12 +287,30 @@ class _Expert(nn.Module):
         return self.net(x)
 
 
+MoEVariant = Literal["reference", "projected"]
+BalanceLoss = Literal["auto", "usage_kl", "switch"]
+
+
 class MoEFuser(Fuser):
     """Image-level top-k mixture of experts per scale, dense during warm-up, outputs averaged over timesteps.
 
-    ``optimizer_steps`` is a persistent buffer (saved in state dicts and checkpoints) counting
-    optimizer steps only: call :meth:`attach` on the optimizer (or :meth:`count_optimizer_step` after
-    each step). Evaluation passes never change it.
+    Two variants (``fuser.moe_variant``):
+
+    - ``reference`` (default), shaped like SatDiFuser's ``MOEWeightedPerScale``: no per-stream
+      projectors; per scale, the raw hooked features of one timestep (the scale's layers
+      concatenated) go to a gate (3x3 conv -> global pool -> logits / temperature) and to
+      ``num_experts`` experts that are each a bottleneck projector (1x1 -> 3x3 -> 1x1 convs with
+      GroupNorm, projected shortcut) to ``width`` channels; gate and experts are shared by the
+      timesteps. Balance loss ``usage_kl``: ``sum_e u_e log(E u_e)``, the KL divergence of the
+      mean gate probabilities ``u`` from uniform.
+    - ``projected`` (geosane's first version): every stream through its own projector first, then
+      pointwise-MLP experts on the scale's projected groups; balance loss ``switch``
+      (``E * sum_e f_e P_e``).
+
+    ``balance_loss`` overrides the variant's own (``auto``). ``optimizer_steps`` is a persistent
+    buffer (saved in state dicts and checkpoints) counting optimizer steps only: call :meth:`attach`
+    on the optimizer (or :meth:`count_optimizer_step` after each step). Evaluation passes never
+    change it.
     """
 
     optimizer_steps: torch.Tensor  # the buffer registered in __init__
@@ -291,21 +324,36 @@ class MoEFuser(Fuser):
         warmup_steps: int = 200,
         balance_weight: float = 0.01,
         temperature: float = 1.0,
+        variant: MoEVariant = "reference",
+        balance_loss: BalanceLoss = "auto",
     ) -> None:
         if top_k > num_experts:
             raise ConfigError(f"fuser.top_k ({top_k}) is larger than fuser.num_experts ({num_experts})")
         if top_k <= 0 or temperature <= 0:
             raise ConfigError("fuser.top_k and fuser.temperature must be positive")
+        if variant not in ("reference", "projected"):
+            raise ConfigError(f"fuser.moe_variant must be reference or projected, got {variant!r}")
+        if balance_loss not in ("auto", "usage_kl", "switch"):
+            raise ConfigError(f"fuser.balance_loss must be auto, usage_kl or switch, got {balance_loss!r}")
         self.num_experts = num_experts
         self.top_k = top_k
         self.warmup_steps = warmup_steps
         self.balance_weight = balance_weight
-        super().__init__(layout, width)
-        groups_per_scale = [sum(1 for g in layout.groups if g.scale == s) for s in range(layout.num_scales)]
-        self.gates = nn.ModuleList(nn.Conv2d(n * width, num_experts, 3, padding=1) for n in groups_per_scale)
+        self.variant = variant
+        self.balance_loss = (
+            ("usage_kl" if variant == "reference" else "switch") if balance_loss == "auto" else balance_loss
+        )
+        super().__init__(layout, width, project_streams=variant == "projected")
+        scales = range(layout.num_scales)
+        if variant == "projected":
+            in_channels = [sum(1 for g in layout.groups if g.scale == s) * width for s in scales]
+        else:  # the raw hooked channels of the scale
+            in_channels = [sum(g.channels for g in layout.groups if g.scale == s) for s in scales]
+        self.gates = nn.ModuleList(nn.Conv2d(c, num_experts, 3, padding=1) for c in in_channels)
         self.log_temperature = nn.Parameter(torch.full((layout.num_scales,), math.log(temperature)))
+        make_expert: Any = _Expert if variant == "projected" else BottleneckProjector
         self.experts = nn.ModuleList(
-            nn.ModuleList(_Expert(n * width, width) for _ in range(num_experts)) for n in groups_per_scale
+            nn.ModuleList(make_expert(c, width) for _ in range(num_experts)) for c in in_channels
         )
         self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long), persistent=True)
         self._aux = torch.zeros(())
@@ -342,7 +390,12 @@ class MoEFuser(Fuser):
         return probs, combine, top_idx
 
     def _balance_loss(self, probs: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
-        """Switch-style load balancing: E * sum_e (fraction routed to e) * (mean gate prob of e)."""
+        """``usage_kl``: KL(mean gate probs || uniform) = sum_e u_e log(E u_e), zero when balanced
+        (SatDiFuser's term with the sign that balances: the reference negates it, and then discards it).
+        ``switch``: E * sum_e (fraction routed to e) * (mean gate prob of e)."""
+        if self.balance_loss == "usage_kl":
+            usage = probs.mean(dim=0)
+            return (usage * torch.log(usage * self.num_experts + 1e-8)).sum()
         counts = F.one_hot(top_idx, self.num_experts).sum(dim=(0, 1)).to(probs.dtype)
         fraction = counts / counts.sum()
         return self.num_experts * (fraction * probs.mean(dim=0)).sum()
@@ -392,6 +445,8 @@ class MoEFuser(Fuser):
         rows = [f"t={t} {sc}" for t in self.layout.timesteps for sc in scales]
         return {
             "fuser": "moe",
+            "variant": self.variant,
+            "balance_loss": self.balance_loss,
             "description": "mean combine weight of each expert per (timestep, scale) over evaluated images "
             "(rows sum to 1); gate_probs are the mean softmax gate probabilities",
             "images": self._images,
@@ -420,4 +475,6 @@ def build_fuser(config: FuserConfig, layout: StreamLayout) -> Fuser:
         warmup_steps=config.warmup_steps,
         balance_weight=config.balance_weight,
         temperature=config.temperature,
+        variant=config.moe_variant,
+        balance_loss=config.balance_loss,
     )

@@ -12,6 +12,7 @@ resumable ``checkpoints/last.ckpt``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors.torch import load_file
@@ -28,15 +30,15 @@ from torch.utils.data import DataLoader
 
 from geosane.config import save_config, to_dict
 from geosane.console import console
-from geosane.difuser.backbone import DiffusionBackbone
+from geosane.difuser.backbone import DiffusionBackbone, read_metadata_file
 from geosane.difuser.cache import CachedFeatureDataset, FeatureCache
 from geosane.difuser.config import DifuseConfig, apply_threads
 from geosane.difuser.data import TaskData, load_task_data
 from geosane.difuser.fusers import MoEFuser, StreamLayout, build_fuser
 from geosane.difuser.heads import DifuserModel, build_head
 from geosane.difuser.plots import plot_confusion, plot_fusion_weights
-from geosane.errors import GeosaneError, cli_flags
-from geosane.io import claim_out_dir, save_safetensors, write_json
+from geosane.errors import ConfigError, GeosaneError, cli_flags
+from geosane.io import claim_out_dir, load_torch, save_safetensors, write_json
 from geosane.runs import (
     ResumableRandomness,
     SafeCheckpointIO,
@@ -49,7 +51,9 @@ from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_
 __all__ = ["DifuserModule", "build_model", "evaluate_model", "prepare_features", "run_difuse"]
 
 
-def difuser_loss(task: TaskKind, logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+def difuser_loss(
+    task: TaskKind, logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
     """Cross-entropy (single-label, segmentation with ``ignore_index``) or BCE (multi-label)."""
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, target.float())
@@ -73,12 +77,14 @@ class DifuserModule(TaskModule):
         config: FitConfig,
         ignore_index: int = 255,
         best_path: Path | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, task, num_classes, config)
         self.ignore_index = ignore_index
         self.val_metric = make_metric(task, num_classes, ignore_index)
         self._aux_losses: list[float] = []
         self.best_path = best_path
+        self.run_config = run_config  # stored in checkpoints: a resume must run the same schedule
         self.best_score = float("-inf")
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -125,6 +131,8 @@ class DifuserModule(TaskModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["geosane_history"] = [dict(row) for row in self.history]
         checkpoint["geosane_best"] = {"score": self.best_score, "epoch": self.best_epoch}
+        if self.run_config is not None:
+            checkpoint["geosane_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [dict(row) for row in checkpoint.get("geosane_history", [])]
@@ -142,7 +150,9 @@ class DifuserModule(TaskModule):
         return config
 
 
-def build_model(cfg: DifuseConfig, layout: StreamLayout, num_classes: int, output_size: tuple[int, int]) -> DifuserModel:
+def build_model(
+    cfg: DifuseConfig, layout: StreamLayout, num_classes: int, output_size: tuple[int, int]
+) -> DifuserModel:
     """Fuser (``cfg.fuser``) + head (``cfg.decoder``) over ``layout``."""
     fuser = build_fuser(cfg.fuser, layout)
     head = build_head(cfg.decoder, cfg.fuser.width, layout.num_scales, num_classes)
@@ -161,7 +171,15 @@ def prepare_features(
             f"the task images have {data.images.shape[1]} bands but the diffusion model takes "
             f"{backbone._image_channels()}; choose task.bands"
         )
-    cache = FeatureCache(cfg.cache_dir, backbone, data.images, data.digest())
+    metadata = None
+    if cfg.backbone.conditioning.metadata_file is not None:
+        names = data.info.get("images")
+        if not names:
+            raise ConfigError(
+                f"backbone.conditioning.metadata_file needs image names; task.dataset {cfg.task.dataset} has none"
+            )
+        metadata = read_metadata_file(cfg.backbone.conditioning.metadata_file, list(names))
+    cache = FeatureCache(cfg.cache_dir, backbone, data.images, data.digest(), metadata=metadata)
     if build:
         cache.build()
     return cache, data, backbone
@@ -171,7 +189,9 @@ def _metric_collection(task: TaskKind, num_classes: int, ignore_index: int) -> t
     if task == "multilabel":
         return torchmetrics.MetricCollection(
             {
-                "map": torchmetrics.AveragePrecision(task="multilabel", num_labels=num_classes, average="macro"),
+                "map": torchmetrics.AveragePrecision(
+                    task="multilabel", num_labels=num_classes, average="macro"
+                ),
                 "macro_f1": torchmetrics.F1Score(task="multilabel", num_labels=num_classes, average="macro"),
                 "micro_f1": torchmetrics.F1Score(task="multilabel", num_labels=num_classes, average="micro"),
             }
@@ -179,7 +199,9 @@ def _metric_collection(task: TaskKind, num_classes: int, ignore_index: int) -> t
     ignore = ignore_index if task == "segmentation" else None
     return torchmetrics.MetricCollection(
         {
-            "confusion": torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes, ignore_index=ignore),
+            "confusion": torchmetrics.ConfusionMatrix(
+                task="multiclass", num_classes=num_classes, ignore_index=ignore
+            ),
         }
     )
 
@@ -223,7 +245,9 @@ def evaluate_model(
     true_total, pred_total = conf.sum(dim=1), conf.sum(dim=0)
     precision = torch.where(pred_total > 0, tp / pred_total.clamp_min(1), torch.zeros_like(tp))
     recall = torch.where(true_total > 0, tp / true_total.clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0
+    )
     union = true_total + pred_total - tp
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.zeros_like(tp))
     out.update(
@@ -270,12 +294,77 @@ def _loaders(
     return make("train", True), make("select", False), make("test", False)
 
 
+# Keys a resume may change: they do not touch the model, the data or the schedule.
+RESUME_FREE_KEYS = frozenset(
+    {
+        "train.progress",
+        "train.num_workers",
+        "num_threads",
+        "device",
+        "cache_dir",
+        "backbone.batch_size",
+        "seeds",
+    }
+)
+
+
+def _plain_config(cfg: DifuseConfig) -> dict[str, Any]:
+    """The composed config as plain JSON types (paths as strings), as it is stored in checkpoints."""
+    return json.loads(json.dumps(to_dict(cfg), default=str))
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resume_config(run_config: dict[str, Any], last: Path, out: Path) -> None:
+    """Refuse a resume whose config differs from the one the run started with (before anything is written).
+
+    A resume continues the run's own schedule (linear warm-up then cosine over the *original*
+    ``train.epochs``, its batch size, learning rate and early stopping); changing the budget would
+    leave the cosine curve finished (lr 0) or bent mid-way, so it is refused instead. Only
+    :data:`RESUME_FREE_KEYS` (progress bars, threads, device, cache location) may change.
+    """
+    checkpoint = load_torch(last)
+    started = checkpoint.get("geosane_config") if isinstance(checkpoint, dict) else None
+    if started is None and (out / "config.yaml").is_file():  # a checkpoint written before configs were stored
+        started = json.loads(
+            json.dumps(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")), default=str)
+        )
+    if started is None:
+        return
+    old, new = _flatten(started), _flatten(run_config)
+    # a key the started config lacks is newer than the run (an old config.yaml): not compared
+    changed = [k for k in sorted(old) if k not in RESUME_FREE_KEYS and old[k] != new.get(k)]
+    if not changed:
+        return
+    key = changed[0]
+    more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])})" if len(changed) > 1 else ""
+    raise GeosaneError(
+        f"resume=True: {key} is {new.get(key)!r} but the run in {out} was started with {old.get(key)!r}{more}; "
+        "resuming continues the schedule the run started with (warm-up, then cosine over its "
+        f"{old.get('train.epochs')} epochs), so its config cannot change. Rerun with {key}={old.get(key)!r}, "
+        "or start a new run in another output_dir (nothing was written)",
+        flags=cli_flags("resume"),
+    )
+
+
 def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train and evaluate one SatDiFuser experiment; returns (and writes) the report.
 
     ``resume`` continues from ``output_dir/checkpoints/last.ckpt`` exactly where it stopped (RNG
     states included). ``callbacks``: extra Lightning callbacks.
     """
+    if cfg.seeds is not None:
+        raise ConfigError(
+            f"seeds {cfg.seeds} asks for a seed sweep: run it with geosane.difuser.run_difuse_sweep "
+            "(the difuse command does), or set train.seed for one run"
+        )
     apply_threads(cfg.num_threads)
     out = Path(cfg.output_dir).expanduser()
     last = out / "checkpoints" / "last.ckpt"
@@ -286,11 +375,16 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
             f"{out} already holds a training run; pass resume=True or choose another output_dir",
             flags=cli_flags("resume"),
         )
+    run_config = _plain_config(cfg)
+    if resume:
+        check_resume_config(run_config, last, out)
     quiet_lightning()
     cache, data, backbone = prepare_features(cfg, build=False)
     layout = StreamLayout.from_layers(backbone.layers, backbone.save_timesteps, cfg.fuser.group)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    output_size = (int(data.targets.shape[-2]), int(data.targets.shape[-1])) if data.kind == "segmentation" else (0, 0)
+    output_size = (
+        (int(data.targets.shape[-2]), int(data.targets.shape[-1])) if data.kind == "segmentation" else (0, 0)
+    )
     model = build_model(cfg, layout, data.num_classes, output_size)
     # everything validated: from here on files are written
     claim_out_dir(out, "difuse", {"task.root": cfg.task.root, "cache_dir": cfg.cache_dir})
@@ -305,10 +399,19 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     )
     train_loader, select_loader, test_loader = _loaders(cache, data, cfg)
     fit_config = FitConfig(
-        **cfg.train.budget(), seed=cfg.train.seed, num_workers=cfg.train.num_workers, progress=cfg.train.progress
+        **cfg.train.budget(),
+        seed=cfg.train.seed,
+        num_workers=cfg.train.num_workers,
+        progress=cfg.train.progress,
     )
     module = DifuserModule(
-        model, data.kind, data.num_classes, fit_config, cfg.task.ignore_index, out / "checkpoints" / "best.safetensors"
+        model,
+        data.kind,
+        data.num_classes,
+        fit_config,
+        cfg.task.ignore_index,
+        out / "checkpoints" / "best.safetensors",
+        run_config=run_config,
     )
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
@@ -347,7 +450,9 @@ def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Call
     fusion["layout"] = layout.to_dict()
     save_safetensors(model.state_dict(), out / "model.safetensors", metadata={"format": "geosane-difuser"})
     write_json(out / "fusion_weights.json", fusion)
-    plot_fusion_weights(fusion, out / "fusion_weights.png", title=f"{cfg.fuser.name.upper()} fusion ({data.kind})")
+    plot_fusion_weights(
+        fusion, out / "fusion_weights.png", title=f"{cfg.fuser.name.upper()} fusion ({data.kind})"
+    )
     if "confusion_matrix" in test_metrics:
         plot_confusion(test_metrics["confusion_matrix"], out / "confusion_test.png")
     write_json(out / "metrics.json", {"select": select_metrics, "test": test_metrics})
