@@ -48,15 +48,16 @@ class DataConfig:
 
     ``kind``: ``folder`` (``root/<class>/<image>``), ``csmask`` (``.npz`` scenes cut into chips),
     ``detection`` (a COCO- or VOC-style folder of boxes, e.g. ``geosane data detection-composite``)
-    or ``torchgeo`` (``dataset`` names a TorchGeo dataset, detection sets ``dior`` and ``vhr10``
-    included; ``root`` is its download folder).
+    ``torchgeo`` (``dataset`` names a TorchGeo dataset, detection sets ``dior`` and ``vhr10``
+    included; ``root`` is its download folder) or ``geobench`` (``dataset`` names a GEO-Bench task
+    such as ``m-eurosat``; ``root`` is ``$GEO_BENCH_DIR``).
     ``test_data`` / ``select_data``: separate folders (same classes) used as the test / selection
     split instead of a part of ``root``. ``normalization``: ``auto`` uses the initialization's
     recorded per-band statistics when it has them (e.g. an ONNX model's sidecar), else the training
     split's; ``dataset``, ``imagenet`` and ``model`` force one.
     """
 
-    kind: Literal["folder", "csmask", "detection", "torchgeo"] = "folder"
+    kind: Literal["folder", "csmask", "detection", "torchgeo", "geobench"] = "folder"
     root: Path | None = None
     test_data: Path | None = None
     select_data: Path | None = None

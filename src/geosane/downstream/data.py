@@ -25,6 +25,7 @@ classes and bands, checked before anything runs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -316,7 +317,23 @@ def _chips_task_data(config: DataConfig, task: str, model_norm: Normalization | 
 # TorchGeo
 
 
-def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskSplits:
+def _geobench_task_data(config: DataConfig, task: str, model_norm: Normalization | None = None) -> TaskSplits:
+    """A GEO-Bench task (``data.dataset``, e.g. ``m-eurosat``; ``data.root`` = ``$GEO_BENCH_DIR``),
+    read lazily like a TorchGeo benchmark, with its ``default_partition.json`` splits."""
+    from geosane.data.geobench import GEOBENCH_TASKS, open_geobench
+
+    if not config.dataset:
+        raise ConfigError(f"data.kind=geobench needs data.dataset (e.g. {', '.join(GEOBENCH_TASKS)})")
+    return _torchgeo_task_data(config, task, model_norm, opener=open_geobench)
+
+
+def _torchgeo_task_data(
+    config: DataConfig,
+    task: str,
+    model_norm: Normalization | None = None,
+    opener: Callable[[str, Path, str], Any] | None = None,
+) -> TaskSplits:
+    """A TorchGeo benchmark by name (or, with ``opener``, any dataset of TorchGeo-style samples)."""
     from geosane.data.torchgeo import (
         TORCHGEO_DATASETS,
         TorchGeoSamples,
@@ -337,7 +354,8 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
             "data.test_data / data.select_data apply to folders and scenes; TorchGeo data has its own splits"
         )
     root = _root(config)
-    if detection_info(config.dataset) is not None:
+    kind = "torchgeo" if opener is None else config.kind
+    if opener is None and detection_info(config.dataset) is not None:
         if task not in ("auto", "detection"):
             raise ConfigError(f"TorchGeo {config.dataset} is a detection dataset, not {task}")
         parts, dropped = read_torchgeo_detection(
@@ -348,13 +366,15 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
             config, parts, model_norm,
             {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "dropped_boxes": dropped},
         )  # fmt: skip
-    opened = {
-        n: open_torchgeo(config.dataset, root, n, config.download, config.dataset_kwargs) for n in SPLITS
-    }
+    dataset = config.dataset
+    if opener is None:
+        opened = {n: open_torchgeo(dataset, root, n, config.download, config.dataset_kwargs) for n in SPLITS}
+    else:
+        opened = {n: opener(dataset, root, n) for n in SPLITS}
     first = opened["train"][0]
     found = infer_task(first)
     if task != "auto" and task != found:
-        raise ConfigError(f"TorchGeo {config.dataset} is a {found} dataset, not {task}")
+        raise ConfigError(f"{kind} dataset {config.dataset} is a {found} dataset, not {task}")
     classes = dataset_classes(opened["train"])
     indices: dict[str, np.ndarray] = {}
     for n in SPLITS:
@@ -368,7 +388,7 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
             idx = _cap_per_class(idx, config.train_per_class, config.split_seed, labels)
         indices[n] = _cap(idx, config.max_samples.get(n), config.split_seed)
         if indices[n].size == 0:
-            raise DataError(f"TorchGeo {config.dataset} split '{n}' under {root} is empty")
+            raise DataError(f"{kind} dataset {config.dataset} split '{n}' under {root} is empty")
     raw = TorchGeoSamples(
         opened["train"], indices["train"], Normalization((0.0,), (1.0,)), config.image_size, config.bands
     )
@@ -388,7 +408,7 @@ def _torchgeo_task_data(config: DataConfig, task: str, model_norm: Normalization
         for n in SPLITS
     }
     info = {
-        "kind": "torchgeo", "dataset": config.dataset, "root": str(root), "image_size": config.image_size,
+        "kind": kind, "dataset": config.dataset, "root": str(root), "image_size": config.image_size,
     }  # fmt: skip
     return TaskSplits(found, classes, in_chans, **datasets, normalization=norm, info=info)  # type: ignore[arg-type]
 
@@ -480,5 +500,6 @@ def load_task_data(
         "csmask": _chips_task_data,
         "detection": _detection_task_data,
         "torchgeo": _torchgeo_task_data,
+        "geobench": _geobench_task_data,
     }
     return loaders[config.kind](config, task, model_normalization)
