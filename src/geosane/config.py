@@ -34,6 +34,7 @@ __all__ = [
     "compose",
     "expand_dotted",
     "find_config",
+    "flatten_dotted",
     "from_dict",
     "load_config",
     "merge",
@@ -305,6 +306,17 @@ def expand_dotted(mapping: Mapping[str, Any]) -> dict[str, Any]:
             value = {part: value}
         out = merge(out, {head: value})
     return out
+
+
+def flatten_dotted(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "d": 3}`` -> ``{"a.b": 1, "d": 3}``: the inverse of :func:`expand_dotted`,
+    how a resumed run's stored config is compared with the new one key by key."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
 
 
 def load_config(

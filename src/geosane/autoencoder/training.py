@@ -32,7 +32,7 @@ from geosane.autoencoder.data import TokenWindowDataModule, token_scale
 from geosane.autoencoder.evaluate import reconstruction_metrics
 from geosane.autoencoder.io import load_autoencoder, save_autoencoder
 from geosane.autoencoder.module import CHECKPOINT_FORMAT, AutoencoderModule
-from geosane.config import save_config, to_dict
+from geosane.config import flatten_dotted, save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import check_out_dir, load_torch, mark_out_dir, write_json
@@ -146,17 +146,8 @@ def resolve_strategy(name: str, unused_parameters: bool = False, accelerator: st
     return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def _config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_dotted(old), flatten_dotted(new)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
 
@@ -173,7 +164,7 @@ def _check_resume(config: AutoencoderConfig, ckpt_path: Path) -> dict[str, Any]:
     stored = data["geosane"]["config"]
     differences = _config_differences(stored, config.to_dict())
     if differences:
-        old, new = _flatten(stored), _flatten(config.to_dict())
+        old, new = flatten_dotted(stored), flatten_dotted(config.to_dict())
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differences[:4])
         more = f" (and {len(differences) - 4} more)" if len(differences) > 4 else ""
         raise ConfigError(
@@ -236,9 +227,7 @@ def _progress_bar() -> Callback:
     return StepProgressBar(console_kwargs={"stderr": True})
 
 
-def train(
-    config: AutoencoderConfig, resume: bool = False, callbacks: Sequence[Callback] = ()
-) -> TrainResult:
+def train(config: AutoencoderConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train (or resume, or fine-tune with ``train.init_from``) the autoencoder described by ``config``.
 
     ``callbacks`` are extra Lightning callbacks (e.g. early stopping, custom logging).
@@ -295,7 +284,9 @@ def train(
     if cfg.train.progress:
         all_callbacks.append(_progress_bar())
     accelerator = cfg.train.accelerator
-    strategy = resolve_strategy(cfg.train.strategy, unused_parameters=cfg.loss.gamma == 0, accelerator=accelerator)
+    strategy = resolve_strategy(
+        cfg.train.strategy, unused_parameters=cfg.loss.gamma == 0, accelerator=accelerator
+    )
     trainer = L.Trainer(
         max_steps=cfg.train.max_steps,
         max_epochs=-1,
@@ -357,4 +348,3 @@ def read_metrics(out: str | Path) -> list[dict[str, float]]:
     path = Path(out) / "logs" / "metrics.csv"
     with open(path, newline="", encoding="utf-8") as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-

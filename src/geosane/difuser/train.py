@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from geosane.config import save_config, to_dict
+from geosane.config import flatten_dotted, save_config, to_dict
 from geosane.console import console
 from geosane.difuser.backbone import DiffusionBackbone, read_metadata_file
 from geosane.difuser.cache import CachedFeatureDataset, FeatureCache
@@ -313,15 +313,6 @@ def _plain_config(cfg: DifuseConfig) -> dict[str, Any]:
     return json.loads(json.dumps(to_dict(cfg), default=str))
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def check_resume_config(run_config: dict[str, Any], last: Path, out: Path) -> None:
     """Refuse a resume whose config differs from the one the run started with (before anything is written).
 
@@ -338,7 +329,7 @@ def check_resume_config(run_config: dict[str, Any], last: Path, out: Path) -> No
         )
     if started is None:
         return
-    old, new = _flatten(started), _flatten(run_config)
+    old, new = flatten_dotted(started), flatten_dotted(run_config)
     # a key the started config lacks is newer than the run (an old config.yaml): not compared
     changed = [k for k in sorted(old) if k not in RESUME_FREE_KEYS and old[k] != new.get(k)]
     if not changed:

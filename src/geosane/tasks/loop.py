@@ -52,6 +52,7 @@ __all__ = [
     "fit",
     "make_metric",
     "primary_metric_name",
+    "run_lightning_fit",
 ]
 
 
@@ -327,6 +328,56 @@ def _metric_input(task: TaskKind, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multilabel" else logits.argmax(dim=1)
 
 
+def run_lightning_fit(
+    module: L.LightningModule,
+    train_loader: DataLoader[Any],
+    val_loaders: Any,
+    config: FitConfig,
+    checkpoint_path: str | Path | None,
+    resume: str | None,
+    generator: torch.Generator,
+    callbacks: Sequence[Callback] = (),
+) -> None:
+    """The one Lightning fit every task family runs (classification, segmentation, detection): one
+    device, no logger, a checkpoint after every epoch with the data-order and augmentation RNGs
+    (bitwise resume from ``resume``), weights-only checkpoint reads, Ctrl-C as
+    :class:`geosane.errors.Interrupted` with a line on how to resume."""
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator="auto",
+        devices=1,
+        precision=config.precision,  # type: ignore[arg-type]
+        logger=False,
+        enable_checkpointing=checkpoint_path is not None,
+        callbacks=[
+            *callbacks,
+            *(
+                [EpochCheckpoint(checkpoint_path), ResumableRandomness(data_order=generator)]
+                if checkpoint_path
+                else []
+            ),
+        ],
+        plugins=[SafeCheckpointIO()],
+        enable_model_summary=False,
+        enable_progress_bar=config.progress,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    fit_resumable(
+        trainer,
+        module,
+        train_loader,
+        val_loaders,
+        ckpt_path=resume,
+        weights_only=True if resume else None,
+        resume_hint=(
+            f"the last finished epoch is saved in {checkpoint_path}; rerun the same command to resume"
+            if checkpoint_path
+            else "this run keeps no checkpoint; rerun to start again"
+        ),
+    )
+
+
 def fit(
     model: nn.Module,
     task: TaskKind,
@@ -386,40 +437,7 @@ def fit(
             }
             module.history.append({"epoch": 0.0, **before})
             model.train()
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator="auto",
-        devices=1,
-        precision=config.precision,  # type: ignore[arg-type]
-        logger=False,
-        enable_checkpointing=checkpoint_path is not None,
-        callbacks=[
-            *callbacks,
-            *(
-                [EpochCheckpoint(checkpoint_path), ResumableRandomness(data_order=generator)]
-                if checkpoint_path
-                else []
-            ),
-        ],
-        plugins=[SafeCheckpointIO()],
-        enable_model_summary=False,
-        enable_progress_bar=config.progress,
-        num_sanity_val_steps=0,
-        deterministic=False,
-    )
-    fit_resumable(
-        trainer,
-        module,
-        train_loader,
-        val_loader,
-        ckpt_path=resume,
-        weights_only=True if resume else None,
-        resume_hint=(
-            f"the last finished epoch is saved in {checkpoint_path}; rerun the same command to resume"
-            if checkpoint_path
-            else "this run keeps no checkpoint; rerun to start again"
-        ),
-    )
+    run_lightning_fit(module, train_loader, val_loader, config, checkpoint_path, resume, generator, callbacks)
     result = FitResult(history=module.history)
     if val is not None and module.history:
         key = f"val_{module.metric_name}"
