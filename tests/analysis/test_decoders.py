@@ -48,7 +48,7 @@ def test_frozen_and_finetuned_linear_heads_then_resume(csmask_root: Path, tmp_pa
     assert all(0.0 <= r["test"] <= 1.0 for r in result.rows) and result.trained == 2
     table = result.table_path.read_text()
     assert table.startswith(
-        "| model | decoder | frozen (test mIoU) | finetuned (test mIoU) | fine-tuning gain |"
+        "| model | decoder | labels | frozen (test mIoU) | finetuned (test mIoU) | fine-tuning gain |"
     )
     assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
     again = run_decoders(cfg)  # finished runs are read back, not retrained

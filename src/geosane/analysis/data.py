@@ -125,9 +125,13 @@ def _chip_splits(spec: DataSpec, scenes: tuple[str, ...], count: int) -> dict[st
         held = {"select": spec.split["select"], "train": spec.split["train"]}  # select is cut first
         total = sum(held.values())
         try:
-            parts = stratified_split(np.zeros(rest.size), {n: f / total for n, f in held.items()}, spec.split_seed)
+            parts = stratified_split(
+                np.zeros(rest.size), {n: f / total for n, f in held.items()}, spec.split_seed
+            )
         except DataError:
-            raise DataError(f"data.test_scenes leaves {rest.size} chips, too few for the split {held}") from None
+            raise DataError(
+                f"data.test_scenes leaves {rest.size} chips, too few for the split {held}"
+            ) from None
         return {"train": rest[parts["train"]], "select": rest[parts["select"]], "test": test}
     try:
         return stratified_split(np.zeros(count), {n: spec.split[n] for n in SPLITS}, spec.split_seed)
@@ -172,7 +176,8 @@ def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
             raise DataError(f"data.bands {bad} out of range for {images.shape[1]}-band images")
         images = images[:, list(spec.bands)]
     splits = {  # each split capped with its own seed (split_seed + its position)
-        name: cap_samples(idx, spec.max_samples, spec.split_seed + i) for i, (name, idx) in enumerate(splits.items())
+        name: cap_samples(idx, spec.max_samples, spec.split_seed + i)
+        for i, (name, idx) in enumerate(splits.items())
     }
     data = {
         name: Split(images[torch.as_tensor(idx)], targets[torch.as_tensor(idx)])
