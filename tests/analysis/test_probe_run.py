@@ -150,9 +150,7 @@ def test_segmentation_probe_on_csmask_chips(csmask_root: Path, tmp_path: Path) -
     assert all(0.0 < r["test"] <= 1.0 for r in result.rows)
 
 
-def test_probe_refuses_a_folder_it_did_not_write_and_its_own_data(
-    colour_folder: Path, tmp_path: Path
-) -> None:
+def test_probe_refuses_a_folder_it_did_not_write_and_its_own_data(colour_folder: Path, tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")

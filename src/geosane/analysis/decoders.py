@@ -233,7 +233,7 @@ def label_fraction_subsets(cfg: ProbeConfig, data: DecoderData) -> dict[float, n
         ).numpy()  # [n, classes]
     subsets: dict[float, np.ndarray] = {}
     for fraction in cfg.decoders.label_fractions:
-        take = int(math.floor(fraction * n + 0.5))
+        take = math.floor(fraction * n + 0.5)
         what = "chips" if data.target.kind != "value" else "images"
         if take < 2:
             smallest = 1.5 / n if n >= 2 else float("inf")

@@ -90,9 +90,7 @@ def block_layers(model: nn.Module) -> list[str]:
         else:
             inner = [f"encoder.{path}" for path in block_layers(encoder)]
         decoder = model.get_submodule("decoder")
-        blocks = (
-            _numbered(decoder.get_submodule("blocks"), "decoder.blocks") if hasattr(decoder, "blocks") else []
-        )
+        blocks = _numbered(decoder.get_submodule("blocks"), "decoder.blocks") if hasattr(decoder, "blocks") else []
         return inner + blocks
     info = getattr(model, "feature_info", None)
     modules = [entry["module"] for entry in info] if isinstance(info, list) else []

@@ -270,9 +270,7 @@ def _fit_linear(
         y_train = y
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        norm: nn.BatchNorm1d | nn.BatchNorm2d = (
-            nn.BatchNorm2d(dim, affine=False) if spatial else nn.BatchNorm1d(dim, affine=False)
-        )
+        norm: nn.BatchNorm1d | nn.BatchNorm2d = nn.BatchNorm2d(dim, affine=False) if spatial else nn.BatchNorm1d(dim, affine=False)
         head: nn.Conv2d | nn.Linear = nn.Conv2d(dim, outputs, 1) if spatial else nn.Linear(dim, outputs)
         nn.init.trunc_normal_(head.weight, std=0.01)  # MAE's probe init
         assert head.bias is not None  # built with bias=True
