@@ -53,7 +53,13 @@ from geosane.data.csmask import CSMASK_BANDS
 from geosane.errors import ConfigError, DataError, GeosaneError
 from geosane.io import claim_out_dir, read_json, write_json, write_text
 from geosane.tasks import build_segmenter, fit, make_metric
-from geosane.tasks.regression import build_regressor, evaluate_regression, fit_regression, target_statistics
+from geosane.tasks.regression import (
+    RegressionModel,
+    build_regressor,
+    evaluate_regression,
+    fit_regression,
+    target_statistics,
+)
 
 __all__ = [
     "DecoderData",
@@ -503,8 +509,8 @@ def _train_one(
     started = time.perf_counter()
     scores: dict[str, Any]
     if target.regression:
-        assert isinstance(model, nn.Module)
-        fitted = fit_regression(model, train_set, select_set, fit_config)  # type: ignore[arg-type]
+        assert isinstance(model, RegressionModel)  # _head builds one for every regression target
+        fitted = fit_regression(model, train_set, select_set, fit_config)
         seconds = time.perf_counter() - started
         scores = evaluate_regression(model, test_set)
     else:
