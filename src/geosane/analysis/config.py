@@ -63,7 +63,9 @@ class DecoderSettings:
                 raise ValueError(f"decoders.{name} must not be empty")
         bad = [f for f in self.label_fractions if not 0 < f <= 1]
         if bad:
-            raise ValueError(f"decoders.label_fractions must be in (0, 1], got {bad}")
+            raise ValueError(
+                f"decoders.label_fractions must be in (0, 1], got [{', '.join(f'{f:g}' for f in bad)}]"
+            )
         for name in ("names", "adaptations", "seeds", "label_fractions"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
