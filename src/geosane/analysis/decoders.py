@@ -121,24 +121,29 @@ def parse_target(cfg: ProbeConfig) -> DecoderTarget:
         spec = "mask" if cfg.task == "segmentation" else "value"
     kind, _, arg = spec.partition(":")
     csmask = cfg.data.kind == "csmask"
+    dense = csmask or cfg.data.kind == "torchgeo"  # masks: csmask chips or a TorchGeo segmentation set
     if kind in ("mask", "value") and arg:
         raise ConfigError(f"decoders.target: '{spec}' takes no ':' argument (use '{kind}')")
     if kind == "mask":
-        if not csmask:
-            raise ConfigError("decoders.target: mask needs per-pixel classes: set data.kind: csmask")
+        if not dense:
+            raise ConfigError(
+                "decoders.target: mask needs per-pixel classes: set data.kind: csmask or a TorchGeo "
+                "segmentation dataset (data.kind: torchgeo)"
+            )
         return DecoderTarget("mask", spec)
     if kind == "value":
-        if csmask or cfg.data.targets is None:
+        if dense or cfg.data.targets is None:
             raise ConfigError(
                 "decoders.target: value (regression per image) needs an image folder with data.targets "
                 "(a CSV with columns file,target); this data has no regression target"
             )
         return DecoderTarget("value", spec)
     if kind in ("fraction", "band"):
-        if not csmask:
+        if not (dense if kind == "fraction" else csmask):
             raise ConfigError(
-                f"decoders.target: {spec} is derived from csmask scenes (masks and bands); set data.kind: csmask, "
-                "or use decoders.target: value with data.targets"
+                f"decoders.target: {spec} is derived from "
+                f"{'masks (csmask or TorchGeo segmentation data)' if kind == 'fraction' else 'csmask scenes'}; "
+                "set data.kind: csmask, or use decoders.target: value with data.targets"
             )
         if not arg:
             raise ConfigError(f"decoders.target: '{kind}' needs a {'class' if kind == 'fraction' else 'band'}, e.g. "
