@@ -149,6 +149,9 @@ def plot_cka_diagonal(pairs: Sequence[dict[str, Any]], path: Path, title: str = 
     return _save(fig, path)
 
 
+_METRIC_NAMES = {"miou": "mIoU", "r2": "R²"}
+
+
 def plot_decoder_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Test metric per decoder, frozen vs fine-tuned backbone (mean over seeds, error bar = std).
 
@@ -184,20 +187,21 @@ def plot_decoder_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "
     seeds = len({r["seed"] for r in rows})
     for ax, model in zip(axes[0], models, strict=True):
         if lines:
-            for d, decoder in enumerate(decoders):
-                for adaptation in adaptations:
-                    points = [stats(model, decoder, adaptation, f) for f in fractions]
-                    ax.errorbar(
-                        fractions,
-                        [p[0] for p in points],
-                        yerr=[p[1] for p in points],
-                        marker="o",
-                        markersize=4,
-                        capsize=3,
-                        color=palette(d % 10),
-                        linestyle="-" if adaptation == "frozen" else "--",
-                        label=f"{decoder} {adaptation}",
-                    )
+            series = [(d, decoder, a) for d, decoder in enumerate(decoders) for a in adaptations]
+            for k, (d, decoder, adaptation) in enumerate(series):
+                points = [stats(model, decoder, adaptation, f) for f in fractions]
+                dodge = 1.0 + 0.025 * (k - (len(series) - 1) / 2)  # side by side on the log axis
+                ax.errorbar(
+                    [f * dodge for f in fractions],
+                    [p[0] for p in points],
+                    yerr=[p[1] for p in points],
+                    marker="o",
+                    markersize=4,
+                    capsize=3,
+                    color=palette(d % 10),
+                    linestyle="-" if adaptation == "frozen" else "--",
+                    label=f"{decoder} {adaptation}",
+                )
             ax.set_xscale("log")
             ax.set_xticks(fractions, [f"{f * 100:g}%" for f in fractions])
             ax.minorticks_off()
@@ -220,8 +224,8 @@ def plot_decoder_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "
             ax.set_xticks(range(len(decoders)), decoders)
         ax.set_title(model, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel(f"test {metric}")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].set_ylabel(f"test {_METRIC_NAMES.get(metric, metric)}")
+    axes[0, 0].legend(fontsize=7, loc="best")
     labels = "" if lines else f", {_percent(fractions[0])}" if fractions else ""
     fig.suptitle(
         title or f"Decoders x adaptation, same budget (mean ± std over {seeds} seed(s){labels})", fontsize=11
