@@ -320,7 +320,10 @@ def test_regression_on_an_image_folder_needs_data_targets(colour_folder: Path, t
     out = tmp_path / "never"
     for target, message in (
         (None, "decoders.target: value (regression per image) needs an image folder with data.targets"),
-        ("fraction:cloud", "decoders.target: fraction:cloud is derived from masks (csmask or TorchGeo segmentation data)"),
+        (
+            "fraction:cloud",
+            "decoders.target: fraction:cloud is derived from masks (csmask or TorchGeo segmentation data)",
+        ),
     ):
         cfg = load_config(
             ProbeConfig,

@@ -49,7 +49,7 @@ def test_per_image_and_per_pixel_heads_learn_in_target_units() -> None:
     train, test = _smooth_images(48, 0), _smooth_images(24, 1)
     # per image: the mean brightness (fine-tuned, linear head); per pixel: band 0 (frozen, U-Net head)
     for per_image, decoder, frozen in ((True, "linear", False), (False, "unet", True)):
-        target = (lambda x: x[:, 0].mean(dim=(1, 2))) if per_image else (lambda x: x[:, 0].clone())  # noqa: E731
+        target = (lambda x: x[:, 0].mean(dim=(1, 2))) if per_image else (lambda x: x[:, 0].clone())
         stats = target_statistics(target(train))
         torch.manual_seed(0)
         model = build_regressor(ARCH, decoder, per_image, stats["shift"], stats["scale"], decoder_channels=16)
@@ -61,7 +61,9 @@ def test_per_image_and_per_pixel_heads_learn_in_target_units() -> None:
         scores = evaluate_regression(model, test_set)
         assert scores["r2"] > 0.8, (per_image, scores)
         assert result.final["r2"] == pytest.approx(scores["r2"], abs=1e-5)
-        assert len(result.history) == 15 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+        assert (
+            len(result.history) == 15 and result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+        )
         with torch.no_grad():
             out = model(NORM(test[:4]))
         assert out.shape == ((4,) if per_image else (4, 32, 32))

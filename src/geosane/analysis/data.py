@@ -187,7 +187,8 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
     """Load and split the dataset of ``spec`` for ``task``; raises :class:`DataError` on bad input.
 
     ``any`` (CKA): whatever the data holds, classes (image folder) or masks (csmask, TorchGeo)."""
-    _check_split_names(spec)
+    if spec.kind != "torchgeo":  # a TorchGeo dataset brings its own splits
+        _check_split_names(spec)
     chosen: TaskName
     if spec.kind == "torchgeo":  # read split by split, each capped on the way
         chosen, images, targets, class_names, splits, source_id = _torchgeo_splits(spec, task)
