@@ -431,6 +431,7 @@ def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
             f"decoder settings changed since the earlier runs in {runs_dir} ({'; '.join(changed)}): "
             f"those runs are kept apart and not reused; training the runs of these settings",
             highlight=False,
+            soft_wrap=True,
         )
     save_config(cfg, out / "config.yaml")
     write_json(runs_dir / key / "settings.json", settings)
