@@ -99,14 +99,6 @@ class DecoderTarget:
     def metric(self) -> str:
         return "r2" if self.regression else "miou"
 
-    def describe(self) -> str:
-        return {
-            "mask": "classes per pixel",
-            "value": "data.targets value per image",
-            "fraction": f"'{self.name}' fraction per image",
-            "band": f"band '{self.name}' per pixel",
-        }[self.kind]
-
 
 def parse_target(cfg: ProbeConfig) -> DecoderTarget:
     """``decoders.target`` (or the task's default), checked against the data kind before loading."""
@@ -146,8 +138,8 @@ def parse_target(cfg: ProbeConfig) -> DecoderTarget:
                 "set data.kind: csmask, or use decoders.target: value with data.targets"
             )
         if not arg:
-            raise ConfigError(f"decoders.target: '{kind}' needs a {'class' if kind == 'fraction' else 'band'}, e.g. "
-                              f"{'fraction:cloud' if kind == 'fraction' else 'band:swir1'}")  # fmt: skip
+            example = "a class, e.g. fraction:cloud" if kind == "fraction" else "a band, e.g. band:swir1"
+            raise ConfigError(f"decoders.target: '{kind}' needs {example}")
         if kind == "fraction":
             return DecoderTarget("fraction", spec, arg)
         band = int(arg) if arg.isdigit() else (CSMASK_BANDS.index(arg) if arg in CSMASK_BANDS else -1)
@@ -393,15 +385,12 @@ def _changed_settings(runs: Path, key: str, settings: dict[str, Any]) -> list[st
     except (OSError, ValueError):
         return ["settings (the earlier record is unreadable)"]
     now = _flat(settings)
-    names = {"data": "data (images, split or targets)"}
-    changed = []
-    for name in sorted(set(before) | set(now)):
-        if before.get(name) != now.get(name):
-            label = names.get(name, f"decoders.{name}" if name not in ("format", "target") else name)
-            if name == "target":
-                label = "decoders.target"
-            changed.append(f"{label}: {before.get(name)} -> {now.get(name)}")
-    return changed
+    labels = {"data": "data (images, splits or targets)", "format": "run record format"}
+    return [
+        f"{labels.get(name, f'decoders.{name}')}: {before.get(name)} -> {now.get(name)}"
+        for name in sorted(set(before) | set(now))
+        if before.get(name) != now.get(name)
+    ]
 
 
 def run_decoders(cfg: ProbeConfig) -> DecoderResult:
