@@ -55,3 +55,36 @@ def colour_folder(tmp_path: Path) -> Path:
 def noise_folder(tmp_path: Path) -> Path:
     """3 classes x 20 images of noise unrelated to the class (nothing to learn)."""
     return write_folder(tmp_path / "noise", 3, 20, colour_coded=False)
+
+
+def write_fake_landcoverai(root: Path, per_split: tuple[int, int, int] = (12, 4, 6), size: int = 32) -> Path:
+    """The on-disk layout TorchGeo's ``LandCoverAI`` reads (``{train,val,test}.txt`` of ids,
+    ``output/<id>.jpg`` RGB tiles and ``output/<id>_m.png`` masks of its 5 classes), with random
+    tiles whose class 1 ('Building') is the bright top-left block of some of them."""
+    rng = np.random.default_rng(0)
+    (root / "output").mkdir(parents=True)
+    for split, count in zip(("train", "val", "test"), per_split, strict=True):
+        ids = []
+        for i in range(count):
+            id_ = f"M-33-20-D-c-4-2_{split}{i}"
+            image = rng.integers(0, 120, size=(size, size, 3), dtype=np.uint8)
+            mask = (
+                rng.choice([0, 2, 3, 4], size=(size // 8, size // 8))
+                .repeat(8, 0)
+                .repeat(8, 1)
+                .astype(np.uint8)
+            )
+            if i % 2 == 0:
+                mask[: size // 2, : size // 2] = 1
+                image[: size // 2, : size // 2] += 120
+            Image.fromarray(image).save(root / "output" / f"{id_}.jpg", quality=95)
+            Image.fromarray(mask).save(root / "output" / f"{id_}_m.png")
+            ids.append(id_)
+        (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture
+def fake_landcoverai(tmp_path: Path) -> Path:
+    pytest.importorskip("torchgeo")
+    return write_fake_landcoverai(tmp_path / "landcoverai")

@@ -137,3 +137,41 @@ def test_bench_cka_reports_throughput(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["samples"] == 64 and result["samples_per_s"] > 0
+
+
+def test_shipped_decoder_configs_from_the_command_line(
+    csmask_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = [
+        f"data.root={csmask_root}",
+        "data.chip_size=32",
+        "data.max_samples=16",
+        "models=[{source: timm:resnet10t, random_init: true, name: r10}]",
+        "decoders.names=[linear]",
+        "decoders.adaptations=[frozen]",
+        "decoders.seeds=[0]",
+        "decoders.channels=16",
+        "decoders.fit.epochs=1",
+        f"output_dir={tmp_path / 'out'}",
+        "progress=false",
+    ]
+    code, out, err = _run(
+        ["probe", "decoders_csmask_cloud_fraction.yaml", *tiny, "decoders.label_fractions=[0.5, 1.0]", "--mode",
+         "decoders", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["trained"] == 2 and summary["settings_changed"] == []
+    assert [(r["target"], r["fraction"], r["n_train"]) for r in summary["rows"]] == [
+        ("fraction:cloud", 0.5, 8),
+        ("fraction:cloud", 1.0, 16),
+    ]
+    for bad, message in (
+        ("decoders.label_fractions=[0.5, 0]", "decoders.label_fractions must be in (0, 1], got [0]"),
+        ("decoders.target=band:blue", "decoders.target: band blue (0) is one of the input bands"),
+    ):
+        code, _, err = _run(["probe", "decoders_csmask_swir.yaml", *tiny[:-2], bad, f"output_dir={tmp_path / 'no'}",
+                             "--mode", "decoders"], capsys)  # fmt: skip
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no").exists()

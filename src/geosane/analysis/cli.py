@@ -22,7 +22,7 @@ def probe(
     mode: ProbeMode = typer.Option(
         ProbeMode.layers,
         "--mode",
-        help="layers: layerwise probes; decoders: linear/UPerNet/U-Net heads, frozen vs fine-tuned",
+        help="layers: layerwise probes; decoders: linear/UPerNet/U-Net heads, frozen vs fine-tuned, per label fraction",
     ),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ) -> None:
@@ -41,6 +41,7 @@ def probe(
             "plot": str(decoders.plot_path),
             "trained": decoders.trained,
             "resumed": decoders.resumed,
+            "settings_changed": decoders.settings_changed,
             "rows": decoders.rows,
         }
     else:

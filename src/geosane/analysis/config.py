@@ -37,7 +37,7 @@ class ProbeSettings:
 
 @dataclass
 class DecoderSettings:
-    """``--mode decoders``: segmentation heads x backbone adaptation under one training budget."""
+    """``--mode decoders``: decoder heads x backbone adaptation x label fraction x seed, one budget."""
 
     names: list[Literal["linear", "upernet", "unet"]] = field(
         default_factory=lambda: ["linear", "upernet", "unet"]
@@ -48,6 +48,28 @@ class DecoderSettings:
     seeds: list[int] = field(default_factory=lambda: [0])
     augment: bool = True
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=10, batch_size=16, lr=1e-3))
+    # what the heads predict: mask (classes per pixel), value (data.targets per image),
+    # fraction:<class> (that class's share of a chip's labelled pixels), band:<name|index> (a
+    # held-out band per pixel); default: mask for task segmentation, value for task regression
+    target: str | None = None
+    # train on these fractions of the train split: one seeded subset per fraction (label_seed),
+    # the same for every model, decoder, adaptation and seed, and nested (10 % inside 50 %)
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    label_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("names", "adaptations", "seeds", "label_fractions"):
+            if not getattr(self, name):
+                raise ValueError(f"decoders.{name} must not be empty")
+        bad = [f for f in self.label_fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(
+                f"decoders.label_fractions must be in (0, 1], got [{', '.join(f'{f:g}' for f in bad)}]"
+            )
+        for name in ("names", "adaptations", "seeds", "label_fractions"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"decoders.{name} repeats a value: {values}")
 
 
 @dataclass

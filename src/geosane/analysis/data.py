@@ -1,9 +1,12 @@
-"""Datasets for probing and CKA: train / select / test splits of an image folder or csmask chips.
+"""Datasets for probing, decoders and CKA: train / select / test splits held in memory.
 
 Classification and regression read an image folder (``root/<class>/<image>``; regression targets
 from a CSV ``file,target``); segmentation reads ukis-csmask scenes cut into chips. Splits are
 :func:`geosane.data.stratified_split` (seeded); chips can instead keep whole scenes for testing.
-Probes pick hyper-parameters on ``select`` and report on ``test``.
+``kind: torchgeo`` reads a TorchGeo dataset by name (``data.dataset``: ``eurosat``, ``LandCoverAI``,
+any ``NonGeoDataset`` class; :mod:`geosane.data.torchgeo`) with its own ``train`` / ``val`` /
+``test`` splits as train / select / test, each capped by ``max_samples`` and read into memory at
+``image_size``. Probes pick hyper-parameters on ``select`` and report on ``test``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +45,7 @@ class DataSpec:
     """Where the images come from and how they are split (``data:`` in a config)."""
 
     root: Path
-    kind: Literal["folder", "csmask"] = "folder"
+    kind: Literal["folder", "csmask", "torchgeo"] = "folder"
     image_size: int = 64
     bands: list[int] | None = None
     classes: list[str] | None = None
@@ -53,6 +56,11 @@ class DataSpec:
     split_seed: int = 0
     normalization: Literal["auto", "imagenet", "dataset"] = "auto"
     max_samples: int | None = None
+    # kind: torchgeo: the dataset's name (geosane.data.TORCHGEO_DATASETS or a torchgeo.datasets class),
+    # whether TorchGeo may download it into root, and extra constructor arguments
+    dataset: str | None = None
+    download: bool = False
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 Split = TaskPart  # raw images [N, C, H, W] and targets of one split (geosane.data.TaskPart)
@@ -135,45 +143,98 @@ def _chip_splits(spec: DataSpec, scenes: tuple[str, ...], count: int) -> dict[st
         raise DataError(f"{count} chips are too few for the split {spec.split}") from None
 
 
-def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
-    """Load and split the dataset of ``spec`` for ``task``; raises :class:`DataError` on bad input."""
-    _check_split_names(spec)
-    if task == "segmentation":
-        if spec.kind != "csmask":
-            raise DataError("segmentation probing needs data.kind: csmask (image chips with masks)")
-        chips = load_csmask(spec.root, chip_size=spec.chip_size)
-        images, targets, class_names = chips.images, chips.masks, chips.classes
-        splits = _chip_splits(spec, chips.scenes, len(chips))
-        source_id = str(Path(spec.root).expanduser().resolve())
+def _torchgeo_splits(
+    spec: DataSpec, task: TaskName | Literal["any"]
+) -> tuple[TaskName, torch.Tensor, torch.Tensor, tuple[str, ...], dict[str, np.ndarray], str]:
+    """Every split of a TorchGeo dataset (capped by ``max_samples``) in memory: the images, their
+    targets, the class names, each split's indices into them and the source id of the cache key."""
+    from geosane.data.torchgeo import (
+        TORCHGEO_DATASETS,
+        TorchGeoSamples,
+        dataset_classes,
+        infer_task,
+        open_torchgeo,
+    )
+
+    if not spec.dataset:
+        raise DataError(f"data.kind: torchgeo needs data.dataset (e.g. {', '.join(sorted(TORCHGEO_DATASETS))})")
+    if spec.test_scenes:
+        raise DataError("data.test_scenes applies to csmask scenes; a TorchGeo dataset has its own test split")
+    root = Path(spec.root).expanduser()
+    opened = {n: open_torchgeo(spec.dataset, root, n, spec.download, spec.dataset_kwargs) for n in SPLITS}
+    found = infer_task(opened["train"][0])
+    wanted = ("classification", "segmentation") if task == "any" else (task,)
+    if found not in wanted:
+        hint = " (regression reads an image folder with data.targets)" if task == "regression" else ""
+        raise DataError(f"TorchGeo {spec.dataset} is a {found} dataset, not {' or '.join(wanted)}{hint}")
+    classes = dataset_classes(opened["train"])
+    images, targets, splits, start = [], [], {}, 0
+    for i, name in enumerate(SPLITS):  # each split capped with its own seed, as below
+        idx = cap_samples(np.arange(len(opened[name])), spec.max_samples, spec.split_seed + i)
+        if idx.size == 0:
+            raise DataError(f"TorchGeo {spec.dataset} split '{name}' under {root} is empty")
+        samples = TorchGeoSamples(opened[name], idx, Normalization((0.0,), (1.0,)), spec.image_size)
+        pairs = [samples.raw(j) for j in range(len(samples))]
+        images.append(torch.stack([p[0] for p in pairs]))
+        targets.append(torch.stack([p[1] for p in pairs]))
+        splits[name] = np.arange(start, start + idx.size)
+        start += idx.size
+    source = json.dumps(["torchgeo", spec.dataset, str(root.resolve()), spec.dataset_kwargs], default=str)
+    return found, torch.cat(images), torch.cat(targets), classes, splits, source  # type: ignore[return-value]
+
+
+def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> AnalysisData:
+    """Load and split the dataset of ``spec`` for ``task``; raises :class:`DataError` on bad input.
+
+    ``any`` (CKA): whatever the data holds, classes (image folder) or masks (csmask, TorchGeo)."""
+    if spec.kind != "torchgeo":  # a TorchGeo dataset brings its own splits
+        _check_split_names(spec)
+    chosen: TaskName
+    if spec.kind == "torchgeo":  # read split by split, each capped on the way
+        chosen, images, targets, class_names, splits, source_id = _torchgeo_splits(spec, task)
     else:
-        if spec.kind != "folder":
-            raise DataError(f"{task} needs data.kind: folder (an image folder root/<class>/<image>)")
-        if spec.test_scenes:
-            raise DataError("data.test_scenes applies to csmask scenes, not to an image folder")
-        folder = load_image_folder(spec.root, spec.image_size)
-        if spec.classes:
-            folder = folder.select_classes(spec.classes)
-        class_names = folder.classes
-        images, labels = folder.images, folder.labels
-        splits = stratified_split(labels.numpy(), spec.split, seed=spec.split_seed)
-        if task == "regression":
-            if spec.targets is None:
-                raise DataError("regression needs data.targets: a CSV with columns file,target")
-            targets, class_names = (
-                _read_targets(Path(spec.targets).expanduser(), folder.root, folder.paths),
-                (),
-            )
+        default: TaskName = "segmentation" if spec.kind == "csmask" else "classification"
+        chosen = default if task == "any" else task
+        if chosen == "segmentation":
+            if spec.kind != "csmask":
+                raise DataError(
+                    "segmentation probing needs data.kind: csmask (image chips with masks) or a TorchGeo "
+                    "segmentation dataset (data.kind: torchgeo)"
+                )
+            chips = load_csmask(spec.root, chip_size=spec.chip_size)
+            images, targets, class_names = chips.images, chips.masks, chips.classes
+            splits = _chip_splits(spec, chips.scenes, len(chips))
+            source_id = str(Path(spec.root).expanduser().resolve())
         else:
-            targets = labels
-        source_id = folder.root
+            if spec.kind != "folder":
+                raise DataError(f"{chosen} needs data.kind: folder (an image folder root/<class>/<image>)")
+            if spec.test_scenes:
+                raise DataError("data.test_scenes applies to csmask scenes, not to an image folder")
+            folder = load_image_folder(spec.root, spec.image_size)
+            if spec.classes:
+                folder = folder.select_classes(spec.classes)
+            class_names = folder.classes
+            images, labels = folder.images, folder.labels
+            splits = stratified_split(labels.numpy(), spec.split, seed=spec.split_seed)
+            if chosen == "regression":
+                if spec.targets is None:
+                    raise DataError("regression needs data.targets: a CSV with columns file,target")
+                targets, class_names = (
+                    _read_targets(Path(spec.targets).expanduser(), folder.root, folder.paths),
+                    (),
+                )
+            else:
+                targets = labels
+            source_id = folder.root
     if spec.bands is not None:
         bad = [b for b in spec.bands if not 0 <= b < images.shape[1]]
         if bad:
             raise DataError(f"data.bands {bad} out of range for {images.shape[1]}-band images")
         images = images[:, list(spec.bands)]
-    splits = {  # each split capped with its own seed (split_seed + its position)
-        name: cap_samples(idx, spec.max_samples, spec.split_seed + i) for i, (name, idx) in enumerate(splits.items())
-    }
+    if spec.kind != "torchgeo":
+        splits = {  # each split capped with its own seed (split_seed + its position)
+            name: cap_samples(idx, spec.max_samples, spec.split_seed + i) for i, (name, idx) in enumerate(splits.items())
+        }
     data = {
         name: Split(images[torch.as_tensor(idx)], targets[torch.as_tensor(idx)])
         for name, idx in splits.items()
@@ -196,7 +257,7 @@ def load_analysis_data(spec: DataSpec, task: TaskName) -> AnalysisData:
     image_key = digest.hexdigest()[:16]
     for name in SPLITS:
         digest.update(data[name].targets.contiguous().numpy().tobytes())
-    return AnalysisData(task, data, normalization, tuple(class_names), image_key, digest.hexdigest()[:16])
+    return AnalysisData(chosen, data, normalization, tuple(class_names), image_key, digest.hexdigest()[:16])
 
 
 def _normalization(spec: DataSpec, train_images: torch.Tensor) -> Normalization:

@@ -149,41 +149,85 @@ def plot_cka_diagonal(pairs: Sequence[dict[str, Any]], path: Path, title: str = 
     return _save(fig, path)
 
 
+_METRIC_NAMES = {"miou": "mIoU", "r2": "R²"}
+
+
 def plot_decoder_bars(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Test mIoU per decoder, frozen vs fine-tuned backbone (mean over seeds, error bar = std)."""
+    """Test metric per decoder, frozen vs fine-tuned backbone (mean over seeds, error bar = std).
+
+    One panel per model. With one label fraction: bars per decoder; with several: the metric
+    against the label fraction (log axis), one line per decoder and adaptation (solid frozen, dashed
+    fine-tuned), error bars of one standard deviation over seeds.
+    """
     plt = _pyplot()
     models = list(dict.fromkeys(r["model"] for r in rows))
     decoders = list(dict.fromkeys(r["decoder"] for r in rows))
     adaptations = list(dict.fromkeys(r["adaptation"] for r in rows))
+    fractions = sorted({float(r.get("fraction", 1.0)) for r in rows})
+    metric = str(rows[0]["metric"]) if rows else "miou"
+
+    def stats(model: str, decoder: str, adaptation: str, fraction: float) -> tuple[float, float]:
+        vals = [
+            float(r["test"])
+            for r in rows
+            if r["model"] == model
+            and r["decoder"] == decoder
+            and r["adaptation"] == adaptation
+            and float(r.get("fraction", 1.0)) == fraction
+        ]
+        return (float(np.mean(vals)), float(np.std(vals))) if vals else (float("nan"), 0.0)
+
+    lines = len(fractions) > 1
+    width_per_model = 4.6 if lines else 1.6 + 0.9 * len(decoders) * len(adaptations)
     fig, axes = plt.subplots(
-        1,
-        len(models),
-        figsize=(1.6 + 1.5 * len(decoders) * len(adaptations) * 0.6 + 2, 3.8),
-        squeeze=False,
-        sharey=True,
+        1, len(models), figsize=(width_per_model * len(models) + 0.6, 3.8), squeeze=False, sharey=True
     )
-    width = 0.8 / len(adaptations)
     colors = {"frozen": "#6baed6", "finetuned": "#fd8d3c"}
+    palette = plt.get_cmap("tab10")
+    seeds = len({r["seed"] for r in rows})
     for ax, model in zip(axes[0], models, strict=True):
-        for a, adaptation in enumerate(adaptations):
-            means, stds = [], []
-            for decoder in decoders:
-                vals = [
-                    float(r["test"])
-                    for r in rows
-                    if r["model"] == model and r["decoder"] == decoder and r["adaptation"] == adaptation
-                ]
-                means.append(np.mean(vals) if vals else np.nan)
-                stds.append(np.std(vals) if vals else 0.0)
-            x = np.arange(len(decoders)) + (a - (len(adaptations) - 1) / 2) * width
-            bars = ax.bar(
-                x, means, width, yerr=stds, capsize=3, label=adaptation, color=colors.get(adaptation)
-            )
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-        ax.set_xticks(range(len(decoders)), decoders)
+        if lines:
+            series = [(d, decoder, a) for d, decoder in enumerate(decoders) for a in adaptations]
+            for k, (d, decoder, adaptation) in enumerate(series):
+                points = [stats(model, decoder, adaptation, f) for f in fractions]
+                dodge = 1.0 + 0.025 * (k - (len(series) - 1) / 2)  # side by side on the log axis
+                ax.errorbar(
+                    [f * dodge for f in fractions],
+                    [p[0] for p in points],
+                    yerr=[p[1] for p in points],
+                    marker="o",
+                    markersize=4,
+                    capsize=3,
+                    color=palette(d % 10),
+                    linestyle="-" if adaptation == "frozen" else "--",
+                    label=f"{decoder} {adaptation}",
+                )
+            ax.set_xscale("log")
+            ax.set_xticks(fractions, [f"{f * 100:g}%" for f in fractions])
+            ax.minorticks_off()
+            ax.set_xlabel("label fraction of the train split")
+        else:
+            width = 0.8 / len(adaptations)
+            for a, adaptation in enumerate(adaptations):
+                points = [stats(model, decoder, adaptation, fractions[0]) for decoder in decoders]
+                x = np.arange(len(decoders)) + (a - (len(adaptations) - 1) / 2) * width
+                bars = ax.bar(
+                    x,
+                    [p[0] for p in points],
+                    width,
+                    yerr=[p[1] for p in points],
+                    capsize=3,
+                    label=adaptation,
+                    color=colors.get(adaptation),
+                )
+                ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+            ax.set_xticks(range(len(decoders)), decoders)
         ax.set_title(model, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel(f"test {rows[0]['metric'] if rows else 'miou'}")
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(title or "Decoder and adaptation comparison (same budget)", fontsize=11)
+    axes[0, 0].set_ylabel(f"test {_METRIC_NAMES.get(metric, metric)}")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    labels = "" if lines else f", {_percent(fractions[0])}" if fractions else ""
+    fig.suptitle(
+        title or f"Decoders x adaptation, same budget (mean ± std over {seeds} seed(s){labels})", fontsize=11
+    )
     return _save(fig, path)

@@ -17,7 +17,7 @@ import torch
 
 from geosane.analysis.cka import MinibatchCKAMatrix, cka_matrix
 from geosane.analysis.config import CkaConfig
-from geosane.analysis.data import TaskName, load_analysis_data
+from geosane.analysis.data import load_analysis_data
 from geosane.analysis.features import progress_bars, resolve_device, torch_threads
 from geosane.analysis.layers import LayerRecorder, block_layers, num_prefix_tokens, pool_output
 from geosane.analysis.plots import plot_cka_diagonal, plot_cka_heatmap
@@ -93,8 +93,7 @@ def run_cka(cfg: CkaConfig) -> CkaResult:
 
 
 def _run_cka(cfg: CkaConfig) -> CkaResult:
-    task: TaskName = "segmentation" if cfg.data.kind == "csmask" else "classification"
-    data = load_analysis_data(cfg.data, task)
+    data = load_analysis_data(cfg.data, "any")  # the images are what counts; any kind of labels
     images = data.splits[cfg.split].images
     if images.shape[0] < MIN_BATCH:
         raise DataError(f"split '{cfg.split}' has {images.shape[0]} images; CKA needs at least {MIN_BATCH}")
