@@ -16,7 +16,7 @@ from geosane.data.detection import build_composite_detection
 from geosane.downstream import finetune, load_compare_config, load_finetune_config, run_compare
 from geosane.downstream.config import DataConfig
 from geosane.downstream.data import load_task_data
-from geosane.errors import ConfigError, DataError, GeosaneError
+from geosane.errors import ConfigError, DataError
 from geosane.zoo import Zoo, resolve
 
 from .downstream_fakes import ARCH
@@ -119,7 +119,7 @@ def test_detection_bad_inputs_fail_clearly_and_write_nothing(composite: Path, tm
         _finetune(composite, out, "task.kind=classification")
     with pytest.raises(ConfigError, match=r"data.bands does not apply to detection folders"):
         _finetune(composite, out, "data.bands=[0,1,2]")
-    with pytest.raises(GeosaneError, match=r"unknown detector kind=.yolo."):
+    with pytest.raises(ConfigError, match=r"invalid value 'yolo' for 'task.detector': expected one of fcos"):
         _finetune(composite, out, "task.detector=yolo")
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
