@@ -37,7 +37,7 @@ def _recipe(path: Path, members: list[dict[str, object]]) -> Path:
     return path
 
 
-def _tiny_config(tmp_path: Path, data: Path) -> FoundryBenchConfig:
+def _tiny_config(tmp_path: Path, data: Path, extra: tuple[str, ...] = ()) -> FoundryBenchConfig:
     zoo = _recipe(tmp_path / "source.yaml", [
         {"name": "q-base", "arch": QUARTER, "seed": 1, "classes": S1},
         {"name": "q-ft", "init_from": "q-base", "seed": 2, "classes": S2},
@@ -50,7 +50,7 @@ def _tiny_config(tmp_path: Path, data: Path) -> FoundryBenchConfig:
         f"out={tmp_path / 'bench'}", f"data={data}", "image_size=16", f"zoo_recipe={zoo}",
         f"prompts_recipe={prompts}", "cases=[{name: a, prompt: prompt-a, description: in the zoo}]",
         "autoencoder.train.max_steps=6", "autoencoder.train.ckpt_every=3", "autoencoder.train.val_every=3",
-        "budget.seeds=[0]",
+        "budget.seeds=[0]", *extra,
     ])  # fmt: skip
 
 
@@ -101,11 +101,29 @@ def test_bad_settings_and_data_are_refused_before_anything_is_written(
             "lever 'x': unknown generator setting(s) ['bandwith']",
         ),
         ("lever_case=z", "lever_case 'z' is not a prompt case"),
+        ("cases=[{name: c, prompt: prompt-a, target: eurosat}]", "case 'c': target 'eurosat' is unknown"),
+        ("cases=[{name: c, prompt: prompt-a, target: csmask}]", "case 'c': data: a csmask case needs"),
+        (
+            "cases=[{name: c, prompt: prompt-a, target: csmask, data: x, budget: {epoch: 1}}]",
+            "case 'c': budget: unknown key(s) ['epoch']",
+        ),
+        (
+            f"cases=[{{name: c, prompt: prompt-a, target: csmask, data: {tmp_path}}}] && levers=[]",
+            f"case 'c': data={tmp_path} holds no csmask scenes",
+        ),
+        ("levers=[{name: wide, zoo_recipe: no_such_recipe}]", "lever 'wide': zoo_recipe:"),
+        (
+            "levers=[{name: x, settings: {anchors: 0}}] && lever_case=c && "
+            "cases=[{name: c, prompt: prompt-a, target: csmask, data: x}]",
+            "lever_case 'c' must be an rsscn7 case",
+        ),
     ):
         code, _, err = run_cli(
-            capsys, "bench", "foundry", "--quick", "--data", str(rsscn7_root), "--out", str(out), override
+            capsys, "bench", "foundry", "--quick", "--data", str(rsscn7_root), "--out", str(out),
+            *override.split(" && "),
         )
         assert code == 2 and message in " ".join(err.split()), err
+        assert not out.exists()
     code, _, err = run_cli(
         capsys, "bench", "foundry", "--quick", "--data", str(tmp_path / "missing"), "--out", str(out)
     )
