@@ -224,9 +224,13 @@ class FoundryBenchConfig:
                 raise ValueError(f"{key} target '{case.target}' is unknown; choose from {', '.join(TARGETS)}")
             bad_budget = sorted(set(case.budget) - SEGMENTATION_BUDGET)
             if bad_budget:
-                raise ValueError(f"{key} budget: unknown key(s) {bad_budget} (known: {sorted(SEGMENTATION_BUDGET)})")
+                raise ValueError(
+                    f"{key} budget: unknown key(s) {bad_budget} (known: {sorted(SEGMENTATION_BUDGET)})"
+                )
             if case.target == "csmask" and case.data is None:
-                raise ValueError(f"{key} data: a csmask case needs the scenes folder, e.g. ../shared/data/csmask")
+                raise ValueError(
+                    f"{key} data: a csmask case needs the scenes folder, e.g. ../shared/data/csmask"
+                )
             if case.in_chans is not None and case.in_chans < 1:
                 raise ValueError(f"{key} in_chans must be >= 1, got {case.in_chans}")
         lever_names = [lever.name for lever in self.levers]
@@ -242,7 +246,9 @@ class FoundryBenchConfig:
         if self.levers and self.lever_case not in names:
             raise ValueError(f"lever_case '{self.lever_case}' is not a prompt case ({', '.join(names)})")
         if self.levers and next(c for c in self.cases if c.name == self.lever_case).target != "rsscn7":
-            raise ValueError(f"lever_case '{self.lever_case}' must be an rsscn7 case (levers compare on the target)")
+            raise ValueError(
+                f"lever_case '{self.lever_case}' must be an rsscn7 case (levers compare on the target)"
+            )
         if self.detection.enabled and self.detection.case not in names:
             raise ValueError(
                 f"detection.case '{self.detection.case}' is not a prompt case ({', '.join(names)})"
@@ -359,10 +365,18 @@ def check_bench_data(cfg: FoundryBenchConfig) -> None:
     for case in cfg.cases:
         if case.target == "csmask":
             assert case.data is not None  # FoundryBenchConfig refuses a csmask case without it
-            scenes = sorted(Path(case.data).expanduser().glob("*.npz")) if Path(case.data).expanduser().is_dir() else []
+            scenes = (
+                sorted(Path(case.data).expanduser().glob("*.npz"))
+                if Path(case.data).expanduser().is_dir()
+                else []
+            )
             if not scenes:
                 raise DataError(f"case '{case.name}': data={case.data} holds no csmask scenes (*.npz)")
-    recipes = [cfg.zoo_recipe, cfg.prompts_recipe, *[lever.zoo_recipe for lever in cfg.levers if lever.zoo_recipe]]
+    recipes = [
+        cfg.zoo_recipe,
+        cfg.prompts_recipe,
+        *[lever.zoo_recipe for lever in cfg.levers if lever.zoo_recipe],
+    ]
     for recipe in recipes:
         members = load_recipe(recipe).members
         used = [c for m in members for c in (m.classes or []) if isinstance(c, int)]
@@ -536,7 +550,8 @@ def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, gene
 
     inits = [c for c in cfg.controls if c in CSMASK_CONTROLS]
     overrides = {
-        "data.root": str(Path(case.data or "").expanduser().resolve()), "arch.name": "", "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"),
+        "data.root": str(Path(case.data or "").expanduser().resolve()), "arch.name": "",
+        "data.normalization": "dataset",  # every init sees the training chips' statistics (as the target's) "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"),
         "generated.dir": str(generated), "generated.top_k": 1, "inits": inits, "seeds": list(cfg.budget.seeds),
         "workers": cfg.budget.workers, "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
         "test_curve": True, "out": str(cfg.out / "compare" / case.name), "plots": True,
@@ -619,7 +634,7 @@ def _zoo_line(zoo: Path) -> dict[str, Any]:
     from geosane.zoo import Zoo
 
     entries = list(Zoo(zoo))
-    archs = sorted({f"{e.arch.name} {e.arch.kwargs or ''}".strip() for e in entries if e.arch is not None})
+    archs = sorted({f"{e.arch.get('name')} {e.arch.get('kwargs') or ''}".strip() for e in entries if e.arch})
     return {"dir": str(zoo), "members": len(entries), "architectures": archs}
 
 
@@ -725,7 +740,9 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
             unknown += timed("levers", _check_lever_zoo, cfg, parts, zoo)
             lever_store = timed("levers", _tokens, cfg, zoo, where / "tokens")
         if lever.autoencoder or lever.zoo_recipe:
-            lever_ae = timed("levers", _autoencoder, cfg, lever_store, where / "autoencoder", lever.autoencoder)
+            lever_ae = timed(
+                "levers", _autoencoder, cfg, lever_store, where / "autoencoder", lever.autoencoder
+            )
         generated = timed("levers", _generate, cfg, setting, prompt, where / "generated", lever_ae, parts,
                           lever_store)  # fmt: skip
         result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,

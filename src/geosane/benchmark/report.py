@@ -41,7 +41,9 @@ def _curve(history: list[dict[str, float]], metric: str) -> dict[int, float]:
     return {int(h["epoch"]): h[f"report_{metric}"] for h in history if f"report_{metric}" in h}
 
 
-def _novelty(cfg: Any, generated: Path, parts: dict[str, Path], agreement: bool = True) -> list[dict[str, Any]]:
+def _novelty(
+    cfg: Any, generated: Path, parts: dict[str, Path], agreement: bool = True
+) -> list[dict[str, Any]]:
     """Each candidate's distance to its nearest zoo member and k-NN prediction agreement with it.
 
     Agreement: leave-one-out k-NN predictions on the target's *select* images from each model's
@@ -172,7 +174,9 @@ def target_lines(case: dict[str, Any]) -> list[str]:
     if scratch is not None:
         gap = 100 * (gen["test_mean"] - scratch["test_mean"])
         if case.get("target") == "csmask":
-            lines.append(f"Generated vs scratch: {gap:+.1f} {case['metric']} points (no target is set for this case).")
+            lines.append(
+                f"Generated vs scratch: {gap:+.1f} {case['metric']} points (no target is set for this case)."
+            )
         else:
             lines.append(
                 f"Generated vs scratch: {gap:+.1f} points; the target (>= +{TARGET_POINTS:.0f}) is "
@@ -357,7 +361,11 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
                 "candidate selection is made. csmask was never seen by the zoo or the prompts: every row's "
                 f"`trained_on` root is {', '.join(f'`{r}`' for r in unseen['zoo_trained_on'])} and the leakage check "
                 "found no csmask scene in any of them"
-                + (f" (provenance unknown for {unseen['unknown_provenance']})" if unseen["unknown_provenance"] else "")
+                + (
+                    f" (provenance unknown for {unseen['unknown_provenance']})"
+                    if unseen["unknown_provenance"]
+                    else ""
+                )
                 + ". The issue sets no target for (c): it is reported as measured, also where generated loses.",
                 "",
             ]
@@ -395,7 +403,11 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
                 lines.append(
                     f"| {n['rank']} | {proxy} | {n['distance_to_prompt']:.3f} | {n['nearest']} | "
                     f"{n['distance_to_nearest']:.3f} | {n['prompt_to_nearest']:.3f} | "
-                    + ("n/a (other bands than the select images)" if n["agreement"] is None else f"{100 * n['agreement']:.1f} %")
+                    + (
+                        "n/a (other bands than the select images)"
+                        if n["agreement"] is None
+                        else f"{100 * n['agreement']:.1f} %"
+                    )
                     + " |"
                 )
         lines.append("")
@@ -417,7 +429,9 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
             fit = lever.get("autoencoder_fit") or {}
             r2 = "n/a" if fit.get("r2_val") is None else f"{fit['r2_val']:.3f}"
             zoo = lever.get("zoo")
-            what = lever["description"] + (f" (its zoo: {zoo['members']} members, `{zoo['dir']}`)" if zoo else "")
+            what = lever["description"] + (
+                f" (its zoo: {zoo['members']} members, `{zoo['dir']}`)" if zoo else ""
+            )
             lines.append(
                 f"| {lever['name']} | {what} | {r2} | {_pct(lever['select_mean'])} | "
                 f"{_pct(lever['test_mean'])} ± {_pct(lever['test_std'])} | {cells[0]} | {cells[1]} |"
