@@ -551,7 +551,8 @@ def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, gene
     inits = [c for c in cfg.controls if c in CSMASK_CONTROLS]
     overrides = {
         "data.root": str(Path(case.data or "").expanduser().resolve()), "arch.name": "",
-        "data.normalization": "dataset",  # every init sees the training chips' statistics (as the target's) "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"),
+        "data.normalization": "dataset",  # every init: the training chips' statistics (as the target's)
+        "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"),
         "generated.dir": str(generated), "generated.top_k": 1, "inits": inits, "seeds": list(cfg.budget.seeds),
         "workers": cfg.budget.workers, "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
         "test_curve": True, "out": str(cfg.out / "compare" / case.name), "plots": True,

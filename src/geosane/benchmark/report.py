@@ -382,8 +382,11 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
                 else f"{_pct(r['paired_diff_mean'], True)} ± {_pct(r['paired_diff_std'])}"
             )  # fmt: skip
             beaten = "" if r["beaten"] is None else ("yes" if r["beaten"] else "**no**")
+            label = LABELS.get(r["name"], r["name"])
+            if r["kind"] == "generated" and case.get("target") == "csmask":
+                label = "generated (one seeded sample, not ranked)"
             lines.append(
-                f"| {LABELS.get(r['name'], r['name'])} | {_pct(r['test_mean'])} ± {_pct(r['test_std'])} | "
+                f"| {label} | {_pct(r['test_mean'])} ± {_pct(r['test_std'])} | "
                 f"{_pct(r['select_mean'])} | {_pct(curve.get(0))} | {_pct(curve.get(1))} | "
                 f"{_pct(curve.get(last) if last is not None else None)} | {paired} | {beaten} |"
             )
