@@ -189,7 +189,8 @@ def test_csmask_case_and_zoo_levers_report_and_resume_to_the_same_numbers(
         "cases=[{name: a, prompt: prompt-a}, {name: c, prompt: prompt-a, target: csmask, in_chans: 6, "
         f"data: {csmask_root}, budget: {{epochs: 1, batch_size: 16}}}}]",
         "controls=[scratch, prompt, prompt_noise, nearest, reconstruction, distillation, generated]",
-        f"levers=[{{name: wide, zoo_recipe: {wide}}}, {{name: perm, autoencoder: {{loss.permutation_variants: 2}}}}]",
+        f"levers=[{{name: wide, zoo_recipe: {wide}}}, {{name: perm, autoencoder: {{loss.permutation_variants: 2}}}}, "
+        "{name: typo, settings: {generate_only: ['no_such_tensor*']}}]",
     ))  # fmt: skip
     result = run_foundry_bench(cfg)
     case = next(c for c in result.summary["cases"] if c["name"] == "c")
@@ -207,9 +208,11 @@ def test_csmask_case_and_zoo_levers_report_and_resume_to_the_same_numbers(
     levers = {lever["name"]: lever for lever in result.summary["levers"]}
     assert levers["wide"]["zoo"]["members"] == 3 and (cfg.out / "levers" / "wide" / "tokens").is_dir()
     assert levers["perm"]["autoencoder"] == {"loss.permutation_variants": 2}
+    assert "no tensor of the prompt" in levers["typo"]["not_applicable"]
     report = result.report.read_text()
     assert "## Case c:" in report and "csmask was never seen by the zoo" in report
     assert "not applicable: the teacher is an RSSCN7 scene classifier" in report
+    assert "| typo |  | not applicable: " in report
     first = json.loads((cfg.out / "report.json").read_text())
     shutil.rmtree(cfg.out / "levers" / "wide" / "compare")
     (cfg.out / "report.md").unlink()

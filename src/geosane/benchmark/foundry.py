@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from geosane.config import find_config, load_config, save_config, to_dict
 from geosane.console import console
-from geosane.errors import ConfigError, DataError, cli_flags
+from geosane.errors import ConfigError, DataError, GeosaneError, cli_flags
 from geosane.generation.config import GenerateConfig
 from geosane.io import atomic_directory, claim_out_dir, read_json, write_json
 from geosane.tasks.config import TrainingBudget
@@ -705,11 +705,18 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
     store = timed("tokenize", _tokens, cfg, cfg.out / "zoo")
     ae = timed("autoencoder", _autoencoder, cfg, store)
     teacher = timed("distillation teacher", _teacher, cfg, parts) if "distillation" in cfg.controls else None
-    cases = []
+    cases: list[dict[str, Any]] = []
+    not_built: list[dict[str, Any]] = []
     for case in cfg.cases:
         prompt = _prompt_source(cfg, case)
         if case.target == "csmask":
-            cases.append(_csmask_case(cfg, case, prompt, ae, parts, timed))
+            try:  # a case that cannot be built is reported with why, never skipped silently
+                cases.append(_csmask_case(cfg, case, prompt, ae, parts, timed))
+            except GeosaneError as exc:
+                console.print(f"[yellow]case {case.name}: not applicable: {exc}")
+                not_built.append(
+                    {"name": case.name, "description": case.description, "not_applicable": str(exc)}
+                )
             continue
         generated = timed(f"generate ({case.name})", _generate, cfg, cfg.generator, prompt,
                           cfg.out / "generated" / case.name, ae, parts)  # fmt: skip
@@ -729,29 +736,35 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         det_case = next(c for c in cfg.cases if c.name == cfg.detection.case)
         detection = timed("detection", _detection, cfg, _prompt_source(cfg, det_case),
                           cfg.out / "generated" / det_case.name, parts)  # fmt: skip
-    levers = []
+    levers: list[dict[str, Any]] = []
     lever_case = next((c for c in cfg.cases if c.name == cfg.lever_case), None)
     for lever in cfg.levers if lever_case is not None else []:
         assert lever_case is not None
         setting = dataclasses.replace(cfg.generator, **lever.settings)
         prompt = _prompt_source(cfg, lever_case)
         lever_ae, lever_store, where = ae, store, cfg.out / "levers" / lever.name
-        if lever.zoo_recipe:  # its own zoo (SOURCE images only), tokens and autoencoder
+        if lever.zoo_recipe:  # its own zoo (SOURCE images only); a member that saw the target is refused
             zoo = timed("levers", _build, cfg, lever.zoo_recipe, f"levers/{lever.name}/zoo", parts["source"])
             unknown += timed("levers", _check_lever_zoo, cfg, parts, zoo)
-            lever_store = timed("levers", _tokens, cfg, zoo, where / "tokens")
-        if lever.autoencoder or lever.zoo_recipe:
-            lever_ae = timed(
-                "levers", _autoencoder, cfg, lever_store, where / "autoencoder", lever.autoencoder
-            )
-        generated = timed("levers", _generate, cfg, setting, prompt, where / "generated", lever_ae, parts,
-                          lever_store)  # fmt: skip
-        result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
-                       ["generated"], None, None, False)  # fmt: skip
+        try:  # a lever that cannot be built is reported with why, never skipped silently
+            if lever.zoo_recipe:
+                lever_store = timed("levers", _tokens, cfg, where / "zoo", where / "tokens")
+            if lever.autoencoder or lever.zoo_recipe:
+                lever_ae = timed(
+                    "levers", _autoencoder, cfg, lever_store, where / "autoencoder", lever.autoencoder
+                )
+            generated = timed("levers", _generate, cfg, setting, prompt, where / "generated", lever_ae, parts,
+                              lever_store)  # fmt: skip
+            result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
+                           ["generated"], None, None, False)  # fmt: skip
+        except GeosaneError as exc:
+            console.print(f"[yellow]lever {lever.name}: not applicable: {exc}")
+            levers.append({"name": lever.name, "description": lever.description, "not_applicable": str(exc)})
+            continue
         levers.append({**lever_summary(lever, setting, result), "autoencoder_fit": _ae_summary(lever_ae),
                        "zoo": _zoo_line(where / "zoo") if lever.zoo_recipe else None})  # fmt: skip
     seconds["total"] = time.perf_counter() - started
-    summary = {"config": to_dict(cfg), "cases": cases, "levers": levers, "unknown_provenance": unknown,
+    summary = {"config": to_dict(cfg), "cases": cases, "cases_not_built": not_built, "levers": levers, "unknown_provenance": unknown,
                "teacher": teacher, "autoencoder": _ae_summary(ae), "detection": detection,
                "seconds": seconds}  # fmt: skip
     report = write_report(cfg, summary)

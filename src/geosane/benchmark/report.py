@@ -346,6 +346,13 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
         _ae_line(summary.get("autoencoder")),
         "",
     ]
+    for case in summary.get("cases_not_built", []):
+        lines += [
+            f"## Case {case['name']}: {case['description']}",
+            "",
+            f"Not applicable: {case['not_applicable']}",
+            "",
+        ]
     for case in summary["cases"]:
         metric = case["metric"]
         lines += [f"## Case {case['name']}: {case['description']}", "", f"Prompt `{case['prompt']}`; split sizes "
@@ -423,6 +430,11 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
                   "| lever | what it changes | autoencoder R^2 (held-out) | select | test (%) | vs the prompt, paired | vs scratch, paired |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for lever in summary["levers"]:
+            if "not_applicable" in lever:
+                lines.append(
+                    f"| {lever['name']} | {lever['description']} | not applicable: {lever['not_applicable']} | | | | |"
+                )
+                continue
             cells = []
             for ref in ("prompt", "scratch"):
                 other = base.get(ref, {})
@@ -441,7 +453,9 @@ def write_report(cfg: Any, summary: dict[str, Any]) -> Path:
             )
         lines.append("")
         if case is not None:
-            lines += _chosen_on_select(case, summary["levers"], seeds)
+            lines += _chosen_on_select(
+                case, [lv for lv in summary["levers"] if "not_applicable" not in lv], seeds
+            )
     teacher = summary.get("teacher")
     if teacher:
         lines += [f"## The zoo fine-tuned on the target (seed {seeds[0]}; the best on select is the distillation teacher)",
