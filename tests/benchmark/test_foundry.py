@@ -37,7 +37,7 @@ def _recipe(path: Path, members: list[dict[str, object]]) -> Path:
     return path
 
 
-def _tiny_config(tmp_path: Path, data: Path) -> FoundryBenchConfig:
+def _tiny_config(tmp_path: Path, data: Path, extra: tuple[str, ...] = ()) -> FoundryBenchConfig:
     zoo = _recipe(tmp_path / "source.yaml", [
         {"name": "q-base", "arch": QUARTER, "seed": 1, "classes": S1},
         {"name": "q-ft", "init_from": "q-base", "seed": 2, "classes": S2},
@@ -50,7 +50,7 @@ def _tiny_config(tmp_path: Path, data: Path) -> FoundryBenchConfig:
         f"out={tmp_path / 'bench'}", f"data={data}", "image_size=16", f"zoo_recipe={zoo}",
         f"prompts_recipe={prompts}", "cases=[{name: a, prompt: prompt-a, description: in the zoo}]",
         "autoencoder.train.max_steps=6", "autoencoder.train.ckpt_every=3", "autoencoder.train.val_every=3",
-        "budget.seeds=[0]",
+        "budget.seeds=[0]", *extra,
     ])  # fmt: skip
 
 
@@ -101,11 +101,36 @@ def test_bad_settings_and_data_are_refused_before_anything_is_written(
             "lever 'x': unknown generator setting(s) ['bandwith']",
         ),
         ("lever_case=z", "lever_case 'z' is not a prompt case"),
+        ("cases=[{name: c, prompt: prompt-a, target: eurosat}]", "case 'c': target 'eurosat' is unknown"),
+        ("cases=[{name: c, prompt: prompt-a, target: csmask}]", "case 'c': data: a csmask case needs"),
+        (
+            "cases=[{name: c, prompt: prompt-a, target: csmask, data: x, budget: {epoch: 1}}]",
+            "case 'c': budget: unknown key(s) ['epoch']",
+        ),
+        (
+            f"cases=[{{name: c, prompt: prompt-a, target: csmask, data: {tmp_path}}}] && levers=[]",
+            f"case 'c': data={tmp_path} holds no csmask scenes",
+        ),
+        ("levers=[{name: wide, zoo_recipe: no_such_recipe}]", "lever 'wide': zoo_recipe:"),
+        (
+            "levers=[{name: x, settings: {anchors: 0}}] && lever_case=c && "
+            "cases=[{name: c, prompt: prompt-a, target: csmask, data: x}]",
+            "lever_case 'c' must be an rsscn7 case",
+        ),
     ):
         code, _, err = run_cli(
-            capsys, "bench", "foundry", "--quick", "--data", str(rsscn7_root), "--out", str(out), override
+            capsys,
+            "bench",
+            "foundry",
+            "--quick",
+            "--data",
+            str(rsscn7_root),
+            "--out",
+            str(out),
+            *override.split(" && "),
         )
         assert code == 2 and message in " ".join(err.split()), err
+        assert not out.exists()
     code, _, err = run_cli(
         capsys, "bench", "foundry", "--quick", "--data", str(tmp_path / "missing"), "--out", str(out)
     )
@@ -145,6 +170,52 @@ def test_tiny_benchmark_reports_every_control_and_resumes_to_the_same_numbers(
     (cfg.out / "report.md").unlink()
     for run in (cfg.out / "compare" / "a" / "runs" / "generated-1").iterdir():
         (run / "metrics.json").unlink()
+    again = run_foundry_bench(cfg)
+    second = json.loads((cfg.out / "report.json").read_text())
+    assert second["cases"] == first["cases"] and second["levers"] == first["levers"]
+    assert again.report.read_text().split("## Plots")[0] == report.split("## Plots")[0]
+
+
+@pytest.mark.slow
+def test_csmask_case_and_zoo_levers_report_and_resume_to_the_same_numbers(
+    rsscn7_root: Path, csmask_root: Path, tmp_path: Path
+) -> None:
+    wide = _recipe(tmp_path / "wide.yaml", [
+        {"name": "q-1", "arch": QUARTER, "seed": 5, "classes": S1},
+        {"name": "q-2", "arch": QUARTER, "seed": 6, "classes": S2},
+        {"name": "e-1", "arch": {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64]}}, "seed": 7, "classes": S2},
+    ])  # fmt: skip
+    cfg = _tiny_config(tmp_path, rsscn7_root, (
+        "cases=[{name: a, prompt: prompt-a}, {name: c, prompt: prompt-a, target: csmask, in_chans: 6, "
+        f"data: {csmask_root}, budget: {{epochs: 1, batch_size: 16}}}}]",
+        "controls=[scratch, prompt, prompt_noise, nearest, reconstruction, distillation, generated]",
+        f"levers=[{{name: wide, zoo_recipe: {wide}}}, {{name: perm, autoencoder: {{loss.permutation_variants: 2}}}}, "
+        "{name: typo, settings: {generate_only: ['no_such_tensor*']}}]",
+    ))  # fmt: skip
+    result = run_foundry_bench(cfg)
+    case = next(c for c in result.summary["cases"] if c["name"] == "c")
+    assert case["metric"] == "miou" and case["target"] == "csmask" and case["in_chans"] == 6
+    names = [r["name"] for r in case["rows"]]
+    assert names[:2] == ["scratch", "prompt"] and names[-1] == "generated-1"
+    assert set(case["not_applicable"]) >= {"reconstruction", "distillation"}
+    assert "prompt_noise" in names + list(case["not_applicable"]) and "nearest" in names + list(
+        case["not_applicable"]
+    )
+    assert sorted(case["unseen"]["scenes"]) == sorted(p.name for p in csmask_root.glob("*.npz"))
+    assert case["unseen"]["zoo_trained_on"] == [str((cfg.out / "data" / "source").resolve())]
+    card = json.loads((cfg.out / "generated" / "c" / "model_card.json").read_text())
+    assert len(card["candidates"]) == 1  # no ranking: one seeded sample
+    levers = {lever["name"]: lever for lever in result.summary["levers"]}
+    assert levers["wide"]["zoo"]["members"] == 3 and (cfg.out / "levers" / "wide" / "tokens").is_dir()
+    assert levers["perm"]["autoencoder"] == {"loss.permutation_variants": 2}
+    assert "no tensor of the prompt" in levers["typo"]["not_applicable"]
+    report = result.report.read_text()
+    assert "## Case c:" in report and "csmask was never seen by the zoo" in report
+    assert "not applicable: the teacher is an RSSCN7 scene classifier" in report
+    assert "| typo |  | not applicable: " in report
+    first = json.loads((cfg.out / "report.json").read_text())
+    shutil.rmtree(cfg.out / "levers" / "wide" / "compare")
+    (cfg.out / "report.md").unlink()
     again = run_foundry_bench(cfg)
     second = json.loads((cfg.out / "report.json").read_text())
     assert second["cases"] == first["cases"] and second["levers"] == first["levers"]

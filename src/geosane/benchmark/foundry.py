@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from geosane.config import find_config, load_config, save_config, to_dict
 from geosane.console import console
-from geosane.errors import ConfigError, DataError, cli_flags
+from geosane.errors import ConfigError, DataError, GeosaneError, cli_flags
 from geosane.generation.config import GenerateConfig
 from geosane.io import atomic_directory, claim_out_dir, read_json, write_json
 from geosane.tasks.config import TrainingBudget
@@ -72,13 +72,29 @@ class GeneratorSetting:
     bn_batches: int = GenerateConfig.bn_batches
 
 
+TARGETS = ["rsscn7", "csmask"]
+CSMASK_CONTROLS = ["scratch", "prompt", "prompt_noise", "nearest", "zoo_average", "ties", "dare",
+                   "weight_selection", "pruned", "generated"]  # fmt: skip
+SEGMENTATION_BUDGET = {"epochs", "batch_size", "lr", "weight_decay", "warmup_epochs"}
+
+
 @dataclass
 class PromptCase:
-    """A prompt of the benchmark: a model of the prompts zoo, and what the case tests."""
+    """A prompt of the benchmark: a model of the prompts zoo, and what the case tests.
+
+    ``target: rsscn7`` (default): the benchmark's image-folder target. ``target: csmask``: the
+    prompt's stem is adapted to ``in_chans`` bands (generate's ``in_chans``), generated from the
+    benchmark's zoo, and compared on csmask cloud/shadow segmentation (``data``: the scenes folder,
+    the ``csmask`` preset's chips and U-Net decoder) with ``budget`` (train fields) of its own.
+    """
 
     name: str
     prompt: str
     description: str = ""
+    target: str = "rsscn7"
+    in_chans: int | None = None
+    data: Path | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +123,9 @@ class Lever:
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     autoencoder: dict[str, Any] = field(default_factory=dict)
+    # a zoo recipe (configs/zoo name or file): the lever builds that zoo on the SOURCE images, tokenizes
+    # it, trains its own autoencoder and draws its anchors from it (OUT/levers/<name>/{zoo,tokens,...})
+    zoo_recipe: str = ""
 
     def __post_init__(self) -> None:
         self.autoencoder = dotted(self.autoencoder)
@@ -199,6 +218,21 @@ class FoundryBenchConfig:
         names = [c.name for c in self.cases]
         if len(names) != len(set(names)):
             raise ValueError(f"prompt case names must be distinct, got {names}")
+        for case in self.cases:
+            key = f"case '{case.name}':"
+            if case.target not in TARGETS:
+                raise ValueError(f"{key} target '{case.target}' is unknown; choose from {', '.join(TARGETS)}")
+            bad_budget = sorted(set(case.budget) - SEGMENTATION_BUDGET)
+            if bad_budget:
+                raise ValueError(
+                    f"{key} budget: unknown key(s) {bad_budget} (known: {sorted(SEGMENTATION_BUDGET)})"
+                )
+            if case.target == "csmask" and case.data is None:
+                raise ValueError(
+                    f"{key} data: a csmask case needs the scenes folder, e.g. ../shared/data/csmask"
+                )
+            if case.in_chans is not None and case.in_chans < 1:
+                raise ValueError(f"{key} in_chans must be >= 1, got {case.in_chans}")
         lever_names = [lever.name for lever in self.levers]
         if len(lever_names) != len(set(lever_names)):
             raise ValueError(f"lever names must be distinct, got {lever_names}")
@@ -211,6 +245,10 @@ class FoundryBenchConfig:
                 )
         if self.levers and self.lever_case not in names:
             raise ValueError(f"lever_case '{self.lever_case}' is not a prompt case ({', '.join(names)})")
+        if self.levers and next(c for c in self.cases if c.name == self.lever_case).target != "rsscn7":
+            raise ValueError(
+                f"lever_case '{self.lever_case}' must be an rsscn7 case (levers compare on the target)"
+            )
         if self.detection.enabled and self.detection.case not in names:
             raise ValueError(
                 f"detection.case '{self.detection.case}' is not a prompt case ({', '.join(names)})"
@@ -318,7 +356,28 @@ def check_bench_data(cfg: FoundryBenchConfig) -> None:
     if not root.is_dir():
         raise DataError(f"data={root} is not a directory (root/<class>/<image>)", flags=cli_flags("data"))
     classes = class_dirs(root)
-    for recipe in (cfg.zoo_recipe, cfg.prompts_recipe):
+    for lever in cfg.levers:
+        if lever.zoo_recipe:
+            try:
+                find_config(lever.zoo_recipe, "zoo")
+            except (ConfigError, FileNotFoundError, ValueError) as exc:
+                raise ConfigError(f"lever '{lever.name}': zoo_recipe: {exc}") from None
+    for case in cfg.cases:
+        if case.target == "csmask":
+            assert case.data is not None  # FoundryBenchConfig refuses a csmask case without it
+            scenes = (
+                sorted(Path(case.data).expanduser().glob("*.npz"))
+                if Path(case.data).expanduser().is_dir()
+                else []
+            )
+            if not scenes:
+                raise DataError(f"case '{case.name}': data={case.data} holds no csmask scenes (*.npz)")
+    recipes = [
+        cfg.zoo_recipe,
+        cfg.prompts_recipe,
+        *[lever.zoo_recipe for lever in cfg.levers if lever.zoo_recipe],
+    ]
+    for recipe in recipes:
         members = load_recipe(recipe).members
         used = [c for m in members for c in (m.classes or []) if isinstance(c, int)]
         if used and max(used) >= len(classes):
@@ -359,11 +418,23 @@ def _check_leakage(cfg: FoundryBenchConfig, parts: dict[str, Path]) -> list[str]
     return unknown
 
 
-def _tokens(cfg: FoundryBenchConfig, zoo: Path) -> Path:
+def _check_csmask_unseen(cfg: FoundryBenchConfig, case: PromptCase, zoos: list[Path]) -> dict[str, Any]:
+    """A csmask case's scenes against every zoo row's ``trained_on`` (the RSSCN7 zoo never saw them)."""
+    from geosane.zoo import Zoo, check_disjoint
+
+    assert case.data is not None
+    scenes = sorted(Path(case.data).expanduser().glob("*.npz"))
+    unknown = [m for zoo in zoos for m in check_disjoint(Zoo(zoo), scenes, what=f"case {case.name}'s csmask")]
+    roots = sorted({str(e.metadata.get("trained_on", {}).get("root")) for zoo in zoos for e in Zoo(zoo)})
+    return {"scenes": [p.name for p in scenes], "zoo_trained_on": roots, "unknown_provenance": unknown}
+
+
+def _tokens(cfg: FoundryBenchConfig, zoo: Path, out: Path | None = None) -> Path:
     from geosane.tokens import tokenize_zoo
 
-    tokenize_zoo(zoo, cfg.out / "tokens", token_size=cfg.token_size)
-    return cfg.out / "tokens"
+    out = out or cfg.out / "tokens"
+    tokenize_zoo(zoo, out, token_size=cfg.token_size)
+    return out
 
 
 def _autoencoder(cfg: FoundryBenchConfig, store: Path, out: Path | None = None,
@@ -383,19 +454,24 @@ def _autoencoder(cfg: FoundryBenchConfig, store: Path, out: Path | None = None,
 
 
 def _generate(cfg: FoundryBenchConfig, setting: GeneratorSetting, prompt: str, out: Path, ae: Path,
-              parts: dict[str, Path]) -> Path:  # fmt: skip
+              parts: dict[str, Path], store: Path | None = None, in_chans: int | None = None,
+              ranked: bool = True) -> Path:  # fmt: skip
+    """``geosane generate`` for one prompt; ``ranked=False``: no selection data (a csmask case's
+    classifier prompt cannot be ranked on segmentation scenes), so one seeded sample is kept."""
     from geosane.generation import generate
     from geosane.generation.pipeline import config_from_kwargs
 
     if (out / "model_card.json").exists():
         return out
+    if not ranked:
+        setting = dataclasses.replace(setting, num_candidates=1, top_k=1, bn_batches=0)
     chosen = {**dataclasses.asdict(setting), "top_k": min(setting.top_k, setting.num_candidates),
               "align_anchors": setting.align_anchors and setting.anchors > 0}  # fmt: skip
     generate(
         config_from_kwargs(
-            ae=ae, prompt=prompt, out=out, select_data=parts["select"], select_split="all",
-            image_size=cfg.image_size, seed=cfg.seed, store=cfg.out / "tokens" if setting.anchors else None,
-            overwrite=True, **chosen,
+            ae=ae, prompt=prompt, out=out, select_data=parts["select"] if ranked else None, select_split="all",
+            image_size=cfg.image_size, seed=cfg.seed, store=(store or cfg.out / "tokens") if setting.anchors else None,
+            in_chans=in_chans, overwrite=True, **chosen,
         )
     )  # fmt: skip
     return out
@@ -467,6 +543,34 @@ def _compare(cfg: FoundryBenchConfig, name: str, prompt: str, generated: Path, p
     return compare(load_compare_config("compare_rsscn7", overrides))
 
 
+def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, generated: Path) -> Any:
+    """Case ``target: csmask``: the ``csmask`` preset (64 px chips of the scenes, the prompt's
+    architecture under a U-Net decoder, mIoU), the case's own budget, the benchmark's seeds."""
+    from geosane.downstream import compare, load_compare_config
+
+    inits = [c for c in cfg.controls if c in CSMASK_CONTROLS]
+    overrides = {
+        "data.root": str(Path(case.data or "").expanduser().resolve()), "arch.name": "",
+        "data.normalization": "dataset",  # every init: the training chips' statistics (as the target's)
+        "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"),
+        "generated.dir": str(generated), "generated.top_k": 1, "inits": inits, "seeds": list(cfg.budget.seeds),
+        "workers": cfg.budget.workers, "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
+        "test_curve": True, "out": str(cfg.out / "compare" / case.name), "plots": True,
+        **{f"train.{key}": value for key, value in case.budget.items()},
+    }  # fmt: skip
+    return compare(load_compare_config("csmask", overrides))
+
+
+def _csmask_not_applicable(cfg: FoundryBenchConfig) -> dict[str, str]:
+    """Why the controls a csmask case does not run cannot apply to it (reported, never skipped)."""
+    why = {
+        "reconstruction": "not built for a csmask case: the nearest member's reconstruction is a 3-band "
+        "RSSCN7 classifier, not the generated weights' band layout",
+        "distillation": "the teacher is an RSSCN7 scene classifier; there is no segmentation teacher in the zoo",
+    }
+    return {name: reason for name, reason in why.items() if name in cfg.controls}
+
+
 def _detection(
     cfg: FoundryBenchConfig, prompt: str, generated: Path, parts: dict[str, Path]
 ) -> dict[str, Any]:
@@ -519,6 +623,41 @@ def _prompt_source(cfg: FoundryBenchConfig, case: PromptCase) -> str:
     return case.prompt
 
 
+def _check_lever_zoo(cfg: FoundryBenchConfig, parts: dict[str, Path], zoo: Path) -> list[str]:
+    """A lever's zoo gets the same leakage check as the main one (refused by name)."""
+    from geosane.zoo import Zoo, check_disjoint
+
+    return check_disjoint(Zoo(zoo), _target_images(parts, cfg.eval_folder), what="the target")
+
+
+def _zoo_line(zoo: Path) -> dict[str, Any]:
+    """Members and architectures of a lever's zoo (for the report)."""
+    from geosane.zoo import Zoo
+
+    entries = list(Zoo(zoo))
+    archs = sorted({f"{e.arch.get('name')} {e.arch.get('kwargs') or ''}".strip() for e in entries if e.arch})
+    return {"dir": str(zoo), "members": len(entries), "architectures": archs}
+
+
+def _csmask_case(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, ae: Path, parts: dict[str, Path],
+                 timed: Callable[..., Any]) -> dict[str, Any]:  # fmt: skip
+    """Case ``target: csmask`` (the issue's prompt c): the prompt's stem adapted to ``in_chans``
+    bands, generated from the benchmark's zoo *without ranking* (generation refuses to rank a
+    classifier on segmentation scenes and the RGB select folder has the wrong band count, so one
+    seeded sample is kept), then compared on csmask segmentation (mIoU)."""
+    from geosane.benchmark.report import case_summary
+
+    unseen = timed(f"leakage check ({case.name})", _check_csmask_unseen, cfg, case,
+                   [cfg.out / "zoo", cfg.out / "prompts"])  # fmt: skip
+    generated = timed(f"generate ({case.name})", _generate, cfg, cfg.generator, prompt,
+                      cfg.out / "generated" / case.name, ae, parts, None, case.in_chans, False)  # fmt: skip
+    result = timed(f"compare ({case.name})", _compare_csmask, cfg, case, prompt, generated)
+    summary: dict[str, Any] = timed(f"novelty ({case.name})", case_summary, cfg, case, prompt, generated, result,
+                                    parts, _csmask_not_applicable(cfg))  # fmt: skip
+    return {**summary, "target": "csmask", "in_chans": case.in_chans, "ranking": "none (one seeded sample)",
+            "unseen": unseen, "budget": dict(case.budget)}  # fmt: skip
+
+
 def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
     """Run (or resume) the benchmark and write ``OUT/report.md``."""
     from geosane.benchmark.report import case_summary, lever_summary, write_report
@@ -566,9 +705,19 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
     store = timed("tokenize", _tokens, cfg, cfg.out / "zoo")
     ae = timed("autoencoder", _autoencoder, cfg, store)
     teacher = timed("distillation teacher", _teacher, cfg, parts) if "distillation" in cfg.controls else None
-    cases = []
+    cases: list[dict[str, Any]] = []
+    not_built: list[dict[str, Any]] = []
     for case in cfg.cases:
         prompt = _prompt_source(cfg, case)
+        if case.target == "csmask":
+            try:  # a case that cannot be built is reported with why, never skipped silently
+                cases.append(_csmask_case(cfg, case, prompt, ae, parts, timed))
+            except GeosaneError as exc:
+                console.print(f"[yellow]case {case.name}: not applicable: {exc}")
+                not_built.append(
+                    {"name": case.name, "description": case.description, "not_applicable": str(exc)}
+                )
+            continue
         generated = timed(f"generate ({case.name})", _generate, cfg, cfg.generator, prompt,
                           cfg.out / "generated" / case.name, ae, parts)  # fmt: skip
         recon, reasons = None, {}
@@ -587,23 +736,35 @@ def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:
         det_case = next(c for c in cfg.cases if c.name == cfg.detection.case)
         detection = timed("detection", _detection, cfg, _prompt_source(cfg, det_case),
                           cfg.out / "generated" / det_case.name, parts)  # fmt: skip
-    levers = []
+    levers: list[dict[str, Any]] = []
     lever_case = next((c for c in cfg.cases if c.name == cfg.lever_case), None)
     for lever in cfg.levers if lever_case is not None else []:
         assert lever_case is not None
         setting = dataclasses.replace(cfg.generator, **lever.settings)
         prompt = _prompt_source(cfg, lever_case)
-        lever_ae = ae
-        if lever.autoencoder:
-            lever_ae = timed("levers", _autoencoder, cfg, store, cfg.out / "levers" / lever.name / "autoencoder",
-                             lever.autoencoder)  # fmt: skip
-        generated = timed("levers", _generate, cfg, setting, prompt, cfg.out / "levers" / lever.name / "generated",
-                          lever_ae, parts)  # fmt: skip
-        result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
-                       ["generated"], None, None, False)  # fmt: skip
-        levers.append({**lever_summary(lever, setting, result), "autoencoder_fit": _ae_summary(lever_ae)})
+        lever_ae, lever_store, where = ae, store, cfg.out / "levers" / lever.name
+        if lever.zoo_recipe:  # its own zoo (SOURCE images only); a member that saw the target is refused
+            zoo = timed("levers", _build, cfg, lever.zoo_recipe, f"levers/{lever.name}/zoo", parts["source"])
+            unknown += timed("levers", _check_lever_zoo, cfg, parts, zoo)
+        try:  # a lever that cannot be built is reported with why, never skipped silently
+            if lever.zoo_recipe:
+                lever_store = timed("levers", _tokens, cfg, where / "zoo", where / "tokens")
+            if lever.autoencoder or lever.zoo_recipe:
+                lever_ae = timed(
+                    "levers", _autoencoder, cfg, lever_store, where / "autoencoder", lever.autoencoder
+                )
+            generated = timed("levers", _generate, cfg, setting, prompt, where / "generated", lever_ae, parts,
+                              lever_store)  # fmt: skip
+            result = timed("levers", _compare, cfg, f"levers/{lever.name}/compare", prompt, generated, parts,
+                           ["generated"], None, None, False)  # fmt: skip
+        except GeosaneError as exc:
+            console.print(f"[yellow]lever {lever.name}: not applicable: {exc}")
+            levers.append({"name": lever.name, "description": lever.description, "not_applicable": str(exc)})
+            continue
+        levers.append({**lever_summary(lever, setting, result), "autoencoder_fit": _ae_summary(lever_ae),
+                       "zoo": _zoo_line(where / "zoo") if lever.zoo_recipe else None})  # fmt: skip
     seconds["total"] = time.perf_counter() - started
-    summary = {"config": to_dict(cfg), "cases": cases, "levers": levers, "unknown_provenance": unknown,
+    summary = {"config": to_dict(cfg), "cases": cases, "cases_not_built": not_built, "levers": levers, "unknown_provenance": unknown,
                "teacher": teacher, "autoencoder": _ae_summary(ae), "detection": detection,
                "seconds": seconds}  # fmt: skip
     report = write_report(cfg, summary)
