@@ -172,10 +172,12 @@ def resolve_torchgeo(
         info["num_classes"] = None
         if notes:
             info["remapped"] = notes
+            info["metadata"]["remapped"] = notes
     if arch is not None and state_dict:
         state_dict, filled = _check_keys(name, arch, state_dict)
         if filled:
             info["filled_from_init"] = filled
+            info["metadata"]["filled_from_init"] = filled
     return LoadedModel(source=f"torchgeo:{name}", state_dict=state_dict, arch=arch, info=info)
 
 
