@@ -109,7 +109,7 @@ def _flat(published: Any) -> dict[str, torch.Tensor]:
     return dict(published)
 
 
-def check_enum(enum: str, torch_home: Path) -> None:
+def check_enum(enum: str, torch_home: Path, build: bool = False) -> None:
     weights = get_weight(enum)
     builder = _builder(weights)
     published = published_checkpoint(weights)
@@ -160,7 +160,12 @@ def check_enum(enum: str, torch_home: Path) -> None:
     meta = weights.meta
     assert inputs["bands"] == (list(meta["bands"]) if meta.get("bands") else None)
     assert inputs["bands"] is not None or inputs["bands_note"]
+    assert inputs["in_chans"] == (meta.get("in_chans") or TORCHGEO_MODELS[builder].in_chans)
     assert inputs["normalization"] == "unknown" or len(inputs["normalization"]["mean"]) >= 1
+    if build:  # the record rebuilds the model and the tensors load into it strictly
+        net = loaded.build()
+        assert all(torch.equal(v, loaded.state_dict[k]) for k, v in net.state_dict().items())
+        del net
     del loaded, reference, flat
     gc.collect()
 
@@ -173,7 +178,7 @@ def _copy(obj: Any) -> Any:
 
 @pytest.mark.parametrize("enum", DEFAULT_ENUMS)
 def test_torchgeo_model_loads_published_layout(enum: str, torch_home: Path) -> None:
-    check_enum(enum, torch_home)
+    check_enum(enum, torch_home, build=True)
 
 
 @pytest.mark.slow

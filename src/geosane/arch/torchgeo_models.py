@@ -55,7 +55,8 @@ class TorchGeoModel:
     when it loads them. ``allowed``: kwargs the record may carry. ``remap``: published checkpoint
     object -> (state dict in the model's keys, notes on what was rewritten). ``tolerated``: keys
     TorchGeo's own loader accepts as missing (filled from a seeded initialisation and listed).
-    ``bands`` / ``in_chans``: the input when ``meta`` does not name it. The checkpoint object
+    ``bands`` / ``in_chans``: the input when ``meta`` does not name it (``"any"``: the model
+    takes any number of bands, described by their wavelengths at forward time). The checkpoint object
     is read whole (``torch.load(weights_only=True)``), so no wrapper is unwrapped silently.
     """
 
@@ -68,7 +69,7 @@ class TorchGeoModel:
     remap: Remap
     tolerated: frozenset[str] = field(default_factory=frozenset)
     bands: str = "unknown"
-    in_chans: int | None = None
+    in_chans: int | str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +120,10 @@ def _build_swin(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _build_earthloc(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    earthloc_cls = _models().earthloc.__globals__["EarthLoc"]
-    module: nn.Module = earthloc_cls(**kwargs, pretrained=False)  # pretrained=True would download
+    _models()
+    from torchgeo.models.earthloc import EarthLoc
+
+    module: nn.Module = EarthLoc(**kwargs, pretrained=False)  # pretrained=True would download
     return module
 
 
@@ -256,6 +259,7 @@ def _earthloc_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
 _SWIN_V1_TOLERATED = frozenset({"norm.weight", "norm.bias", "head.weight", "head.bias"})
 _DYNAMIC_HEAD = frozenset({"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"})
 _ANY_BANDS = "any bands: the wavelengths (nm) are passed with every input"
+_CROMA_BANDS = "two inputs, 120 px: x_optical with 12 Sentinel-2 bands, x_sar with 2 Sentinel-1 bands"
 
 
 def _swin(builder: str, v2: bool) -> TorchGeoModel:
@@ -296,7 +300,8 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         build=_call_builder,
         remap=_croma,
         tolerated=frozenset({"attn_bias"}),
-        bands="optical: 12 Sentinel-2 L1C bands (x_optical); SAR: 2 Sentinel-1 bands VV, VH (x_sar); 120 px",
+        bands=_CROMA_BANDS,
+        in_chans="12 + 2",
     ),
     "croma_large": TorchGeoModel(
         builder="croma_large",
@@ -307,7 +312,8 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         build=_call_builder,
         remap=_croma,
         tolerated=frozenset({"attn_bias"}),
-        bands="optical: 12 Sentinel-2 L1C bands (x_optical); SAR: 2 Sentinel-1 bands VV, VH (x_sar); 120 px",
+        bands=_CROMA_BANDS,
+        in_chans="12 + 2",
     ),
     "dofa_base_patch16_224": TorchGeoModel(
         builder="dofa_base_patch16_224",
@@ -319,6 +325,7 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         remap=_flat,
         tolerated=_DYNAMIC_HEAD,
         bands=_ANY_BANDS,
+        in_chans="any",
     ),
     "dofa_large_patch16_224": TorchGeoModel(
         builder="dofa_large_patch16_224",
@@ -330,6 +337,7 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         remap=_flat,
         tolerated=_DYNAMIC_HEAD,
         bands=_ANY_BANDS,
+        in_chans="any",
     ),
     "copernicusfm_base": TorchGeoModel(
         builder="copernicusfm_base",
@@ -341,6 +349,7 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         remap=_flat,
         tolerated=_DYNAMIC_HEAD,
         bands="any spectral bands (wavelengths + bandwidths in nm) or variables, plus lon/lat/time/area metadata",
+        in_chans="any",
     ),
     "panopticon_vitb14": TorchGeoModel(
         builder="panopticon_vitb14",
@@ -351,6 +360,7 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         build=_call_builder,
         remap=_panopticon,
         bands="any bands: channel ids (wavelengths) are passed with every input",
+        in_chans="any",
     ),
     "scalemae_large_patch16": TorchGeoModel(
         builder="scalemae_large_patch16",

@@ -234,7 +234,7 @@ def describe_model(model: LoadedModel) -> dict[str, Any]:
         "no_architecture": None if model.arch else (info.get("no_architecture") or "unknown"),
         "family": info.get("family") or arch_family(model.arch),
         "task": info.get("task"),
-        "in_chans": info.get("in_chans"),
+        "in_chans": inputs.get("in_chans") or info.get("in_chans"),
         "num_classes": info.get("num_classes"),
         "bands": list(bands) if bands else None,
         "bands_note": None if bands else (inputs.get("bands_note") or "unknown"),

@@ -123,6 +123,7 @@ def torchgeo_inputs(weights: Any, arch: ArchSpec | None) -> dict[str, Any]:
     entry = TORCHGEO_MODELS.get(arch.name) if arch is not None and arch.library == "torchgeo" else None
     bands = meta.get("bands")
     out: dict[str, Any] = {
+        "in_chans": meta.get("in_chans") or (entry.in_chans if entry else None),
         "bands": list(bands) if bands else None,
         "bands_note": None if bands else (entry.bands if entry else "unknown"),
     }
@@ -168,7 +169,8 @@ def resolve_torchgeo(
         "metadata": {"input": inputs},
     }
     if arch is not None and arch.library == "torchgeo":
-        info["in_chans"] = meta.get("in_chans") or TORCHGEO_MODELS[arch.name].in_chans
+        fixed = TORCHGEO_MODELS[arch.name].in_chans
+        info["in_chans"] = meta.get("in_chans") or (fixed if isinstance(fixed, int) else None)
         info["num_classes"] = None
         if notes:
             info["remapped"] = notes
