@@ -288,3 +288,11 @@ def test_normalisation_folded_from_torchgeo_transforms() -> None:
         "normalization": "unknown"
     }
     assert json.dumps(satlas)  # JSON-serialisable, for the zoo row
+
+
+def test_torchgeo_record_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geosane.arch import ArchSpec
+
+    monkeypatch.setitem(__import__("sys").modules, "torchgeo.models", None)
+    with pytest.raises(SourceError, match=r"torchgeo architectures need the optional TorchGeo extra: pip install"):
+        build_architecture(ArchSpec("torchgeo", "dofa_base_patch16_224", {}))
