@@ -294,5 +294,7 @@ def test_torchgeo_record_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     from geosane.arch import ArchSpec
 
     monkeypatch.setitem(__import__("sys").modules, "torchgeo.models", None)
-    with pytest.raises(SourceError, match=r"torchgeo architectures need the optional TorchGeo extra: pip install"):
+    with pytest.raises(
+        SourceError, match=r"torchgeo architectures need the optional TorchGeo extra: pip install"
+    ):
         build_architecture(ArchSpec("torchgeo", "dofa_base_patch16_224", {}))
