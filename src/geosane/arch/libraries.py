@@ -11,7 +11,11 @@ task. Libraries:
 - ``onnx``: a graph converted with onnx2torch (:mod:`geosane.arch.onnx`; :mod:`geosane.zoo.onnx`
   records it), for ONNX files whose architecture no library above describes;
 - ``detector``: a torchvision detector (FCOS, RetinaNet, Faster R-CNN) on a timm backbone
-  (:mod:`geosane.arch.detector`); the name is the detector kind, the kwargs hold the backbone.
+  (:mod:`geosane.arch.detector`); the name is the detector kind, the kwargs hold the backbone;
+- ``torchgeo``: TorchGeo's own model classes (optional extra) for the weights timm does not
+  describe (DOFA, CROMA, Scale-MAE, Copernicus-FM, Panopticon, EarthLoc, Swin): the name is
+  TorchGeo's builder, built with ``weights=None`` plus the structure changes TorchGeo makes when
+  it loads weights (:mod:`geosane.arch.torchgeo_models` holds the table).
 """
 
 from __future__ import annotations
@@ -163,6 +167,29 @@ def _detector_family(name: str, kwargs: dict[str, Any]) -> str | None:
     return f"{name}-{backbone}" if backbone else name
 
 
+# ---------------------------------------------------------------------------------------------
+# TorchGeo's model classes (the table lives in geosane.arch.torchgeo_models)
+
+
+def _torchgeo_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    from geosane.arch.torchgeo_models import build_torchgeo
+
+    return build_torchgeo(name, kwargs)
+
+
+def _torchgeo_check(name: str) -> None:
+    from geosane.arch.torchgeo_models import torchgeo_model
+
+    torchgeo_model(name)
+
+
+def _torchgeo_family(name: str, kwargs: dict[str, Any]) -> str | None:
+    from geosane.arch.torchgeo_models import TORCHGEO_MODELS
+
+    entry = TORCHGEO_MODELS.get(name)
+    return entry.family if entry else None
+
+
 # a detector's tensors whose shape depends on the number of classes (FCOS/RetinaNet, Faster R-CNN)
 DETECTOR_HEAD_PREFIXES = ("net.head.classification_head.cls_logits.", "net.roi_heads.box_predictor.")
 
@@ -185,6 +212,10 @@ ARCH_LIBRARIES: dict[str, ArchLibrary] = {
         name="detector", build=_detector_build, check_name=_detector_check, family=_detector_family,
         in_chans_key="in_chans", classes_key="num_classes", head_prefixes=DETECTOR_HEAD_PREFIXES,
         task="detection",
+    ),
+    "torchgeo": ArchLibrary(
+        name="torchgeo", build=_torchgeo_build, check_name=_torchgeo_check, family=_torchgeo_family,
+        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=("head.",), task="backbone",
     ),
 }  # fmt: skip
 

@@ -209,6 +209,105 @@ def _report_parity(model: LoadedModel) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# describe
+
+
+def describe_model(model: LoadedModel) -> dict[str, Any]:
+    """What geosane knows about a resolved source: architecture, input bands, normalisation ..."""
+    from geosane.arch.spec import arch_family
+    from geosane.data import recorded_normalization
+
+    info = model.info
+    metadata = info.get("metadata") or {}
+    inputs = metadata.get("input") or {}
+    recorded = recorded_normalization(info)
+    if inputs.get("normalization") is not None:
+        normalization: Any = inputs["normalization"]
+    elif recorded is not None:
+        normalization = {"mean": list(recorded.mean), "std": list(recorded.std)}
+    else:
+        normalization = "unknown"
+    bands = info.get("bands") or inputs.get("bands")
+    return {
+        "source": model.source,
+        "arch": model.arch.to_dict() if model.arch else None,
+        "no_architecture": None if model.arch else (info.get("no_architecture") or "unknown"),
+        "family": info.get("family") or arch_family(model.arch),
+        "task": info.get("task"),
+        "in_chans": inputs.get("in_chans") or info.get("in_chans"),
+        "num_classes": info.get("num_classes"),
+        "bands": list(bands) if bands else None,
+        "bands_note": None if bands else (inputs.get("bands_note") or "unknown"),
+        "normalization": normalization,
+        "resize": inputs.get("resize"),
+        "num_params": model.num_params,
+        "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in model.state_dict.values()}),
+        "license": info.get("license"),
+        "pretrained": info.get("pretrained"),
+        "remapped": info.get("remapped") or metadata.get("remapped"),
+        "filled_from_init": info.get("filled_from_init") or metadata.get("filled_from_init"),
+    }
+
+
+@zoo_app.command("describe")
+def describe(
+    source: str = typer.Argument(
+        ..., help="timm:NAME, hf:ORG/NAME[@REV], torchgeo:ENUM, zoo:DIR#ID or a path."
+    ),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="timm: describe the architecture without weights."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="The description as one JSON object on stdout."),
+) -> None:
+    """Architecture, family, task, input bands, normalisation, parameters and license of any source.
+
+    Cached weights are read from the cache (nothing is downloaded again); nothing is written.
+    """
+    from geosane.zoo.sources import resolve
+
+    row = describe_model(resolve(source, random_init=random_init))
+    if as_json:
+        sys.stdout.write(json.dumps(row, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    def text(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, dict) and "mean" in value and "std" in value:
+            mean = ", ".join(f"{v:.4g}" for v in value["mean"])
+            std = ", ".join(f"{v:.4g}" for v in value["std"])
+            extra = f" ({value['units']})" if value.get("units") else ""
+            return f"mean [{mean}], std [{std}]{extra}"
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value)
+        return str(value)
+
+    arch = row["arch"]
+    table = Table(title=f"{source}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row(
+        "architecture",
+        f"{arch['library']}:{arch['name']} {arch['kwargs']}"
+        if arch
+        else f"unknown ({row['no_architecture']})",
+    )
+    for key in ("family", "task", "in_chans", "num_classes"):
+        table.add_row(key, text(row[key]))
+    table.add_row("bands", text(row["bands"]) if row["bands"] else text(row["bands_note"]))
+    table.add_row("normalization", text(row["normalization"]))
+    if row["resize"]:
+        table.add_row("resize", text(row["resize"]))
+    table.add_row("params", f"{_human(row['num_params'])} ({', '.join(row['dtypes'])})")
+    table.add_row("license", text(row["license"]))
+    for key in ("remapped", "filled_from_init"):
+        if row[key]:
+            table.add_row(key, "; ".join(str(v) for v in row[key]))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
 # list
 
 
