@@ -19,7 +19,7 @@ neither that module nor :mod:`geosane.arch.spec`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -303,34 +303,10 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         bands=_CROMA_BANDS,
         in_chans="12 + 2",
     ),
-    "croma_large": TorchGeoModel(
-        builder="croma_large",
-        family="croma",
-        reason="as croma_base at ViT-L width",
-        kwargs_from_meta=_no_kwargs,
-        allowed=frozenset({"modalities", "image_size"}),
-        build=_call_builder,
-        remap=_croma,
-        tolerated=frozenset({"attn_bias"}),
-        bands=_CROMA_BANDS,
-        in_chans="12 + 2",
-    ),
     "dofa_base_patch16_224": TorchGeoModel(
         builder="dofa_base_patch16_224",
         family="dofa",
         reason="DOFA encoder; fc_norm and the head are built per task (TorchGeo tolerates them missing)",
-        kwargs_from_meta=_no_kwargs,
-        allowed=frozenset({"num_classes", "img_size"}),
-        build=_call_builder,
-        remap=_flat,
-        tolerated=_DYNAMIC_HEAD,
-        bands=_ANY_BANDS,
-        in_chans="any",
-    ),
-    "dofa_large_patch16_224": TorchGeoModel(
-        builder="dofa_large_patch16_224",
-        family="dofa",
-        reason="as dofa_base at ViT-L width",
         kwargs_from_meta=_no_kwargs,
         allowed=frozenset({"num_classes", "img_size"}),
         build=_call_builder,
@@ -382,6 +358,17 @@ TORCHGEO_MODELS: dict[str, TorchGeoModel] = {
         remap=_flat,
     ),
 }
+
+
+# the ViT-L siblings: the same loading as their base models, only the builder differs
+TORCHGEO_MODELS["croma_large"] = replace(
+    TORCHGEO_MODELS["croma_base"], builder="croma_large", reason="as croma_base at ViT-L width"
+)
+TORCHGEO_MODELS["dofa_large_patch16_224"] = replace(
+    TORCHGEO_MODELS["dofa_base_patch16_224"],
+    builder="dofa_large_patch16_224",
+    reason="as dofa_base at ViT-L width",
+)
 
 
 def torchgeo_model(builder: str) -> TorchGeoModel:

@@ -34,15 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from geosane.arch.spec import ArchSpec, LoadedModel
 from geosane.errors import GeosaneError
-from geosane.runs import (
-    ResumableRandomness,
-    SafeCheckpointIO,
-    SaveLastCheckpoint,
-    fit_resumable,
-    quiet_lightning,
-)
+from geosane.runs import quiet_lightning
 from geosane.tasks.config import FitConfig
-from geosane.tasks.loop import FitModule, FitResult
+from geosane.tasks.loop import FitModule, FitResult, run_lightning_fit
 from geosane.tasks.models import SegmentationModel, build_segmenter
 
 __all__ = [
@@ -196,40 +190,7 @@ def fit_regression(
         else None
     )
     resume = str(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator="auto",
-        devices=1,
-        precision=config.precision,  # type: ignore[arg-type]
-        logger=False,
-        enable_checkpointing=checkpoint_path is not None,
-        callbacks=[
-            *callbacks,
-            *(
-                [SaveLastCheckpoint(checkpoint_path), ResumableRandomness(data_order=generator)]
-                if checkpoint_path
-                else []
-            ),
-        ],
-        plugins=[SafeCheckpointIO()],
-        enable_model_summary=False,
-        enable_progress_bar=config.progress,
-        num_sanity_val_steps=0,
-        deterministic=False,
-    )
-    fit_resumable(
-        trainer,
-        module,
-        train_loader,
-        val_loader,
-        ckpt_path=resume,
-        weights_only=True if resume else None,
-        resume_hint=(
-            f"the last finished epoch is saved in {checkpoint_path}; rerun the same command to resume"
-            if checkpoint_path
-            else "this run keeps no checkpoint; rerun to start again"
-        ),
-    )
+    run_lightning_fit(module, train_loader, val_loader, config, checkpoint_path, resume, generator, callbacks)
     result = FitResult(history=module.history)
     if val is not None and module.history:
         last = module.history[-1]
