@@ -113,6 +113,14 @@ def test_bad_settings_and_data_are_refused_before_anything_is_written(
         ),
         ("levers=[{name: wide, zoo_recipe: no_such_recipe}]", "lever 'wide': zoo_recipe:"),
         (
+            "cases=[{name: u, prompt: p, target: csmask, data: x, compare_preset: nope}]",
+            "case 'u': compare_preset 'nope' is not a packaged downstream config",
+        ),
+        (
+            "cases=[{name: u, prompt: p, target: csmask, data: x, compare: {seeds: [1]}}]",
+            "case 'u': compare: ['seeds'] are set by the benchmark itself",
+        ),
+        (
             "levers=[{name: x, settings: {anchors: 0}}] && lever_case=c && "
             "cases=[{name: c, prompt: prompt-a, target: csmask, data: x}]",
             "lever_case 'c' must be an rsscn7 case",

@@ -53,6 +53,24 @@ def unet() -> object:
 
 
 @_NEEDS_CSMASK
+def test_a_package_source_names_the_shipped_file_portably(unet: object) -> None:
+    packaged = resolve("pkg:ukis_csmask/model_6b_l2a.onnx")
+    assert packaged.arch == unet.arch and packaged.info["license"] == "Apache-2.0"  # type: ignore[attr-defined]
+    assert all(torch.equal(packaged.state_dict[k], v) for k, v in unet.state_dict.items())  # type: ignore[attr-defined]
+    with pytest.raises(SourceError, match="the path leaves the package folder"):
+        resolve("pkg:ukis_csmask/../torch/__init__.py")
+    with pytest.raises(SourceError, match=r"no file nope\.onnx in .*weights there: model_4b_l1c\.onnx"):
+        resolve("pkg:ukis_csmask/nope.onnx")
+
+
+def test_a_package_source_of_a_missing_package_or_without_a_path_fails_clearly() -> None:
+    with pytest.raises(SourceError, match="Python package 'no_such_package_xyz' is not installed"):
+        resolve("pkg:no_such_package_xyz/model.onnx")
+    with pytest.raises(SourceError, match="must look like pkg:PACKAGE/PATH"):
+        resolve("pkg:ukis_csmask")
+
+
+@_NEEDS_CSMASK
 def test_csmask_unet_is_an_smp_unet_with_its_sidecar_metadata(unet: object) -> None:
     assert unet.arch == ArchSpec("smp", "Unet", {"encoder_name": "efficientnet-b4", "in_channels": 6, "classes": 3})
     info = unet.info

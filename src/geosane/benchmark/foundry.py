@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from geosane.config import find_config, load_config, save_config, to_dict
+from geosane.config import find_config, load_config, packaged_configs, save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, DataError, GeosaneError, cli_flags
 from geosane.generation.config import GenerateConfig
@@ -85,7 +85,10 @@ class PromptCase:
     ``target: rsscn7`` (default): the benchmark's image-folder target. ``target: csmask``: the
     prompt's stem is adapted to ``in_chans`` bands (generate's ``in_chans``), generated from the
     benchmark's zoo, and compared on csmask cloud/shadow segmentation (``data``: the scenes folder,
-    the ``csmask`` preset's chips and U-Net decoder) with ``budget`` (train fields) of its own.
+    the ``compare_preset``'s chips and decoder, ``csmask`` by default) with ``budget`` (train fields)
+    of its own. ``compare``: further dotted overrides of that compare (e.g. ``data.normalization:
+    auto`` so that a real pretrained U-Net prompt, ``pkg:ukis_csmask/model_6b_l2a.onnx``, sees the
+    band statistics it was trained with; every init of the case then sees them).
     """
 
     name: str
@@ -95,6 +98,8 @@ class PromptCase:
     in_chans: int | None = None
     data: Path | None = None
     budget: dict[str, Any] = field(default_factory=dict)
+    compare_preset: str = "csmask"
+    compare: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,6 +238,15 @@ class FoundryBenchConfig:
                 )
             if case.in_chans is not None and case.in_chans < 1:
                 raise ValueError(f"{key} in_chans must be >= 1, got {case.in_chans}")
+            presets = [Path(name).stem for name in packaged_configs("downstream")]
+            if case.target == "csmask" and case.compare_preset not in presets:
+                raise ValueError(
+                    f"{key} compare_preset '{case.compare_preset}' is not a packaged downstream config "
+                    f"({', '.join(presets)})"
+                )
+            bad_keys = sorted(k for k in case.compare if k.split(".")[0] in ("out", "inits", "seeds", "prompt"))
+            if bad_keys:
+                raise ValueError(f"{key} compare: {bad_keys} are set by the benchmark itself")
         lever_names = [lever.name for lever in self.levers]
         if len(lever_names) != len(set(lever_names)):
             raise ValueError(f"lever names must be distinct, got {lever_names}")
@@ -556,9 +570,9 @@ def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, gene
         "generated.dir": str(generated), "generated.top_k": 1, "inits": inits, "seeds": list(cfg.budget.seeds),
         "workers": cfg.budget.workers, "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
         "test_curve": True, "out": str(cfg.out / "compare" / case.name), "plots": True,
-        **{f"train.{key}": value for key, value in case.budget.items()},
+        **{f"train.{key}": value for key, value in case.budget.items()}, **case.compare,
     }  # fmt: skip
-    return compare(load_compare_config("csmask", overrides))
+    return compare(load_compare_config(case.compare_preset, overrides))
 
 
 def _csmask_not_applicable(cfg: FoundryBenchConfig) -> dict[str, str]:
@@ -654,8 +668,10 @@ def _csmask_case(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, ae: Pat
     result = timed(f"compare ({case.name})", _compare_csmask, cfg, case, prompt, generated)
     summary: dict[str, Any] = timed(f"novelty ({case.name})", case_summary, cfg, case, prompt, generated, result,
                                     parts, _csmask_not_applicable(cfg))  # fmt: skip
+    external = not prompt.startswith("zoo:")  # a model from outside the benchmark (a real pretrained U-Net)
     return {**summary, "target": "csmask", "in_chans": case.in_chans, "ranking": "none (one seeded sample)",
-            "unseen": unseen, "budget": dict(case.budget)}  # fmt: skip
+            "unseen": unseen, "budget": dict(case.budget), "compare_preset": case.compare_preset,
+            "compare_overrides": dict(case.compare), "prompt_external": external}  # fmt: skip
 
 
 def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:

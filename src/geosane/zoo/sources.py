@@ -37,6 +37,7 @@ from geosane.zoo.formats import first_nonfinite, load_weights_file
 from geosane.zoo.schemes.cards import timm_arch_from_config
 from geosane.zoo.schemes.hf import choose_weight_files, network_errors, resolve_hf
 from geosane.zoo.schemes.local import resolve_file
+from geosane.zoo.schemes.package import resolve_package
 from geosane.zoo.schemes.timm import resolve_timm
 from geosane.zoo.schemes.torchgeo import resolve_torchgeo, torchgeo_arch
 from geosane.zoo.schemes.zoo import load_zoo_source, resolve_zoo, split_zoo_source
@@ -171,6 +172,7 @@ for _scheme, _resolver in (
     ("hf", resolve_hf),
     ("torchgeo", resolve_torchgeo),
     ("zoo", resolve_zoo),
+    ("pkg", resolve_package),
     ("file", resolve_file),  # local paths (no ``file:`` prefix)
 ):
     register_scheme(_scheme)(_resolver)
