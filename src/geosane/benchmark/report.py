@@ -292,7 +292,7 @@ def csmask_case_text(case: dict[str, Any], seeds: list[int]) -> str:
             "ranking would need selection scenes held apart from the compare's train and test chips, which "
             "the two-scene csmask copy does not have"
         )
-        provenance = "the prompt itself was trained by its authors on data not recorded here. "
+        provenance = "The prompt itself was trained by its authors on data not recorded here. "
     else:
         prompt = (
             f"A {case['in_chans']}-band prompt (the prompt's stem adapted by generate's `in_chans`) generated from "
