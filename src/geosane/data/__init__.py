@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from geosane.data.detection import (
         DetectionData,
         build_composite_detection,
+        is_detection_folder,
         load_detection_folder,
         split_detection,
         split_detection_indices,
@@ -30,6 +31,7 @@ _EXPORTS = {
     "detection": (
         "DetectionData",
         "build_composite_detection",
+        "is_detection_folder",
         "load_detection_folder",
         "split_detection",
         "split_detection_indices",
@@ -62,8 +64,9 @@ __all__ = [
     "count_folder_images",
     "flip_rotate",
     "group_split",
+    "is_detection_folder",
     "load_csmask",
-    "load_detection_folder",
+        "load_detection_folder",
     "load_image_folder",
     "recorded_normalization",
     "split_detection",

@@ -45,6 +45,7 @@ __all__ = [
     "SPILL_TOLERANCE",
     "DetectionData",
     "build_composite_detection",
+    "is_detection_folder",
     "load_detection_folder",
     "split_detection",
     "split_detection_indices",
@@ -380,6 +381,16 @@ def _load_voc(root: Path, image_size: int) -> DetectionData:
     )
 
 
+def _layouts(root: Path) -> tuple[bool, bool]:
+    """Whether ``root`` has the COCO layout (``annotations.json``) and the VOC one (``Annotations/``)."""
+    return (root / "annotations.json").is_file(), (root / "Annotations").is_dir()
+
+
+def is_detection_folder(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as a COCO- or VOC-style detection folder (nothing is read)."""
+    return any(_layouts(Path(root).expanduser()))
+
+
 def load_detection_folder(root: str | Path, image_size: int = 128) -> DetectionData:
     """Load a COCO-style (``annotations.json`` + ``images/``) or VOC-style (``Annotations/*.xml`` +
     ``JPEGImages/``) folder; images become RGB ``image_size`` squared, boxes are scaled with them.
@@ -392,8 +403,7 @@ def load_detection_folder(root: str | Path, image_size: int = 128) -> DetectionD
         raise DataError(f"detection folder not found: {root}")
     if image_size <= 0:
         raise DataError(f"image_size must be positive, got {image_size}", flags=cli_flags("image_size"))
-    coco = (root_path / "annotations.json").is_file()
-    voc = (root_path / "Annotations").is_dir()
+    coco, voc = _layouts(root_path)
     if coco and voc:
         raise DataError(
             f"{root_path} holds both annotations.json (COCO) and Annotations/ (VOC); keep one layout per folder"

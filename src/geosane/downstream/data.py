@@ -160,6 +160,15 @@ def _cap_per_class(indices: np.ndarray, limit: int | None, seed: int, labels: np
     return cap_per_class(labels, limit, seed + _CAP_SEED_OFFSET, indices=indices)
 
 
+def _cap_parts(config: DataConfig, parts: dict[str, Any]) -> None:
+    """Cap each in-memory split to ``data.max_samples`` (in place), by geosane.data's capping rule."""
+    for n in SPLITS:
+        if n in config.max_samples:
+            parts[n] = parts[n].subset(
+                _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
+            )
+
+
 def _normalization(
     config: DataConfig, train_images: torch.Tensor, model: Normalization | None = None
 ) -> Normalization:
@@ -175,11 +184,7 @@ def _in_memory_datasets(
 
     ``parts`` hold ``ImageFolderData`` (labels) or ``SegmentationChips`` (masks) per split.
     """
-    for n in SPLITS:
-        if n in config.max_samples:
-            parts[n] = parts[n].subset(
-                _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
-            )
+    _cap_parts(config, parts)
     norm = _normalization(config, parts["train"].images, model_norm)
     datasets = {}
     for n in SPLITS:
@@ -471,11 +476,7 @@ def _detection_task_data(
     else:
         parts = {"train": data}
     parts |= separate
-    for n in SPLITS:
-        if n in config.max_samples:
-            parts[n] = parts[n].subset(
-                _cap(np.arange(len(parts[n])), config.max_samples[n], config.split_seed)
-            )
+    _cap_parts(config, parts)
     info = {
         "kind": "detection",
         "root": str(root),

@@ -37,7 +37,7 @@ from geosane.data import (
     recorded_normalization,
     stratified_split,
 )
-from geosane.data.detection import DetectionData
+from geosane.data.detection import DetectionData, is_detection_folder
 from geosane.errors import DataError, GeosaneError, cli_flags
 from geosane.generation.batchnorm import has_batchnorm, recalibrate_batchnorm
 from geosane.generation.card import MODEL_CARD, CardCandidate, ModelCard, write_loader_script
@@ -137,9 +137,7 @@ def _selection_data(cfg: GenerateConfig, num_classes: int | None) -> Selection |
         return None
     if Path(cfg.select_data).is_dir() and any(Path(cfg.select_data).glob("*.npz")):
         return _scene_selection(cfg)
-    if (Path(cfg.select_data) / "annotations.json").is_file() or (
-        Path(cfg.select_data) / "Annotations"
-    ).is_dir():
+    if is_detection_folder(cfg.select_data):
         return _detection_selection(cfg)
     data = load_image_folder(cfg.select_data, cfg.image_size)
     train = data
