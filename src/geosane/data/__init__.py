@@ -66,7 +66,7 @@ __all__ = [
     "group_split",
     "is_detection_folder",
     "load_csmask",
-        "load_detection_folder",
+    "load_detection_folder",
     "load_image_folder",
     "recorded_normalization",
     "split_detection",
