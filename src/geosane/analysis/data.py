@@ -54,7 +54,7 @@ class DataSpec:
     test_scenes: list[str] = field(default_factory=list)
     split: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     split_seed: int = 0
-    normalization: Literal["auto", "imagenet", "dataset"] = "auto"
+    normalization: Literal["auto", "imagenet", "dataset", "model"] = "auto"
     max_samples: int | None = None
     # kind: torchgeo: the dataset's name (geosane.data.TORCHGEO_DATASETS or a torchgeo.datasets class),
     # whether TorchGeo may download it into root, and extra constructor arguments
@@ -77,6 +77,8 @@ class AnalysisData:
     class_names: tuple[str, ...]
     key: str
     targets_key: str
+    # data.normalization as asked: 'auto' / 'model' let each model use its recorded statistics
+    normalization_choice: str = "auto"
 
     @property
     def num_classes(self) -> int:
@@ -257,13 +259,16 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
     image_key = digest.hexdigest()[:16]
     for name in SPLITS:
         digest.update(data[name].targets.contiguous().numpy().tobytes())
-    return AnalysisData(chosen, data, normalization, tuple(class_names), image_key, digest.hexdigest()[:16])
+    return AnalysisData(
+        chosen, data, normalization, tuple(class_names), image_key, digest.hexdigest()[:16], spec.normalization
+    )
 
 
 def _normalization(spec: DataSpec, train_images: torch.Tensor) -> Normalization:
     """``auto``: ImageNet's statistics for 8-bit RGB images (the pretrained backbones' inputs), else
     the training split's (geosane.data.choose_normalization)."""
-    return choose_normalization(spec.normalization, train_images, auto_default="imagenet", eight_bit=True)
+    choice = "auto" if spec.normalization == "model" else spec.normalization  # 'model': per model, later
+    return choose_normalization(choice, train_images, auto_default="imagenet", eight_bit=True)
 
 
 def label_subset(

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, load_analysis_data
 from geosane.analysis.features import progress_bars, torch_threads
-from geosane.analysis.models import Backbone, input_check, load_backbone
+from geosane.analysis.models import Backbone, attach_normalization, input_check, load_backbone
 from geosane.analysis.plots import plot_decoder_bars
 from geosane.analysis.probing import write_csv
 from geosane.config import save_config, to_dict
@@ -169,6 +169,7 @@ class DecoderData:
     class_names: tuple[str, ...]  # mask: the classes; otherwise ()
     key: str
     dropped: dict[str, int] = field(default_factory=dict)  # fraction: chips without labelled pixels
+    normalization_choice: str = "auto"  # data.normalization as asked (analysis.models.attach_normalization)
 
     @property
     def num_classes(self) -> int:
@@ -214,7 +215,9 @@ def load_decoder_data(cfg: ProbeConfig, target: DecoderTarget) -> DecoderData:
     for name in ("train", "select", "test"):
         digest.update(parts[name].targets.contiguous().numpy().tobytes())
     classes = data.class_names if target.kind == "mask" else ()
-    return DecoderData(target, parts, data.normalization, classes, digest.hexdigest()[:16], dropped)
+    return DecoderData(
+        target, parts, data.normalization, classes, digest.hexdigest()[:16], dropped, data.normalization_choice
+    )
 
 
 def label_fraction_subsets(cfg: ProbeConfig, data: DecoderData) -> dict[float, np.ndarray]:
@@ -328,10 +331,11 @@ def _head(
 
 def _prepare(cfg: ProbeConfig, data: DecoderData) -> list[Backbone]:
     """Build every model and every head once, on two images, before anything is written."""
-    sample = data.normalization(data.parts["train"].images[:2])
     backbones = []
     for spec in cfg.models:
         backbone = load_backbone(spec)
+        attach_normalization(backbone, data.normalization_choice, data.parts["train"].images)
+        sample = backbone.inputs(data.normalization)(data.parts["train"].images[:2])
         input_check(backbone, sample)
         for decoder in cfg.decoders.names:
             with torch.no_grad():
@@ -425,8 +429,6 @@ def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
     save_config(cfg, out / "config.yaml")
     write_json(runs_dir / key / "settings.json", settings)
     parts = data.parts
-    select_set = TensorImageDataset(parts["select"].images, parts["select"].targets, data.normalization)
-    test_set = TensorImageDataset(parts["test"].images, parts["test"].targets, data.normalization)
     grid = [
         (b, f, d, a, s)
         for b in backbones
@@ -449,9 +451,10 @@ def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
                 result.resumed += 1
             else:
                 train = parts["train"].subset(subsets[fraction])
-                train_set = TensorImageDataset(
-                    train.images, train.targets, data.normalization, augment=cfg.decoders.augment
-                )
+                norm = backbone.inputs(data.normalization)
+                select_set = TensorImageDataset(parts["select"].images, parts["select"].targets, norm)
+                test_set = TensorImageDataset(parts["test"].images, parts["test"].targets, norm)
+                train_set = TensorImageDataset(train.images, train.targets, norm, augment=cfg.decoders.augment)
                 row = _train_one(
                     cfg, backbone, decoder, adaptation, seed, data, train_set, select_set, test_set
                 )

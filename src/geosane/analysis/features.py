@@ -73,11 +73,12 @@ def extract_features(
     device = device or torch.device("cpu")
     model = backbone.model.to(device).eval()
     prefix = num_prefix_tokens(model)
+    normalization = backbone.inputs(data.normalization)
     parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     task = progress.add_task(description, total=images.shape[0], status="") if progress else None
     with LayerRecorder(model, layers) as recorder:
         for start in range(0, images.shape[0], batch_size):
-            batch = data.normalization(images[start : start + batch_size]).to(device)
+            batch = normalization(images[start : start + batch_size]).to(device)
             outputs = recorder.run(batch)
             for layer in layers:
                 out = outputs[layer]

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from geosane.analysis.layers import Pooling
+from geosane.data import Normalization, choose_normalization, recorded_normalization
 from geosane.errors import SourceError
 from geosane.io import read_json, sha256_tensors
 from geosane.tasks import backbone_with_weights
 from geosane.zoo import ArchSpec, LoadedModel, build_architecture, load_zoo_source, resolve
 
-__all__ = ["Backbone", "ModelSpec", "input_check", "load_backbone"]
+__all__ = ["Backbone", "ModelSpec", "attach_normalization", "expected_bands", "input_check", "load_backbone"]
 
 MODEL_CARD = "model_card.json"
 
@@ -53,6 +54,12 @@ class Backbone:
     loaded: LoadedModel
     key: str
     spec: ModelSpec = field(repr=False)
+    # the normalisation this model's inputs get (attach_normalization); None: the data's own
+    normalization: Normalization | None = None
+
+    def inputs(self, data_normalization: Normalization) -> Normalization:
+        """The normalisation to apply to raw images before this model sees them."""
+        return self.normalization or data_normalization
 
 
 def _arch_from_json(path: Path, what: str) -> ArchSpec:
@@ -137,13 +144,52 @@ def load_backbone(spec: ModelSpec) -> Backbone:
     return Backbone(_display_name(spec, loaded), model, loaded, digest.hexdigest()[:16], spec)
 
 
+def expected_bands(loaded: LoadedModel, count: int) -> str:
+    """``count`` input bands in words, named as the source records them (for errors)."""
+    bands = loaded.info.get("bands")
+    if isinstance(bands, (list, tuple)) and len(bands) == count:
+        return f"{count} input bands ({', '.join(str(b) for b in bands)})"
+    return f"{count} input bands"
+
+
+def attach_normalization(backbone: Backbone, choice: str, train_images: torch.Tensor) -> None:
+    """Give ``backbone`` the normalisation its source records when ``choice`` (``data.normalization``)
+    is ``auto`` or ``model``, and fold it into the backbone's cache key.
+
+    A model that records per-band statistics (TorchGeo weights, GeoFM checkpoints, ONNX sidecars)
+    was trained on inputs normalised that way, so probing it with other statistics measures the
+    mismatch, not the representation. ``imagenet`` / ``dataset`` keep the data's choice for every model.
+    """
+    recorded = recorded_normalization(backbone.loaded.info)
+    if recorded is None or choice not in ("auto", "model"):
+        if choice == "model":
+            raise SourceError(
+                f"data.normalization=model: model '{backbone.name}' records no input normalization; "
+                "use 'auto' or 'dataset'"
+            )
+        return
+    bands = int(train_images.shape[-3])
+    if recorded.for_bands(bands) is None:
+        expected = expected_bands(backbone.loaded, len(recorded.mean))
+        raise SourceError(
+            f"model '{backbone.name}' expects {expected}, normalised by its recorded statistics, but the "
+            f"data has {bands} bands; pick the model's bands with data.bands, or set data.normalization=dataset"
+        )
+    chosen = choose_normalization(choice, train_images, recorded=recorded, key="data.normalization")
+    backbone.normalization = chosen
+    digest = hashlib.sha256(backbone.key.encode())
+    digest.update(json.dumps([chosen.mean, chosen.std, chosen.raw]).encode())
+    backbone.key = digest.hexdigest()[:16]
+
+
 def input_check(backbone: Backbone, images: torch.Tensor) -> None:
     """Run two (normalized) images through the model, so that a band or size mismatch fails with a
     clear message before anything is written."""
     conv = next((m for m in backbone.model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is not None and conv.in_channels != images.shape[1]:
         raise SourceError(
-            f"model '{backbone.name}' takes {conv.in_channels} input bands but the data has {images.shape[1]}; "
+            f"model '{backbone.name}' takes {expected_bands(backbone.loaded, conv.in_channels)} but the data has "
+            f"{images.shape[1]}; "
             "pick bands with data.bands (e.g. [2, 1, 0] for RGB) or give the model in_chans"
         )
     try:

@@ -28,7 +28,7 @@ from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, label_subset, load_analysis_data
 from geosane.analysis.features import MAP, FeatureCache, progress_bars, resolve_device, torch_threads
 from geosane.analysis.layers import LayerRecorder, num_prefix_tokens, output_map, pool_output, resolve_layers
-from geosane.analysis.models import Backbone, ModelSpec, input_check, load_backbone
+from geosane.analysis.models import Backbone, ModelSpec, attach_normalization, input_check, load_backbone
 from geosane.analysis.plots import plot_depth_profile
 from geosane.analysis.probes import fit_probe, metric_name, score_readout, single_thread
 from geosane.config import save_config, to_dict
@@ -102,9 +102,11 @@ def prepare_models(
     ``default_pooling``) is used.
     """
     prepared: list[PreparedModel] = []
-    sample = data.normalization(data.splits["train"].images[:2])
+    raw_sample = data.splits["train"].images[:2]
     for spec in specs:
         backbone = load_backbone(spec)
+        attach_normalization(backbone, data.normalization_choice, data.splits["train"].images)
+        sample = backbone.inputs(data.normalization)(raw_sample)
         input_check(backbone, sample)
         layers = resolve_layers(backbone.model, spec.layers, default_layers, what=f"model '{backbone.name}'")
         rep = representation or spec.pooling or default_pooling

@@ -121,15 +121,17 @@ def _run_cka(cfg: CkaConfig) -> CkaResult:
     ):
         task_id = progress.add_task(f"CKA {a.backbone.name} vs {b.backbone.name}", total=usable, status="")
         for start in range(0, usable, cfg.batch_size):
-            batch = data.normalization(images[start : min(start + cfg.batch_size, usable)]).to(device)
-            xs, ys = _pooled(a, rec_a.run(batch)), _pooled(b, rec_b.run(batch))
+            raw = images[start : min(start + cfg.batch_size, usable)]
+            batch_a = a.backbone.inputs(data.normalization)(raw).to(device)
+            batch_b = b.backbone.inputs(data.normalization)(raw).to(device)
+            xs, ys = _pooled(a, rec_a.run(batch_a)), _pooled(b, rec_b.run(batch_b))
             if cfg.estimator == "minibatch":
                 accumulator.update(xs, ys)
             else:
                 for store, feats in ((collected_a, xs), (collected_b, ys)):
                     for i, f in enumerate(feats):
                         store[i].append(f.flatten(1).float().cpu())
-            progress.advance(task_id, batch.shape[0])
+            progress.advance(task_id, raw.shape[0])
     if cfg.estimator == "minibatch":
         matrix = accumulator.compute()
     else:

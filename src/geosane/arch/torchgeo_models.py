@@ -441,7 +441,7 @@ def describe_transforms(transforms: Any) -> dict[str, Any]:
         out["normalization"] = {
             "mean": mean,
             "std": std,
-            "units": "raw input values",
+            "units": "raw input values",  # geosane.data.RAW_UNITS (a sibling floor)
             "torchgeo": " -> ".join(chain),
         }
     if resize:

@@ -24,7 +24,13 @@ if TYPE_CHECKING:
     from geosane.data.normalize import NormalizationChoice, choose_normalization, to_unit_range
     from geosane.data.splits import DEFAULT_FRACTIONS, group_split, split_sizes, stratified_split
     from geosane.data.task import SPLITS, TaskData, TaskPart, cap_per_class, cap_samples, split_fractions
-    from geosane.data.tensors import Normalization, TensorImageDataset, flip_rotate, recorded_normalization
+    from geosane.data.tensors import (
+        RAW_UNITS,
+        Normalization,
+        TensorImageDataset,
+        flip_rotate,
+        recorded_normalization,
+    )
 
 _EXPORTS = {
     "csmask": ("CSMASK_CLASSES", "IGNORE_INDEX", "SegmentationChips", "load_csmask"),
@@ -40,7 +46,7 @@ _EXPORTS = {
     "normalize": ("NormalizationChoice", "choose_normalization", "to_unit_range"),
     "splits": ("DEFAULT_FRACTIONS", "group_split", "split_sizes", "stratified_split"),
     "task": ("SPLITS", "TaskData", "TaskPart", "cap_per_class", "cap_samples", "split_fractions"),
-    "tensors": ("Normalization", "TensorImageDataset", "flip_rotate", "recorded_normalization"),
+    "tensors": ("RAW_UNITS", "Normalization", "TensorImageDataset", "flip_rotate", "recorded_normalization"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -48,6 +54,7 @@ __all__ = [
     "CSMASK_CLASSES",
     "DEFAULT_FRACTIONS",
     "IGNORE_INDEX",
+    "RAW_UNITS",
     "SPLITS",
     "DetectionData",
     "ImageFolderData",

@@ -76,12 +76,13 @@ def choose_normalization(
     if choice == "model" and recorded is None:
         raise ConfigError(f"{key}=model: the initialization records no normalization; use 'auto' or 'dataset'")
     if choice in ("auto", "model") and recorded is not None:
-        if len(recorded.mean) != in_chans:
+        fitted = recorded.for_bands(in_chans)
+        if fitted is None:
             raise ConfigError(
                 f"the initialization's normalization has {len(recorded.mean)} bands, the data has {in_chans}; "
                 f"set {key}=dataset (or select bands with data.bands)"
             )
-        return recorded
+        return fitted
     if choice == "auto":
         choice = auto_default if imagenet_applies(train_images, rgb_bands, eight_bit=True) else "dataset"
     if choice == "imagenet":

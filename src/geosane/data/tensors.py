@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "RAW_UNITS",
     "Normalization",
     "TensorImageDataset",
     "flip_rotate",
@@ -24,10 +25,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-band mean/std applied after scaling 8-bit images to ``[0, 1]``."""
+    """Per-band mean/std applied after scaling 8-bit images to ``[0, 1]``.
+
+    ``raw``: the statistics are in the units of the raw pixel values (TorchGeo's convention, e.g.
+    0-255 or DN), so 8-bit images are not scaled to ``[0, 1]`` first.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    raw: bool = False
 
     @classmethod
     def imagenet(cls, bands: tuple[int, ...] | list[int] | None = None) -> Normalization:
@@ -43,22 +49,46 @@ class Normalization:
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
         return cls(tuple(mean.tolist()), tuple(std.tolist()))
 
+    def for_bands(self, bands: int) -> Normalization | None:
+        """These statistics for ``bands`` bands: as they are, repeated when one value is given for
+        every band (TorchGeo's ``Normalize(mean=[0], std=[10000])``), None when the counts differ."""
+        if len(self.mean) == bands and len(self.std) == bands:
+            return self
+        if len(self.mean) == 1 and len(self.std) == 1:
+            return Normalization(self.mean * bands, self.std * bands, self.raw)
+        return None
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_float(images)
+        x = images.float() if self.raw else _to_float(images)
         shape = (1, -1, 1, 1) if x.ndim == 4 else (-1, 1, 1)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(shape)
         std = torch.tensor(self.std, dtype=x.dtype).view(shape)
         return (x - mean) / std
 
 
+RAW_UNITS = "raw input values"
+
+
 def recorded_normalization(info: Mapping[str, Any]) -> Normalization | None:
-    """The per-band mean/std a model source records (``metadata.normalization``, e.g. from an ONNX
-    model's sidecar), or None."""
+    """The per-band mean/std a model source records, or None.
+
+    Read from ``normalization`` or ``metadata.normalization`` (an ONNX model's sidecar) or
+    ``metadata.input.normalization`` (what a loader states its model expects: TorchGeo weights,
+    GeoFM checkpoints). ``units: "raw input values"`` marks statistics of the raw pixel values
+    (:attr:`Normalization.raw`).
+    """
     metadata = info.get("metadata") or {}
+    inputs = metadata.get("input")
     norm = info.get("normalization") or metadata.get("normalization")
+    if norm is None and isinstance(inputs, Mapping):
+        norm = inputs.get("normalization")
     if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
         return None
-    return Normalization(tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]))
+    return Normalization(
+        tuple(float(v) for v in norm["mean"]),
+        tuple(float(v) for v in norm["std"]),
+        raw=norm.get("units") == RAW_UNITS,
+    )
 
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:

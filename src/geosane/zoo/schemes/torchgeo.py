@@ -14,6 +14,7 @@ import torch
 from geosane.arch.meta import empty_architecture
 from geosane.arch.spec import ArchSpec, LoadedModel, build_architecture
 from geosane.arch.torchgeo_models import LEFT_OUT, TORCHGEO_MODELS, describe_transforms, remap_checkpoint
+from geosane.data import RAW_UNITS
 from geosane.errors import SourceError
 from geosane.io import load_torch
 from geosane.zoo.formats import load_weights_file
@@ -128,7 +129,7 @@ def torchgeo_inputs(weights: Any, arch: ArchSpec | None) -> dict[str, Any]:
         "bands_note": None if bands else (entry.bands if entry else "unknown"),
     }
     if meta.get("mean") is not None and meta.get("std") is not None:
-        out["normalization"] = {"mean": list(meta["mean"]), "std": list(meta["std"]), "units": "raw input values",
+        out["normalization"] = {"mean": list(meta["mean"]), "std": list(meta["std"]), "units": RAW_UNITS,
                                 "torchgeo": "meta mean/std"}  # fmt: skip
     else:
         out.update(describe_transforms(weights.transforms))
