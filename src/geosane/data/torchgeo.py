@@ -14,6 +14,7 @@ Sen1Floods11 is not part of TorchGeo 0.8; ``flood_s1`` (Copernicus-Bench Flood-S
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from geosane.data.csmask import IGNORE_INDEX
+from geosane.data.task import SPLITS, cap_samples
 from geosane.data.tensors import Normalization, flip_rotate
 from geosane.errors import DataError
 
@@ -32,11 +34,13 @@ __all__ = [
     "TORCHGEO_DATASETS",
     "TorchGeoDatasetInfo",
     "TorchGeoSamples",
+    "TorchGeoSplits",
     "dataset_classes",
     "dataset_labels",
     "infer_task",
     "open_torchgeo",
     "read_torchgeo_detection",
+    "read_torchgeo_splits",
     "torchgeo_available",
 ]
 
@@ -355,3 +359,58 @@ class TorchGeoSamples(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self.augment:
             image, target = flip_rotate(image, target)
         return image.contiguous(), target.contiguous() if target.ndim else target
+
+
+@dataclass(frozen=True)
+class TorchGeoSplits:
+    """Every split of a TorchGeo dataset read into memory (:func:`read_torchgeo_splits`).
+
+    ``images`` ``[N, C, S, S]`` float (raw values, not normalised) and ``targets`` of all splits,
+    ``splits`` each split's indices into them, ``source`` a stable id for cache keys.
+    """
+
+    task: str
+    images: torch.Tensor
+    targets: torch.Tensor
+    classes: tuple[str, ...]
+    splits: dict[str, np.ndarray]
+    source: str
+
+
+def read_torchgeo_splits(
+    name: str,
+    root: str | Path,
+    image_size: int,
+    *,
+    tasks: Sequence[str],
+    max_samples: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+    kwargs: dict[str, Any] | None = None,
+    key: str = "data.dataset",
+) -> TorchGeoSplits:
+    """TorchGeo's own ``train`` / ``val`` / ``test`` splits of ``name`` as train / select / test,
+    each capped to ``max_samples`` (seeded with ``seed`` + the split's position, see
+    :func:`geosane.data.cap_samples`) and resized to ``image_size``.
+
+    ``tasks``: the tasks the caller can use; another task is refused naming ``key``.
+    """
+    root = Path(root).expanduser()
+    opened = {n: open_torchgeo(name, root, n, download, kwargs) for n in SPLITS}
+    found = infer_task(opened["train"][0])
+    if found not in tasks:
+        raise DataError(f"{key}: TorchGeo {name} is a {found} dataset, not {' or '.join(tasks)}")
+    classes = dataset_classes(opened["train"])
+    images, targets, splits, start = [], [], {}, 0
+    for i, split in enumerate(SPLITS):
+        idx = cap_samples(np.arange(len(opened[split])), max_samples, seed + i)
+        if idx.size == 0:
+            raise DataError(f"TorchGeo {name} split '{split}' under {root} is empty")
+        samples = TorchGeoSamples(opened[split], idx, Normalization((0.0,), (1.0,)), image_size)
+        pairs = [samples.raw(j) for j in range(len(samples))]
+        images.append(torch.stack([p[0] for p in pairs]))
+        targets.append(torch.stack([p[1] for p in pairs]))
+        splits[split] = np.arange(start, start + idx.size)
+        start += idx.size
+    source = json.dumps(["torchgeo", name, str(root.resolve()), kwargs or {}], default=str)
+    return TorchGeoSplits(found, torch.cat(images), torch.cat(targets), classes, splits, source)

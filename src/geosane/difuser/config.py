@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from geosane.config import find_config, load_config
 from geosane.errors import ConfigError
@@ -170,7 +170,9 @@ class DecoderConfig:
 
 @dataclass
 class TaskConfig:
-    """Labelled data: an image folder (classification) or csmask scenes (segmentation).
+    """Labelled data: an image folder (classification), csmask scenes (segmentation) or a TorchGeo
+    dataset by name (``dataset: torchgeo``, ``name: EuroSAT``: its own train / val / test splits as
+    train / select / test, each capped by ``max_samples``; classification, multi-label or segmentation).
 
     Splits are ``geosane.data.stratified_split`` (train / select / test); for csmask whole scenes
     are kept apart with ``train_scenes`` (those scenes train, the other scenes' chips are split into
@@ -179,8 +181,14 @@ class TaskConfig:
     """
 
     kind: Literal["classification", "multilabel", "segmentation"] = "classification"
-    dataset: Literal["image_folder", "csmask"] = "image_folder"
+    dataset: Literal["image_folder", "csmask", "torchgeo"] = "image_folder"
     root: Path | None = None
+    # dataset: torchgeo: the dataset (geosane.data.TORCHGEO_DATASETS or a torchgeo.datasets class),
+    # whether TorchGeo may download it into root, constructor arguments, and a cap per split
+    name: str | None = None
+    download: bool = False
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_samples: int | None = None
     bands: list[int] | None = None
     ignore_index: int = 255
     split_seed: int = 0

@@ -2,7 +2,8 @@
 
 Image folders (``geosane.data.load_image_folder``) and csmask chips (``geosane.data.load_csmask``)
 are split with ``geosane.data.stratified_split`` (train / select / test), so every stage that uses
-the same seed and fractions sees the same test images.
+the same seed and fractions sees the same test images. A TorchGeo dataset brings its own splits
+(``geosane.data.torchgeo.read_torchgeo_splits``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geosane.data import cap_per_class, load_csmask, load_image_folder, stratified_split, to_unit_range
+from geosane.data import (
+    IGNORE_INDEX,
+    cap_per_class,
+    load_csmask,
+    load_image_folder,
+    stratified_split,
+    to_unit_range,
+)
 from geosane.data.task import TaskData as _TaskData
 from geosane.difuser.config import TaskConfig
 from geosane.errors import ConfigError, DataError
@@ -48,6 +56,8 @@ def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
     """Load ``task`` (image folder or csmask chips) resized to ``image_size`` with its splits."""
     if task.root is None:
         raise ConfigError("task.root is not set (the labelled dataset folder)")
+    if task.dataset == "torchgeo":
+        return _torchgeo_task(task, image_size)
     if task.dataset == "image_folder":
         if task.kind != "classification":
             raise ConfigError(
@@ -93,6 +103,39 @@ def load_task_data(task: TaskConfig, image_size: int) -> TaskData:
     return TaskData(
         "segmentation", images, chips.masks, tuple(chips.classes), splits, ignore_index=task.ignore_index
     )
+
+
+def _torchgeo_task(task: TaskConfig, image_size: int) -> TaskData:
+    """A TorchGeo dataset by name with its own splits; ``task.kind`` must be the dataset's task."""
+    from geosane.data.torchgeo import TORCHGEO_DATASETS, read_torchgeo_splits
+
+    if not task.name:
+        raise ConfigError(
+            f"task.dataset torchgeo needs task.name (e.g. {', '.join(sorted(TORCHGEO_DATASETS)[:6])}, "
+            "or any torchgeo.datasets class)"
+        )
+    if task.train_scenes is not None:
+        raise ConfigError("task.train_scenes applies to csmask scenes; a TorchGeo dataset has its own splits")
+    assert task.root is not None
+    read = read_torchgeo_splits(
+        task.name,
+        task.root,
+        image_size,
+        tasks=(task.kind,),
+        max_samples=task.max_samples,
+        seed=task.split_seed,
+        download=task.download,
+        kwargs=task.dataset_kwargs,
+        key="task.kind",
+    )
+    images = to_unit_range(_select_bands(read.images, task.bands), read.splits["train"])
+    targets = read.targets.float() if task.kind == "multilabel" else read.targets
+    if task.kind == "segmentation" and task.ignore_index != IGNORE_INDEX:  # TorchGeoSamples marks 255
+        targets = torch.where(targets == IGNORE_INDEX, task.ignore_index, targets)
+    return TaskData(
+        task.kind, images, targets, read.classes, read.splits, info={"source": read.source},
+        ignore_index=task.ignore_index,
+    )  # fmt: skip
 
 
 def load_training_images(
