@@ -189,3 +189,17 @@ def test_compare_distils_from_a_finetuned_teacher_and_refuses_one_for_other_clas
     with pytest.raises(GeosaneError, match=r"the teacher .* predicts"):
         compare(load_compare_config("compare_rsscn7", other))
     assert not (tmp_path / "cmp3").exists()
+
+
+def test_nearest_passes_over_the_prompts_own_weights(tmp_path: Path) -> None:
+    zoo = Zoo.create(tmp_path / "zoo")
+    for seed in (0, 1):
+        zoo.add(LoadedModel(f"w{seed}", _weights(QUARTER, seed), QUARTER), model_id=f"q-{seed}")
+    prompt = _weights(QUARTER, 0)  # q-0's own weights
+    assert nearest_member(zoo, QUARTER, prompt).entry.id == "q-1"
+    alone = Zoo.create(tmp_path / "alone")
+    alone.add(LoadedModel("w0", _weights(QUARTER, 0), QUARTER), model_id="q-0")
+    with pytest.raises(
+        NotApplicable, match=r"only .* member with the prompt's tensor shapes is the prompt \(q-0\)"
+    ):
+        nearest_member(alone, QUARTER, prompt)

@@ -121,20 +121,31 @@ def nearest_member(
     """The zoo member of ``arch`` nearest to ``prompt`` (relative L2 over shared tensors).
 
     Only members whose every tensor outside the task head has the prompt's shape qualify (same
-    bands: a 1-band member of the architecture is another model for an RGB prompt).
+    bands: a 1-band member of the architecture is another model for an RGB prompt). A member
+    holding the prompt's own weights (distance 0: the prompt is itself in the zoo) is not a
+    control of it and is passed over.
     """
     members = _members_of(zoo, arch, exclude)
     if not members:
         raise NotApplicable(f"the zoo has no {arch.library}:{arch.name} {arch.kwargs} member")
     head = head_keys(arch)
     scored = []
+    itself = []
     for entry in members:
         weights = zoo.load_state_dict(entry.id)
         if any(
             k not in head and (k not in weights or weights[k].shape != v.shape) for k, v in prompt.items()
         ):
             continue
-        scored.append((weight_distance(prompt, weights), entry.id, entry, weights))
+        distance = weight_distance(prompt, weights)
+        if distance == 0.0:
+            itself.append(entry.id)  # the prompt itself
+            continue
+        scored.append((distance, entry.id, entry, weights))
+    if not scored and itself:
+        raise NotApplicable(
+            f"the zoo's only {arch.name} member with the prompt's tensor shapes is the prompt ({itself[0]})"
+        )
     if not scored:
         raise NotApplicable(
             f"no {arch.name} zoo member has the prompt's tensor shapes (members {[e.id for e in members]} "
