@@ -89,6 +89,12 @@ class PromptCase:
     of its own. ``compare``: further dotted overrides of that compare (e.g. ``data.normalization:
     auto`` so that a real pretrained U-Net prompt, ``pkg:ukis_csmask/model_6b_l2a.onnx``, sees the
     band statistics it was trained with; every init of the case then sees them).
+
+    ``zoo``: model sources forming the case's *own* zoo instead of the benchmark's RSSCN7 one (the
+    four real csmask U-Nets, ``pkg:ukis_csmask/model_*.onnx``; ONNX members are parity-checked on
+    the case's scenes), tokenized and encoded by an autoencoder of its own (``autoencoder``: dotted
+    overrides of the benchmark's). The prompt may be one of them (its source or its zoo id);
+    generation, nearest, zoo average, TIES and DARE then come from that zoo.
     """
 
     name: str
@@ -100,6 +106,9 @@ class PromptCase:
     budget: dict[str, Any] = field(default_factory=dict)
     compare_preset: str = "csmask"
     compare: dict[str, Any] = field(default_factory=dict)
+    zoo: list[str] = field(default_factory=list)
+    autoencoder: dict[str, Any] = field(default_factory=dict)
+    generator: dict[str, Any] = field(default_factory=dict)  # GeneratorSetting fields for this case
 
 
 @dataclass
@@ -236,6 +245,12 @@ class FoundryBenchConfig:
                 raise ValueError(
                     f"{key} data: a csmask case needs the scenes folder, e.g. ../shared/data/csmask"
                 )
+            if (case.zoo or case.autoencoder) and case.target != "csmask":
+                raise ValueError(f"{key} zoo / autoencoder: a case zoo is for csmask cases (the others use the benchmark's)")
+            if case.autoencoder and not case.zoo:
+                raise ValueError(f"{key} autoencoder: needs the case's own zoo (zoo: [SOURCES])")
+            if len(set(case.zoo)) != len(case.zoo):
+                raise ValueError(f"{key} zoo: sources repeat ({case.zoo})")
             if case.in_chans is not None and case.in_chans < 1:
                 raise ValueError(f"{key} in_chans must be >= 1, got {case.in_chans}")
             presets = [Path(name).stem for name in packaged_configs("downstream")]
@@ -251,6 +266,12 @@ class FoundryBenchConfig:
         if len(lever_names) != len(set(lever_names)):
             raise ValueError(f"lever names must be distinct, got {lever_names}")
         known = {f.name for f in dataclasses.fields(GeneratorSetting)}
+        for case in self.cases:
+            bad = sorted(set(case.generator) - known)
+            if bad:
+                raise ValueError(
+                    f"case '{case.name}': generator: unknown setting(s) {bad} (known: {sorted(known)})"
+                )
         for lever in self.levers:
             bad = sorted(set(lever.settings) - known)
             if bad:
@@ -557,16 +578,17 @@ def _compare(cfg: FoundryBenchConfig, name: str, prompt: str, generated: Path, p
     return compare(load_compare_config("compare_rsscn7", overrides))
 
 
-def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, generated: Path) -> Any:
+def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, generated: Path, zoo: Path) -> Any:
     """Case ``target: csmask``: the ``csmask`` preset (64 px chips of the scenes, the prompt's
-    architecture under a U-Net decoder, mIoU), the case's own budget, the benchmark's seeds."""
+    architecture under a U-Net decoder, mIoU), the case's own budget, the benchmark's seeds, the
+    merges and nearest member from ``zoo``."""
     from geosane.downstream import compare, load_compare_config
 
     inits = [c for c in cfg.controls if c in CSMASK_CONTROLS]
     overrides = {
         "data.root": str(Path(case.data or "").expanduser().resolve()), "arch.name": "",
         "data.normalization": "dataset",  # every init: the training chips' statistics (as the target's)
-        "prompt": prompt, "zoo.dir": str(cfg.out / "zoo"),
+        "prompt": prompt, "zoo.dir": str(zoo),
         "generated.dir": str(generated), "generated.top_k": 1, "inits": inits, "seeds": list(cfg.budget.seeds),
         "workers": cfg.budget.workers, "controls.not_applicable": "report", "controls.noise_seed": cfg.seed,
         "test_curve": True, "out": str(cfg.out / "compare" / case.name), "plots": True,
@@ -575,13 +597,18 @@ def _compare_csmask(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, gene
     return compare(load_compare_config(case.compare_preset, overrides))
 
 
-def _csmask_not_applicable(cfg: FoundryBenchConfig) -> dict[str, str]:
+def _csmask_not_applicable(cfg: FoundryBenchConfig, case: PromptCase) -> dict[str, str]:
     """Why the controls a csmask case does not run cannot apply to it (reported, never skipped)."""
     why = {
         "reconstruction": "not built for a csmask case: the nearest member's reconstruction is a 3-band "
         "RSSCN7 classifier, not the generated weights' band layout",
         "distillation": "the teacher is an RSSCN7 scene classifier; there is no segmentation teacher in the zoo",
     }
+    if case.zoo:
+        why = {
+            "reconstruction": "not built for csmask cases (the benchmark builds it for its rsscn7 prompts only)",
+            "distillation": "the benchmark's teacher is an RSSCN7 scene classifier, not a segmenter of these scenes",
+        }
     return {name: reason for name, reason in why.items() if name in cfg.controls}
 
 
@@ -653,25 +680,57 @@ def _zoo_line(zoo: Path) -> dict[str, Any]:
     return {"dir": str(zoo), "members": len(entries), "architectures": archs}
 
 
+def _case_zoo(cfg: FoundryBenchConfig, case: PromptCase) -> Path:
+    """The case's own zoo (``case.zoo``), built once: sources already in it are not resolved again."""
+    from geosane.zoo import Zoo, resolve
+
+    where = cfg.out / "cases" / case.name / "zoo"
+    zoo = Zoo.create(where)
+    present = {e.source for e in zoo}
+    for source in case.zoo:
+        if source not in present:  # resolving an ONNX member runs its parity check on the scenes
+            zoo.add(resolve(source, parity_data=case.data))
+    return where
+
+
+def _case_prompt(case: PromptCase, zoo: Path, prompt: str) -> str:
+    """The prompt as a member of the case zoo when it is one (by id or by source), else as given."""
+    from geosane.zoo import Zoo
+
+    for entry in Zoo(zoo):
+        if case.prompt in (entry.id, entry.source):
+            return f"zoo:{zoo.resolve()}#{entry.id}"
+    return prompt
+
+
 def _csmask_case(cfg: FoundryBenchConfig, case: PromptCase, prompt: str, ae: Path, parts: dict[str, Path],
                  timed: Callable[..., Any]) -> dict[str, Any]:  # fmt: skip
     """Case ``target: csmask`` (the issue's prompt c): the prompt's stem adapted to ``in_chans``
-    bands, generated from the benchmark's zoo *without ranking* (generation refuses to rank a
-    classifier on segmentation scenes and the RGB select folder has the wrong band count, so one
-    seeded sample is kept), then compared on csmask segmentation (mIoU)."""
+    bands, generated from the benchmark's zoo (or the case's own, ``case.zoo``) *without ranking*
+    (generation refuses to rank a classifier on segmentation scenes and the RGB select folder has
+    the wrong band count, so one seeded sample is kept), then compared on csmask segmentation (mIoU)."""
     from geosane.benchmark.report import case_summary
 
-    unseen = timed(f"leakage check ({case.name})", _check_csmask_unseen, cfg, case,
-                   [cfg.out / "zoo", cfg.out / "prompts"])  # fmt: skip
-    generated = timed(f"generate ({case.name})", _generate, cfg, cfg.generator, prompt,
-                      cfg.out / "generated" / case.name, ae, parts, None, case.in_chans, False)  # fmt: skip
-    result = timed(f"compare ({case.name})", _compare_csmask, cfg, case, prompt, generated)
+    zoo, store, own = cfg.out / "zoo", None, None
+    if case.zoo:
+        where = cfg.out / "cases" / case.name
+        zoo = timed(f"case zoo ({case.name})", _case_zoo, cfg, case)
+        store = timed(f"tokenize ({case.name})", _tokens, cfg, zoo, where / "tokens")
+        ae = timed(f"autoencoder ({case.name})", _autoencoder, cfg, store, where / "autoencoder", case.autoencoder)
+        prompt = _case_prompt(case, zoo, prompt)
+        own = {**_zoo_line(zoo), "autoencoder_fit": _ae_summary(ae)}
+    zoos = [cfg.out / "zoo", cfg.out / "prompts"] if not case.zoo else [zoo]
+    unseen = timed(f"leakage check ({case.name})", _check_csmask_unseen, cfg, case, zoos)
+    setting = dataclasses.replace(cfg.generator, **case.generator)
+    generated = timed(f"generate ({case.name})", _generate, cfg, setting, prompt,
+                      cfg.out / "generated" / case.name, ae, parts, store, case.in_chans, False)  # fmt: skip
+    result = timed(f"compare ({case.name})", _compare_csmask, cfg, case, prompt, generated, zoo)
     summary: dict[str, Any] = timed(f"novelty ({case.name})", case_summary, cfg, case, prompt, generated, result,
-                                    parts, _csmask_not_applicable(cfg))  # fmt: skip
+                                    parts, _csmask_not_applicable(cfg, case), zoo)  # fmt: skip
     external = not prompt.startswith("zoo:")  # a model from outside the benchmark (a real pretrained U-Net)
     return {**summary, "target": "csmask", "in_chans": case.in_chans, "ranking": "none (one seeded sample)",
             "unseen": unseen, "budget": dict(case.budget), "compare_preset": case.compare_preset,
-            "compare_overrides": dict(case.compare), "prompt_external": external}  # fmt: skip
+            "compare_overrides": dict(case.compare), "prompt_external": external, "case_zoo": own}  # fmt: skip
 
 
 def run_foundry_bench(cfg: FoundryBenchConfig) -> FoundryResult:

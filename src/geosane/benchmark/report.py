@@ -42,7 +42,7 @@ def _curve(history: list[dict[str, float]], metric: str) -> dict[int, float]:
 
 
 def _novelty(
-    cfg: Any, generated: Path, parts: dict[str, Path], agreement: bool = True
+    cfg: Any, generated: Path, parts: dict[str, Path], agreement: bool = True, zoo_dir: Path | None = None
 ) -> list[dict[str, Any]]:
     """Each candidate's distance to its nearest zoo member and k-NN prediction agreement with it.
 
@@ -64,7 +64,7 @@ def _novelty(
     train = load_image_folder(parts["train"], cfg.image_size)
     select = load_image_folder(parts["select"], cfg.image_size)
     data = TensorImageDataset(select.images, select.labels, Normalization.from_images(train.images))
-    zoo = Zoo(cfg.out / "zoo")
+    zoo = Zoo(zoo_dir or cfg.out / "zoo")
 
     def predictions(model: torch.nn.Module) -> torch.Tensor:
         features, labels = frozen_features(model, data)
@@ -103,10 +103,12 @@ def case_summary(
     result: Any,
     parts: dict[str, Path],
     reasons: dict[str, str],
+    zoo: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the report says about one prompt case (also stored in ``report.json``).
 
     ``reasons``: why the benchmark could not build a control itself (they replace compare's).
+    ``zoo``: the zoo the case generated from (default: the benchmark's).
     """
     metric = result.metric
     saved = read_json(result.out_dir / "summary.json")
@@ -140,7 +142,9 @@ def case_summary(
         "rows": rows,
         "not_applicable": not_applicable,
         "not_built": dict(NOT_BUILT),
-        "novelty": _novelty(cfg, generated, parts, agreement=getattr(case, "target", "rsscn7") != "csmask"),
+        "novelty": _novelty(
+            cfg, generated, parts, agreement=getattr(case, "target", "rsscn7") != "csmask", zoo_dir=zoo
+        ),
         "sizes": saved.get("meta", {}).get("sizes"),
     }
 
@@ -283,6 +287,29 @@ def csmask_case_text(case: dict[str, Any], seeds: list[int]) -> str:
     """What a csmask case measures, how it was ranked and what its models saw, in words."""
     unseen = case["unseen"]
     preset = case.get("compare_preset", "csmask")
+    own = case.get("case_zoo")
+    if own:
+        fit = own.get("autoencoder_fit") or {}
+        r2 = fit.get("r2_val")
+        prompt = (
+            f"The case's own zoo of {own['members']} real models ({', '.join(own['architectures'])}), with its own "
+            f"tokens and autoencoder ({fit.get('steps')} steps, held-out R^2 "
+            f"{'n/a' if r2 is None else f'{r2:.3f}'}), holds the prompt `{case['prompt']}`; generated from "
+            "that zoo, with nearest member and merges from it"
+        )
+        why = (
+            "ranking would need selection scenes held apart from the compare's train and test chips, which "
+            "the two-scene csmask copy does not have"
+        )
+        overrides = case.get("compare_overrides") or {}
+        return (
+            f"{prompt}, compared on csmask cloud/shadow segmentation (scenes {unseen['scenes']}, the `{preset}` "
+            f"preset's chips and model{f', {overrides}' if overrides else ''}; budget {case['budget'] or 'the preset'}; "
+            f"seeds {seeds}). Ranking: {case['ranking']}: {why}, so no candidate selection is made. The zoo's "
+            "models were trained by their authors on data not recorded here (provenance unknown for "
+            f"{unseen['unknown_provenance'] or 'none'}), so unlike the RSSCN7 zoo they are not shown to be "
+            "unseen by these scenes. The issue sets no target for (c): it is reported as measured."
+        )
     if case.get("prompt_external"):
         prompt = (
             f"A real pretrained {case['in_chans']}-band model from outside the benchmark (`{case['prompt']}`) is "
