@@ -121,3 +121,15 @@ def test_old_import_paths_re_export_the_same_objects() -> None:
         assert getattr(geosane.generation.stem, name) is getattr(geosane.arch, name)
     assert geosane.downstream.inits.same_architecture is geosane.arch.same_architecture
     assert geosane.analysis.models.load_zoo_source is load_zoo_source
+
+
+def test_key_mismatch_names_the_first_missing_unexpected_and_reshaped_key() -> None:
+    from geosane.arch import key_mismatch
+
+    expected = {"a": torch.zeros(2), "b": torch.zeros(3), "c": torch.zeros(1)}
+    assert key_mismatch(expected, dict(expected)) is None
+    given = {"b": torch.zeros(4), "x": torch.zeros(1), "y": torch.zeros(1)}
+    assert key_mismatch(expected, given) == (
+        "missing 'a' (2 missing), unexpected 'x' (2 unexpected), 'b' has shape (4,), the architecture expects (3,)"
+    )
+    assert key_mismatch(expected, {"b": torch.zeros(3)}, tolerated={"a", "c"}) is None

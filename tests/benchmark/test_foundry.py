@@ -121,6 +121,19 @@ def test_bad_settings_and_data_are_refused_before_anything_is_written(
             "case 'u': compare: ['seeds'] are set by the benchmark itself",
         ),
         (
+            "cases=[{name: a, prompt: prompt-a, zoo: [x]}]",
+            "case 'a': zoo / autoencoder: a case zoo is for csmask cases",
+        ),
+        (
+            "cases=[{name: u, prompt: p, target: csmask, data: x, autoencoder: {train.max_steps: 5}}]",
+            "case 'u': autoencoder: needs the case's own zoo",
+        ),
+        ("cases=[{name: u, prompt: p, target: csmask, data: x, zoo: [m, m]}]", "case 'u': zoo: sources repeat"),
+        (
+            "cases=[{name: u, prompt: p, target: csmask, data: x, generator: {anchor: 1}}]",
+            "case 'u': generator: unknown setting(s) ['anchor']",
+        ),
+        (
             "levers=[{name: x, settings: {anchors: 0}}] && lever_case=c && "
             "cases=[{name: c, prompt: prompt-a, target: csmask, data: x}]",
             "lever_case 'c' must be an rsscn7 case",
@@ -193,10 +206,15 @@ def test_csmask_case_and_zoo_levers_report_and_resume_to_the_same_numbers(
         {"name": "q-2", "arch": QUARTER, "seed": 6, "classes": S2},
         {"name": "e-1", "arch": {"name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64]}}, "seed": 7, "classes": S2},
     ])  # fmt: skip
+    pytest.importorskip("ukis_csmask", reason="the csmask extra ships the real U-Nets of case u")
+    unets = '["pkg:ukis_csmask/model_6b_l2a.onnx", "pkg:ukis_csmask/model_6b_l1c.onnx"]'
     cfg = _tiny_config(tmp_path, rsscn7_root, (
         "cases=[{name: a, prompt: prompt-a}, {name: c, prompt: prompt-a, target: csmask, in_chans: 6, "
-        f"data: {csmask_root}, budget: {{epochs: 1, batch_size: 16}}}}]",
-        "controls=[scratch, prompt, prompt_noise, nearest, reconstruction, distillation, generated]",
+        f"data: {csmask_root}, budget: {{epochs: 1, batch_size: 16}}}}, "
+        '{name: u, prompt: "pkg:ukis_csmask/model_6b_l2a.onnx", target: csmask, in_chans: 6, '
+        f"data: {csmask_root}, budget: {{epochs: 1, batch_size: 16}}, compare_preset: csmask_unet, zoo: {unets}, "
+        "autoencoder: {train.max_steps: 4}, generator: {anchors: 1}}]",
+        "controls=[scratch, prompt, prompt_noise, nearest, zoo_average, reconstruction, distillation, generated]",
         f"levers=[{{name: wide, zoo_recipe: {wide}}}, {{name: perm, autoencoder: {{loss.permutation_variants: 2}}}}, "
         "{name: typo, settings: {generate_only: ['no_such_tensor*']}}]",
     ))  # fmt: skip
@@ -213,12 +231,20 @@ def test_csmask_case_and_zoo_levers_report_and_resume_to_the_same_numbers(
     assert case["unseen"]["zoo_trained_on"] == [str((cfg.out / "data" / "source").resolve())]
     card = json.loads((cfg.out / "generated" / "c" / "model_card.json").read_text())
     assert len(card["candidates"]) == 1  # no ranking: one seeded sample
+    unet = next(c for c in result.summary["cases"] if c["name"] == "u")  # the real U-Nets as the case's zoo
+    assert unet["case_zoo"]["members"] == 2 and (cfg.out / "cases" / "u" / "tokens" / "index.json").is_file()
+    assert unet["prompt"].startswith("zoo:") and unet["prompt"].endswith("#model_6b_l2a")
+    rows = {r["name"]: r for r in unet["rows"]}
+    assert "model_6b_l1c" in rows["nearest"]["source"]  # the prompt's own weights are passed over
+    assert {"zoo_average", "generated-1"} <= set(rows)
+    assert unet["case_zoo"]["autoencoder_fit"]["steps"] == 4
     levers = {lever["name"]: lever for lever in result.summary["levers"]}
     assert levers["wide"]["zoo"]["members"] == 3 and (cfg.out / "levers" / "wide" / "tokens").is_dir()
     assert levers["perm"]["autoencoder"] == {"loss.permutation_variants": 2}
     assert "no tensor of the prompt" in levers["typo"]["not_applicable"]
     report = result.report.read_text()
     assert "## Case c:" in report and "csmask was never seen by the zoo" in report
+    assert "The case's own zoo of 2 real models" in " ".join(report.split())
     assert "not applicable: the teacher is an RSSCN7 scene classifier" in report
     assert "| typo |  | not applicable: " in report
     first = json.loads((cfg.out / "report.json").read_text())

@@ -137,13 +137,15 @@ def test_mismatched_keys_name_the_first_missing_and_unexpected(
     with pytest.raises(SourceError) as err:
         make_backbone(bad, conditioning={"satellite": BRISBANE})
     message = str(err.value)
-    assert "1 missing (first: metadata_embedding.0.linear_1.weight)" in message
-    assert "1 unexpected (first: metadata_embedding.7.linear_1.weight)" in message
+    assert (
+        "missing 'metadata_embedding.0.linear_1.weight' (1 missing), "
+        "unexpected 'metadata_embedding.7.linear_1.weight' (1 unexpected)" in message
+    )
     # a config that disagrees with the weights (6 metadata values declared, 7 stored)
     config = dict(DIFFUSIONSAT_UNET_CONFIG, num_metadata=6)
     (bad / "unet" / "config.json").write_text(json.dumps(config))
     save_file(diffusionsat_state_dict(), str(path))
-    with pytest.raises(SourceError, match=r"4 unexpected \(first: metadata_embedding\.6\.linear_1\.bias\)"):
+    with pytest.raises(SourceError, match=r"unexpected 'metadata_embedding\.6\.linear_1\.bias' \(4 unexpected\)"):
         make_backbone(bad, conditioning={"metadata": [0.0] * 6})
 
 
@@ -354,6 +356,6 @@ def test_sharded_weights_and_shape_mismatch(tmp_path: Path, diffusionsat_dir: Pa
     )
     with pytest.raises(
         SourceError,
-        match=r"metadata_embedding\.2\.linear_1\.weight has shape \(32, 9\), the model's config gives \(32, 8\)",
+        match=r"'metadata_embedding\.2\.linear_1\.weight' has shape \(32, 9\), the model's config expects \(32, 8\)",
     ):
         load_unet(*find_unet_dir(sharded))

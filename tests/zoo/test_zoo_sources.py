@@ -57,7 +57,7 @@ def test_arch_that_does_not_fit_is_refused(tmp_path):
     save_file(small_resnet().state_dict(), str(path))
     with pytest.raises(
         SourceError,
-        match=r"weights do not fit timm:resnet18: 6 unexpected tensors, .*'fc.bias' has shape \(5,\), the architecture expects \(1000,\)",
+        match=r"weights do not fit timm:resnet18: unexpected '.*' \(6 unexpected\), 'fc.bias' has shape \(5,\), the architecture expects \(1000,\)",
     ):
         resolve(str(path), arch="timm:resnet18")  # default widths: shapes differ
 

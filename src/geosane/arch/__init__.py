@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from geosane._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from geosane.arch.keys import key_mismatch
     from geosane.arch.libraries import ARCH_LIBRARIES, ArchLibrary, arch_library
     from geosane.arch.meta import check_fits, empty_architecture, order_like_architecture
     from geosane.arch.spec import (
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from geosane.arch.stem import adapt_stem, stem_weight_names
 
 _EXPORTS = {
+    "keys": ("key_mismatch",),
     "libraries": ("ARCH_LIBRARIES", "ArchLibrary", "arch_library"),
     "meta": ("check_fits", "empty_architecture", "order_like_architecture"),
     "spec": (
@@ -56,6 +58,7 @@ __all__ = [
     "build_architecture",
     "check_fits",
     "empty_architecture",
+    "key_mismatch",
     "order_like_architecture",
     "parse_arch",
     "same_architecture",

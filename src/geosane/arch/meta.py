@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from geosane.arch.keys import key_mismatch
 from geosane.arch.spec import ArchSpec, build_architecture
 from geosane.errors import SourceError
 
@@ -47,20 +48,8 @@ def check_fits(
     ``reference``: a state dict of ``arch`` the caller already built (saves building it again).
     """
     own = empty_architecture(arch).state_dict() if reference is None else reference
-    problems = []
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if missing:
-        problems.append(f"missing {len(missing)} tensors, e.g. {missing[:3]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}")
-    for key, value in state_dict.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            problems.append(
-                f"'{key}' has shape {tuple(value.shape)}, the architecture expects {tuple(own[key].shape)}"
-            )
-            break
-    return problems
+    problem = key_mismatch(own, state_dict)
+    return [problem] if problem else []
 
 
 def order_like_architecture(state_dict: dict[str, torch.Tensor], arch: ArchSpec) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geosane.arch.keys import key_mismatch
 from geosane.arch.libraries import ARCH_LIBRARIES, arch_library
 from geosane.errors import SourceError
 
@@ -89,12 +90,10 @@ class LoadedModel:
             )
         model = build_architecture(self.arch)
         if load_weights:
-            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
-            if missing or unexpected:
-                raise SourceError(
-                    f"{self.source}: weights do not fit {self.arch.library}:{self.arch.name} "
-                    f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-                )
+            problem = key_mismatch(model.state_dict(), self.state_dict)
+            if problem:
+                raise SourceError(f"{self.source}: weights do not fit {self.arch.library}:{self.arch.name}: {problem}")
+            model.load_state_dict(self.state_dict)
         return model
 
 

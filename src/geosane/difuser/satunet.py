@@ -35,6 +35,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
+from geosane.arch.keys import key_mismatch
 from geosane.errors import ConfigError, SourceError
 
 __all__ = [
@@ -287,24 +288,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], where: Path) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        raise SourceError(
-            f"{where}: weights do not match the {type(model).__name__} of its config.json: {'; '.join(parts)}"
-        )
-    bad = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if bad:
-        k = bad[0]
-        raise SourceError(
-            f"{where}: {k} has shape {tuple(state[k].shape)}, the model's config gives {tuple(expected[k].shape)}"
-        )
+    problem = key_mismatch(model.state_dict(), state, expected_name="the model's config")
+    if problem:
+        raise SourceError(f"{where}: weights do not match the {type(model).__name__} of its config.json: {problem}")
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from geosane.arch.keys import key_mismatch
 from geosane.arch.meta import empty_architecture
 from geosane.arch.spec import ArchSpec, LoadedModel, build_architecture
 from geosane.arch.torchgeo_models import LEFT_OUT, TORCHGEO_MODELS, describe_transforms, remap_checkpoint
@@ -195,24 +196,10 @@ def _check_keys(
     else:
         tolerated = frozenset(_TORCHGEO_TOLERATED)
     fresh = empty_architecture(arch).state_dict()
+    problem = key_mismatch(fresh, state_dict, tolerated)
+    if problem:
+        raise SourceError(f"torchgeo:{name}: weights do not fit {arch.library}:{arch.name} {arch.kwargs}: {problem}")
     missing = [k for k in fresh if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in fresh]
-    untolerated = [k for k in missing if k not in tolerated]
-    if untolerated or unexpected:
-        parts = []
-        if untolerated:
-            parts.append(f"missing '{untolerated[0]}' ({len(untolerated)} missing)")
-        if unexpected:
-            parts.append(f"unexpected '{unexpected[0]}' ({len(unexpected)} unexpected)")
-        raise SourceError(
-            f"torchgeo:{name}: weights do not fit {arch.library}:{arch.name} {arch.kwargs}: {', '.join(parts)}"
-        )
-    for key, value in state_dict.items():
-        if tuple(fresh[key].shape) != tuple(value.shape):
-            raise SourceError(
-                f"torchgeo:{name}: weights do not fit {arch.library}:{arch.name} {arch.kwargs}: "
-                f"'{key}' has shape {tuple(value.shape)}, the architecture expects {tuple(fresh[key].shape)}"
-            )
     if not missing:
         return state_dict, []
     with torch.random.fork_rng(devices=[]):
