@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from geosane.analysis.layers import Pooling
+from geosane.analysis.temporal import temporal_frames
 from geosane.errors import SourceError
 from geosane.io import read_json, sha256_tensors
 from geosane.tasks import backbone_with_weights
@@ -139,11 +140,15 @@ def load_backbone(spec: ModelSpec) -> Backbone:
 
 def input_check(backbone: Backbone, images: torch.Tensor) -> None:
     """Run two (normalized) images through the model, so that a band or size mismatch fails with a
-    clear message before anything is written."""
+    clear message before anything is written. Temporal stacks ``[N, T, C, H, W]`` go in whole to a
+    natively temporal model (``temporal_frames``), frame by frame to any other."""
+    bands = int(images.shape[-3])
+    if images.ndim == 5 and temporal_frames(backbone.model) is None:
+        images = images[:2].flatten(0, 1)
     conv = next((m for m in backbone.model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is not None and conv.in_channels != images.shape[1]:
+    if conv is not None and conv.in_channels != bands:
         raise SourceError(
-            f"model '{backbone.name}' takes {conv.in_channels} input bands but the data has {images.shape[1]}; "
+            f"model '{backbone.name}' takes {conv.in_channels} input bands but the data has {bands}; "
             "pick bands with data.bands (e.g. [2, 1, 0] for RGB) or give the model in_chans"
         )
     try:
