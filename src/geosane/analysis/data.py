@@ -225,7 +225,9 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
     if spec.kind not in ("torchgeo", "sen1floods11"):  # these bring their own splits
         _check_split_names(spec)
     if spec.time_steps is not None and spec.kind != "torchgeo":
-        raise DataError(f"data.time_steps applies to TorchGeo time series (e.g. pastis), not to data.kind: {spec.kind}")
+        raise DataError(
+            f"data.time_steps applies to TorchGeo time series (e.g. pastis), not to data.kind: {spec.kind}"
+        )
     chosen: TaskName
     if spec.kind == "torchgeo":  # read split by split, each capped on the way
         chosen, images, targets, class_names, splits, source_id = _torchgeo_splits(spec, task)
@@ -319,7 +321,9 @@ def _sen1floods11_splits(
         start += len(parts[name].chips)
     images = torch.cat([parts[n].images for n in SPLITS])
     masks = torch.cat([parts[n].masks for n in SPLITS])
-    source = json.dumps(["sen1floods11", str(Path(spec.root).expanduser().resolve()), spec.sensor], default=str)
+    source = json.dumps(
+        ["sen1floods11", str(Path(spec.root).expanduser().resolve()), spec.sensor], default=str
+    )
     return "segmentation", images, masks, SEN1FLOODS11_CLASSES, splits, source
 
 

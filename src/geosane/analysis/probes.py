@@ -347,9 +347,10 @@ def _fit_linear(
     var = norm.running_var.detach().to(torch.float64)
     std = torch.sqrt(var + norm.eps)
     weight[var < 1e-8] = 0.0  # channels constant in training (dead units) carry nothing; ignore them later
-    readout: Readout | TemporalReadout = Readout(mean, std, weight, bias)
+    linear_readout = Readout(mean, std, weight, bias)
+    readout: Readout | TemporalReadout = linear_readout
     if aggregator is not None:
-        readout = TemporalReadout(aggregator.eval(), readout)
+        readout = TemporalReadout(aggregator.eval(), linear_readout)
     return ProbeFit(readout, score_readout(readout, task, *select, num_classes), "ltae" if aggregator else "")
 
 

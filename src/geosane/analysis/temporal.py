@@ -174,7 +174,7 @@ class LTAE(nn.Module):
         """Per pixel: ``[B, T, D, h, w]`` -> ``[B, D, h, w]``."""
         batch, frames, channels, height, width = x.shape
         pixels = x.permute(0, 3, 4, 1, 2).reshape(batch * height * width, frames, channels)
-        return self(pixels).view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return self.forward(pixels).view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def aggregate(x: torch.Tensor, aggregator: LTAE | None) -> torch.Tensor:
@@ -182,7 +182,7 @@ def aggregate(x: torch.Tensor, aggregator: LTAE | None) -> torch.Tensor:
     maps)."""
     if aggregator is None:
         return x.mean(dim=1)
-    return aggregator.forward_map(x) if x.ndim == 5 else aggregator(x)
+    return aggregator.forward_map(x) if x.ndim == 5 else aggregator.forward(x)
 
 
 class FrameBackbone(nn.Module):

@@ -182,7 +182,9 @@ def open_torchgeo(
     arguments = {**(info.kwargs if info else {}), **(kwargs or {})}
     if info is not None and info.split_kwargs:  # folds instead of a 'split' argument (PASTIS)
         if split not in info.split_kwargs:
-            raise DataError(f"TorchGeo {cls.__name__} has no split '{split}' (splits: {', '.join(info.split_kwargs)})")
+            raise DataError(
+                f"TorchGeo {cls.__name__} has no split '{split}' (splits: {', '.join(info.split_kwargs)})"
+            )
         arguments = {**arguments, **info.split_kwargs[split]}
     else:
         arguments = {"split": SPLIT_NAMES.get(split, split), **arguments}
