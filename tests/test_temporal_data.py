@@ -14,6 +14,7 @@ from geosane.config import load_config
 from geosane.data import Normalization, TaskPart, cap_samples
 from geosane.data.sen1floods11 import load_sen1floods11
 from geosane.data.torchgeo import TORCHGEO_DATASETS, pick_time_steps
+from geosane.downstream import DataConfig, load_task_data
 from geosane.errors import DataError
 from tests.temporal_fakes import write_fake_pastis, write_fake_sen1floods11
 
@@ -158,3 +159,8 @@ def test_sen1floods11_bad_input(tmp_path: Path) -> None:
         load_sen1floods11(root)
     with pytest.raises(DataError, match=r"Sen1Floods11 is a segmentation dataset"):
         load_analysis_data(_data(kind="sen1floods11", root=str(root)), "classification")
+
+
+def test_finetuning_refuses_a_time_series_dataset(fake_pastis: Path) -> None:
+    with pytest.raises(DataError, match=r"PASTIS holds time series \[T, C, H, W\] of varying length"):
+        load_task_data(DataConfig(kind="torchgeo", dataset="pastis", root=fake_pastis))
