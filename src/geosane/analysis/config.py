@@ -10,6 +10,7 @@ from geosane.analysis.data import DataSpec, TaskName
 from geosane.analysis.layers import Pooling
 from geosane.analysis.models import ModelSpec
 from geosane.analysis.probes import LinearProbeConfig, ProbeMethod
+from geosane.analysis.temporal import TemporalSettings
 from geosane.tasks import FitConfig
 
 __all__ = ["CkaConfig", "DecoderSettings", "ProbeConfig", "ProbeSettings"]
@@ -81,6 +82,8 @@ class ProbeConfig:
     task: TaskName = "classification"
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     decoders: DecoderSettings = field(default_factory=DecoderSettings)
+    # temporal stacks [N, T, C, H, W]: how single-image backbones aggregate over T (analysis.temporal)
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)
     output_dir: Path = Path("outputs/probe")
     cache_dir: Path | None = None
     batch_size: int = 64
@@ -107,6 +110,8 @@ class CkaConfig:
     split: Literal["train", "select", "test"] = "test"
     estimator: CkaEstimator = "minibatch"
     pooling: Pooling = "flatten"
+    # temporal stacks: single-image models run per frame and their layer outputs are averaged over T
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)
     batch_size: int = 64
     output_dir: Path = Path("outputs/cka")
     device: str = "auto"

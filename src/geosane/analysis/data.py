@@ -6,7 +6,13 @@ from a CSV ``file,target``); segmentation reads ukis-csmask scenes cut into chip
 ``kind: torchgeo`` reads a TorchGeo dataset by name (``data.dataset``: ``eurosat``, ``LandCoverAI``,
 any ``NonGeoDataset`` class; :mod:`geosane.data.torchgeo`) with its own ``train`` / ``val`` /
 ``test`` splits as train / select / test, each capped by ``max_samples`` and read into memory at
-``image_size``. Probes pick hyper-parameters on ``select`` and report on ``test``.
+``image_size``. ``kind: sen1floods11`` reads the Sen1Floods11 hand-labelled flood chips from their
+published layout (:mod:`geosane.data.sen1floods11`; ``data.sensor`` s1 or s2) with the release's
+train / valid / test split files. Probes pick hyper-parameters on ``select`` and report on ``test``.
+
+Temporal stacks: with ``data.time_steps: N`` a TorchGeo time-series dataset (``pastis``) is read as
+stacks ``[N, T, C, H, W]`` of ``N`` frames each (evenly spaced, :func:`geosane.data.torchgeo.pick_time_steps`);
+bands, normalisation (per band, pooled over T), caps and splits work on them as on single images.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class DataSpec:
     """Where the images come from and how they are split (``data:`` in a config)."""
 
     root: Path
-    kind: Literal["folder", "csmask", "torchgeo"] = "folder"
+    kind: Literal["folder", "csmask", "torchgeo", "sen1floods11"] = "folder"
     image_size: int = 64
     bands: list[int] | None = None
     classes: list[str] | None = None
@@ -61,9 +67,13 @@ class DataSpec:
     dataset: str | None = None
     download: bool = False
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    # time series (kind: torchgeo, e.g. pastis): keep this many frames per series as a stack [T, C, H, W]
+    time_steps: int | None = None
+    # kind: sen1floods11: which chips, s1 (VV, VH) or s2 (13 bands)
+    sensor: Literal["s1", "s2"] = "s1"
 
 
-Split = TaskPart  # raw images [N, C, H, W] and targets of one split (geosane.data.TaskPart)
+Split = TaskPart  # raw images [N, C, H, W] or stacks [N, T, C, H, W] and targets (geosane.data.TaskPart)
 
 
 @dataclass
@@ -86,7 +96,13 @@ class AnalysisData:
 
     @property
     def num_bands(self) -> int:
-        return int(self.splits["train"].images.shape[1])
+        return int(self.splits["train"].images.shape[-3])
+
+    @property
+    def time_steps(self) -> int | None:
+        """Frames per temporal stack ``[N, T, C, H, W]``; None for single images."""
+        images = self.splits["train"].images
+        return int(images.shape[1]) if images.ndim == 5 else None
 
 
 def _read_targets(path: Path, root: str, files: tuple[str, ...]) -> torch.Tensor:
@@ -154,6 +170,7 @@ def _torchgeo_splits(
         TORCHGEO_DATASETS,
         TorchGeoSamples,
         dataset_classes,
+        dataset_info,
         infer_task,
         open_torchgeo,
     )
@@ -162,6 +179,12 @@ def _torchgeo_splits(
         raise DataError(f"data.kind: torchgeo needs data.dataset (e.g. {', '.join(sorted(TORCHGEO_DATASETS))})")
     if spec.test_scenes:
         raise DataError("data.test_scenes applies to csmask scenes; a TorchGeo dataset has its own test split")
+    info = dataset_info(spec.dataset)
+    if info is not None and info.temporal and spec.time_steps is None:
+        raise DataError(
+            f"TorchGeo {spec.dataset} holds time series of varying length: set data.time_steps (frames kept "
+            "per series, evenly spaced) to read them as stacks [N, T, C, H, W]"
+        )
     root = Path(spec.root).expanduser()
     opened = {n: open_torchgeo(spec.dataset, root, n, spec.download, spec.dataset_kwargs) for n in SPLITS}
     found = infer_task(opened["train"][0])
@@ -170,18 +193,30 @@ def _torchgeo_splits(
         hint = " (regression reads an image folder with data.targets)" if task == "regression" else ""
         raise DataError(f"TorchGeo {spec.dataset} is a {found} dataset, not {' or '.join(wanted)}{hint}")
     classes = dataset_classes(opened["train"])
+    ignore = info.ignore_labels if info is not None else ()
+    if ignore:  # e.g. PASTIS' void label, the last class: not a class, never scored
+        classes = classes[: min(ignore)]
     images, targets, splits, start = [], [], {}, 0
     for i, name in enumerate(SPLITS):  # each split capped with its own seed, as below
         idx = cap_samples(np.arange(len(opened[name])), spec.max_samples, spec.split_seed + i)
         if idx.size == 0:
             raise DataError(f"TorchGeo {spec.dataset} split '{name}' under {root} is empty")
-        samples = TorchGeoSamples(opened[name], idx, Normalization((0.0,), (1.0,)), spec.image_size)
+        samples = TorchGeoSamples(
+            opened[name],
+            idx,
+            Normalization((0.0,), (1.0,)),
+            spec.image_size,
+            time_steps=spec.time_steps,
+            ignore_labels=ignore,
+        )
         pairs = [samples.raw(j) for j in range(len(samples))]
         images.append(torch.stack([p[0] for p in pairs]))
         targets.append(torch.stack([p[1] for p in pairs]))
         splits[name] = np.arange(start, start + idx.size)
         start += idx.size
-    source = json.dumps(["torchgeo", spec.dataset, str(root.resolve()), spec.dataset_kwargs], default=str)
+    source = json.dumps(
+        ["torchgeo", spec.dataset, str(root.resolve()), spec.dataset_kwargs, spec.time_steps], default=str
+    )
     return found, torch.cat(images), torch.cat(targets), classes, splits, source  # type: ignore[return-value]
 
 
@@ -189,11 +224,17 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
     """Load and split the dataset of ``spec`` for ``task``; raises :class:`DataError` on bad input.
 
     ``any`` (CKA): whatever the data holds, classes (image folder) or masks (csmask, TorchGeo)."""
-    if spec.kind != "torchgeo":  # a TorchGeo dataset brings its own splits
+    if spec.kind not in ("torchgeo", "sen1floods11"):  # these bring their own splits
         _check_split_names(spec)
+    if spec.time_steps is not None and spec.kind != "torchgeo":
+        raise DataError(
+            f"data.time_steps applies to TorchGeo time series (e.g. pastis), not to data.kind: {spec.kind}"
+        )
     chosen: TaskName
     if spec.kind == "torchgeo":  # read split by split, each capped on the way
         chosen, images, targets, class_names, splits, source_id = _torchgeo_splits(spec, task)
+    elif spec.kind == "sen1floods11":
+        chosen, images, targets, class_names, splits, source_id = _sen1floods11_splits(spec, task)
     else:
         default: TaskName = "segmentation" if spec.kind == "csmask" else "classification"
         chosen = default if task == "any" else task
@@ -228,12 +269,12 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
             else:
                 targets = labels
             source_id = folder.root
-    if spec.bands is not None:
-        bad = [b for b in spec.bands if not 0 <= b < images.shape[1]]
+    if spec.bands is not None and spec.kind != "sen1floods11":  # (sen1floods11 picks them on reading)
+        bad = [b for b in spec.bands if not 0 <= b < images.shape[-3]]
         if bad:
-            raise DataError(f"data.bands {bad} out of range for {images.shape[1]}-band images")
-        images = images[:, list(spec.bands)]
-    if spec.kind != "torchgeo":
+            raise DataError(f"data.bands {bad} out of range for {images.shape[-3]}-band images")
+        images = images[..., list(spec.bands), :, :]  # bands: third axis from the end (also of stacks)
+    if spec.kind not in ("torchgeo", "sen1floods11"):
         splits = {  # each split capped with its own seed (split_seed + its position)
             name: cap_samples(idx, spec.max_samples, spec.split_seed + i) for i, (name, idx) in enumerate(splits.items())
         }
@@ -250,6 +291,7 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
         spec.bands,
         spec.classes,
         spec.chip_size,
+        spec.time_steps,
         normalization.mean,
         normalization.std,
     ]
@@ -262,6 +304,31 @@ def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> Analy
     return AnalysisData(
         chosen, data, normalization, tuple(class_names), image_key, digest.hexdigest()[:16], spec.normalization
     )
+
+
+def _sen1floods11_splits(
+    spec: DataSpec, task: TaskName | Literal["any"]
+) -> tuple[TaskName, torch.Tensor, torch.Tensor, tuple[str, ...], dict[str, np.ndarray], str]:
+    """The Sen1Floods11 hand-labelled chips (:mod:`geosane.data.sen1floods11`), as _torchgeo_splits."""
+    from geosane.data.sen1floods11 import SEN1FLOODS11_CLASSES, load_sen1floods11
+
+    if task not in ("segmentation", "any"):
+        raise DataError(f"Sen1Floods11 is a segmentation dataset (water / land per pixel), not {task}")
+    if spec.test_scenes:
+        raise DataError("data.test_scenes applies to csmask scenes; Sen1Floods11 has its own test split")
+    parts = load_sen1floods11(
+        spec.root, spec.sensor, spec.bands, spec.image_size, spec.max_samples, spec.split_seed
+    )
+    splits, start = {}, 0
+    for name in SPLITS:
+        splits[name] = np.arange(start, start + len(parts[name].chips))
+        start += len(parts[name].chips)
+    images = torch.cat([parts[n].images for n in SPLITS])
+    masks = torch.cat([parts[n].masks for n in SPLITS])
+    source = json.dumps(
+        ["sen1floods11", str(Path(spec.root).expanduser().resolve()), spec.sensor], default=str
+    )
+    return "segmentation", images, masks, SEN1FLOODS11_CLASSES, splits, source
 
 
 def _normalization(spec: DataSpec, train_images: torch.Tensor) -> Normalization:

@@ -20,6 +20,11 @@ saved at once under ``runs/<settings key>/``; a rerun reads the finished runs ba
 missing ones, and runs made with other settings (budget, head width, target, data) are never
 reused: they stay apart and the run says which setting changed. Outputs: ``decoders.csv``,
 ``decoders.md`` and ``decoders.png``.
+
+Temporal stacks ``[N, T, C, H, W]`` (``data.time_steps``): a natively temporal backbone takes them
+whole; a single-image one runs per frame and every feature level is aggregated over T before the
+head, by the mean or a per-pixel L-TAE trained with the head (``temporal.aggregation``,
+:func:`geosane.analysis.temporal.temporal_task_model`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from geosane.analysis.features import progress_bars, torch_threads
 from geosane.analysis.models import Backbone, attach_normalization, input_check, load_backbone
 from geosane.analysis.plots import plot_decoder_bars
 from geosane.analysis.probing import write_csv
+from geosane.analysis.temporal import check_temporal_settings, frames_per_model, temporal_task_model
 from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.data import IGNORE_INDEX, Normalization, TaskPart, TensorImageDataset, cap_samples
@@ -301,7 +307,21 @@ def _head(
     shift: float = 0.0,
     scale: float = 1.0,
 ) -> nn.Module:
-    """The task model: a segmenter for ``mask``, a regressor (one output) otherwise."""
+    """The task model: a segmenter for ``mask``, a regressor (one output) otherwise; for temporal
+    stacks and a single-image backbone, run per frame and aggregated over time."""
+    frames = frames_per_model(backbone.name, backbone.model, data.parts["train"].images[:1], cfg.temporal)
+    model = _plain_head(cfg, backbone, decoder, data, shift, scale)
+    return temporal_task_model(model, frames, cfg.temporal, backbone.name) if frames else model
+
+
+def _plain_head(
+    cfg: ProbeConfig,
+    backbone: Backbone,
+    decoder: str,
+    data: DecoderData,
+    shift: float,
+    scale: float,
+) -> nn.Module:
     out_indices = _out_indices(cfg)
     try:
         if data.target.regression:
@@ -336,6 +356,7 @@ def _prepare(cfg: ProbeConfig, data: DecoderData) -> list[Backbone]:
         backbone = load_backbone(spec)
         attach_normalization(backbone, data.normalization_choice, data.parts["train"].images)
         sample = backbone.inputs(data.normalization)(data.parts["train"].images[:2])
+        frames_per_model(backbone.name, backbone.model, sample, cfg.temporal)  # temporal mismatches first
         input_check(backbone, sample)
         for decoder in cfg.decoders.names:
             with torch.no_grad():
@@ -361,6 +382,7 @@ def _settings(cfg: ProbeConfig, data: DecoderData) -> dict[str, Any]:
         "out_indices": cfg.decoders.out_indices,
         "augment": cfg.decoders.augment,
         "label_seed": cfg.decoders.label_seed,
+        **({"temporal": to_dict(cfg.temporal)} if data.parts["train"].images.ndim == 5 else {}),
     }
 
 
@@ -410,6 +432,7 @@ def _run_decoders(cfg: ProbeConfig) -> DecoderResult:
         raise ConfigError(str(exc)) from None
     target = parse_target(cfg)
     data = load_decoder_data(cfg, target)
+    check_temporal_settings(cfg.temporal, data.parts["train"].images)
     subsets = label_fraction_subsets(cfg, data)
     backbones = _prepare(cfg, data)
     settings = _settings(cfg, data)

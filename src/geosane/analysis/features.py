@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from geosane.analysis.data import AnalysisData
 from geosane.analysis.layers import LayerRecorder, Pooling, num_prefix_tokens, output_map, pool_output
 from geosane.analysis.models import Backbone
+from geosane.analysis.temporal import temporal_frames
 from geosane.console import make_progress
 from geosane.io import save_safetensors
 
@@ -69,9 +70,16 @@ def extract_features(
     progress: Progress | None = None,
     description: str = "features",
 ) -> dict[str, torch.Tensor]:
-    """Features of ``layers`` for raw ``images`` in one pass: pooled ``[N, D]`` or maps ``[N, C, h, w]``."""
+    """Features of ``layers`` for raw ``images`` in one pass: pooled ``[N, D]`` or maps ``[N, C, h, w]``.
+
+    Temporal stacks ``[N, T, C, H, W]`` go whole to a natively temporal model; a single-image model
+    runs on every frame and its features keep the frames, ``[N, T, D]`` or ``[N, T, C, h, w]``
+    (aggregated later, :mod:`geosane.analysis.temporal`)."""
     device = device or torch.device("cpu")
     model = backbone.model.to(device).eval()
+    frames = int(images.shape[1]) if images.ndim == 5 and temporal_frames(model) is None else 0
+    if frames:
+        batch_size = max(batch_size // frames, 1)  # the same number of frames per forward pass
     prefix = num_prefix_tokens(model)
     normalization = backbone.inputs(data.normalization)
     parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -79,13 +87,15 @@ def extract_features(
     with LayerRecorder(model, layers) as recorder:
         for start in range(0, images.shape[0], batch_size):
             batch = normalization(images[start : start + batch_size]).to(device)
-            outputs = recorder.run(batch)
+            outputs = recorder.run(batch.flatten(0, 1) if frames else batch)
             for layer in layers:
                 out = outputs[layer]
                 if representation == MAP:
                     out = output_map(out, prefix, layer)
                 else:
                     out = pool_output(out, representation, prefix, layer)  # type: ignore[arg-type]
+                if frames:
+                    out = out.unflatten(0, (-1, frames))
                 parts[layer].append(out.float().cpu())
             if progress is not None and task is not None:
                 progress.advance(task, batch.shape[0])

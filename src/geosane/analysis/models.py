@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from geosane.analysis.layers import Pooling
+from geosane.analysis.temporal import temporal_frames
 from geosane.data import Normalization, choose_normalization, recorded_normalization
 from geosane.errors import SourceError
 from geosane.io import read_json, sha256_tensors
@@ -184,12 +185,16 @@ def attach_normalization(backbone: Backbone, choice: str, train_images: torch.Te
 
 def input_check(backbone: Backbone, images: torch.Tensor) -> None:
     """Run two (normalized) images through the model, so that a band or size mismatch fails with a
-    clear message before anything is written."""
+    clear message before anything is written. Temporal stacks ``[N, T, C, H, W]`` go in whole to a
+    natively temporal model (``temporal_frames``), frame by frame to any other."""
+    bands = int(images.shape[-3])
+    if images.ndim == 5 and temporal_frames(backbone.model) is None:
+        images = images[:2].flatten(0, 1)
     conv = next((m for m in backbone.model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is not None and conv.in_channels != images.shape[1]:
+    if conv is not None and conv.in_channels != bands:
         raise SourceError(
             f"model '{backbone.name}' takes {expected_bands(backbone.loaded, conv.in_channels)} but the data has "
-            f"{images.shape[1]}; "
+            f"{bands}; "
             "pick bands with data.bands (e.g. [2, 1, 0] for RGB) or give the model in_chans"
         )
     try:

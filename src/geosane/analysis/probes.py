@@ -12,6 +12,11 @@ prediction and scoring:
 Segmentation probes classify every pixel of the block's map upsampled (bilinear) to the mask size.
 Upsampling and a per-pixel affine map commute (bilinear weights sum to one), so the readout is
 applied at the block's resolution and its logits are upsampled: the same predictions, far cheaper.
+
+Per-frame features of temporal stacks (``[N, T, D]`` or ``[N, T, D, h, w]``) are either averaged
+over T before any of the above (``temporal.aggregation: mean``) or read by :func:`fit_ltae_probe`:
+an :class:`geosane.analysis.temporal.LTAE` and the ``linear`` probe trained jointly
+(``temporal.aggregation: ltae``), scored through a :class:`TemporalReadout`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from geosane.analysis.data import TaskName
+from geosane.analysis.temporal import LTAE, TemporalSettings, aggregate
 from geosane.data import IGNORE_INDEX
 from geosane.tasks import make_metric
 
@@ -40,6 +46,8 @@ __all__ = [
     "ProbeFit",
     "ProbeMethod",
     "Readout",
+    "TemporalReadout",
+    "fit_ltae_probe",
     "fit_probe",
     "metric_name",
     "score_readout",
@@ -79,10 +87,23 @@ class Readout:
 
 
 @dataclass
+class TemporalReadout:
+    """A trained L-TAE over the frames followed by a :class:`Readout` (``temporal.aggregation: ltae``)."""
+
+    aggregator: LTAE
+    readout: Readout
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.aggregator.eval()
+        return self.readout.logits(aggregate(x.float(), self.aggregator))
+
+
+@dataclass
 class ProbeFit:
     """A fitted probe, the hyper-parameter chosen on ``select`` (if any) and its ``select`` score."""
 
-    readout: Readout
+    readout: Readout | TemporalReadout
     select_score: float
     choice: str = ""
 
@@ -99,7 +120,12 @@ def _metric(task: TaskName, num_classes: int) -> torchmetrics.Metric:
 
 @torch.no_grad()
 def score_readout(
-    readout: Readout, task: TaskName, x: torch.Tensor, y: torch.Tensor, num_classes: int, chunk: int = 64
+    readout: Readout | TemporalReadout,
+    task: TaskName,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    chunk: int = 64,
 ) -> float:
     """The task metric (accuracy, R², mIoU) of ``readout`` on features ``x`` and targets ``y``."""
     metric = _metric(task, num_classes)
@@ -256,11 +282,13 @@ def _fit_linear(
     num_classes: int,
     config: LinearProbeConfig,
     seed: int,
+    temporal: TemporalSettings | None = None,
 ) -> ProbeFit:
     # Features are cached in memory and the probe is a single linear layer: a plain loop of a few
     # hundred steps. Lightning's Trainer set-up would cost more than the training of such a probe.
-    spatial = x.ndim == 4
-    dim = x.shape[1]
+    frames = int(x.shape[1]) if temporal is not None else 0  # per-frame features [N, T, D(, h, w)]
+    spatial = x.ndim == (5 if frames else 4)
+    dim = x.shape[2] if frames else x.shape[1]
     outputs = 1 if task == "regression" else num_classes
     x = x.float()
     if task == "regression":
@@ -270,13 +298,16 @@ def _fit_linear(
         y_train = y
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        norm: nn.BatchNorm1d | nn.BatchNorm2d = nn.BatchNorm2d(dim, affine=False) if spatial else nn.BatchNorm1d(dim, affine=False)
+        norm: nn.BatchNorm1d | nn.BatchNorm2d = (
+            nn.BatchNorm2d(dim, affine=False) if spatial else nn.BatchNorm1d(dim, affine=False)
+        )
         head: nn.Conv2d | nn.Linear = nn.Conv2d(dim, outputs, 1) if spatial else nn.Linear(dim, outputs)
         nn.init.trunc_normal_(head.weight, std=0.01)  # MAE's probe init
         assert head.bias is not None  # built with bias=True
         nn.init.zeros_(head.bias)
         probe = nn.Sequential(norm, head)
-    params = list(head.parameters())
+        aggregator = LTAE(dim, frames, temporal.heads, temporal.key_dim) if temporal is not None else None
+    params = list(head.parameters()) + (list(aggregator.parameters()) if aggregator is not None else [])
     lr = config.lr
     if task == "regression" and config.optimizer == "sgd":
         # The squared loss on D standardized features has curvature up to D (correlated features), so
@@ -294,7 +325,7 @@ def _fit_linear(
     probe.train()
     for _ in range(config.epochs):
         for idx in _batches(x.shape[0], config.batch_size, generator):
-            logits = probe(x[idx])
+            logits = probe(x[idx] if aggregator is None else aggregate(x[idx], aggregator))
             target = y_train[idx]
             if task == "segmentation":
                 logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -316,8 +347,11 @@ def _fit_linear(
     var = norm.running_var.detach().to(torch.float64)
     std = torch.sqrt(var + norm.eps)
     weight[var < 1e-8] = 0.0  # channels constant in training (dead units) carry nothing; ignore them later
-    readout = Readout(mean, std, weight, bias)
-    return ProbeFit(readout, score_readout(readout, task, *select, num_classes))
+    linear_readout = Readout(mean, std, weight, bias)
+    readout: Readout | TemporalReadout = linear_readout
+    if aggregator is not None:
+        readout = TemporalReadout(aggregator.eval(), linear_readout)
+    return ProbeFit(readout, score_readout(readout, task, *select, num_classes), "ltae" if aggregator else "")
 
 
 def fit_probe(
@@ -342,6 +376,21 @@ def fit_probe(
         if task == "regression":
             raise ValueError("the logistic probe is for classification and segmentation; use ridge or linear")
         return _fit_logistic(task, x, y, select, num_classes, logistic_cs, seed)
+
+
+def fit_ltae_probe(
+    task: TaskName,
+    train: tuple[torch.Tensor, torch.Tensor],
+    select: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    temporal: TemporalSettings,
+    seed: int = 0,
+    linear: LinearProbeConfig | None = None,
+) -> ProbeFit:
+    """The ``linear`` probe on per-frame features ``[N, T, D]`` / ``[N, T, D, h, w]`` with an L-TAE in
+    front, both trained together (the closed-form probes have no gradient to train an L-TAE with)."""
+    with single_thread():
+        return _fit_linear(task, *train, select, num_classes, linear or LinearProbeConfig(), seed, temporal)
 
 
 @contextlib.contextmanager

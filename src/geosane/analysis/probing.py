@@ -7,6 +7,11 @@ probes per (model, layer), so an interrupted or repeated run resumes where it st
 
 Everything the run needs (data, models, layer paths, label fractions, input sizes) is checked
 before the output directory is touched.
+
+Temporal stacks ``[N, T, C, H, W]``: a natively temporal model takes them whole; a single-image
+model runs on every frame, its per-frame features are cached as they are, and the probe reads them
+averaged over T (``temporal.aggregation: mean``, every method) or through an L-TAE trained with the
+``linear`` probe (``ltae``). See :mod:`geosane.analysis.temporal`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from geosane.analysis.features import MAP, FeatureCache, progress_bars, resolve_
 from geosane.analysis.layers import LayerRecorder, num_prefix_tokens, output_map, pool_output, resolve_layers
 from geosane.analysis.models import Backbone, ModelSpec, attach_normalization, input_check, load_backbone
 from geosane.analysis.plots import plot_depth_profile
-from geosane.analysis.probes import fit_probe, metric_name, score_readout, single_thread
+from geosane.analysis.probes import fit_ltae_probe, fit_probe, metric_name, score_readout, single_thread
+from geosane.analysis.temporal import TemporalSettings, check_temporal_settings, frames_per_model
 from geosane.config import save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError
@@ -62,6 +68,7 @@ class PreparedModel:
     backbone: Backbone
     layers: list[str]
     representation: str
+    frames: int | None = None  # temporal stacks run frame by frame (a single-image model), else None
 
 
 @dataclass
@@ -95,18 +102,22 @@ def prepare_models(
     representation: str | None,
     default_pooling: str,
     unique_names: bool = True,
+    temporal: TemporalSettings | None = None,
 ) -> list[PreparedModel]:
     """Build every model, resolve its layers and push two images through the hooks (no output yet).
 
     ``representation`` forces ``map`` (segmentation); otherwise each model's ``pooling`` (or
-    ``default_pooling``) is used.
+    ``default_pooling``) is used. ``temporal``: how temporal stacks meet each model
+    (:func:`geosane.analysis.temporal.frames_per_model`, whose errors come before any output).
     """
     prepared: list[PreparedModel] = []
+    temporal = temporal or TemporalSettings()
     raw_sample = data.splits["train"].images[:2]
     for spec in specs:
         backbone = load_backbone(spec)
         attach_normalization(backbone, data.normalization_choice, data.splits["train"].images)
         sample = backbone.inputs(data.normalization)(raw_sample)
+        frames = frames_per_model(backbone.name, backbone.model, sample, temporal)
         input_check(backbone, sample)
         layers = resolve_layers(backbone.model, spec.layers, default_layers, what=f"model '{backbone.name}'")
         rep = representation or spec.pooling or default_pooling
@@ -116,13 +127,13 @@ def prepare_models(
             )
         prefix = num_prefix_tokens(backbone.model)
         with LayerRecorder(backbone.model, layers) as recorder:
-            outputs = recorder.run(sample)
+            outputs = recorder.run(sample.flatten(0, 1) if frames else sample)
         for layer in layers:
             if rep == MAP:
                 output_map(outputs[layer], prefix, layer)
             else:
                 pool_output(outputs[layer], rep, prefix, layer)  # type: ignore[arg-type]
-        prepared.append(PreparedModel(backbone, layers, rep))
+        prepared.append(PreparedModel(backbone, layers, rep, frames))
     names = [p.backbone.name for p in prepared]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates and unique_names:
@@ -147,6 +158,8 @@ def _probe_key(cfg: ProbeConfig, data: AnalysisData, representation: str) -> str
         "probe": to_dict(cfg.probe),
         "rep": representation,
     }
+    if data.time_steps is not None:  # per-frame features are cached alike; the probe depends on this
+        settings["temporal"] = to_dict(cfg.temporal)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -156,6 +169,13 @@ def _validate(cfg: ProbeConfig) -> None:
     bad = [f for f in cfg.probe.fractions if not 0 < f <= 1]
     if bad:
         raise ConfigError(f"probe.fractions must be in (0, 1], got {bad}")
+    closed_form = [m for m in cfg.probe.methods if m != "linear"]
+    if cfg.temporal.aggregation == "ltae" and closed_form:
+        raise ConfigError(
+            f"temporal.aggregation=ltae trains its attention with the probe, by gradient: use probe.methods: "
+            f"[linear] (got {cfg.probe.methods}; {', '.join(closed_form)} are closed form), or "
+            "temporal.aggregation=mean"
+        )
 
 
 def run_probe(cfg: ProbeConfig) -> ProbeResult:
@@ -168,9 +188,10 @@ def run_probe(cfg: ProbeConfig) -> ProbeResult:
 def _run_probe(cfg: ProbeConfig) -> ProbeResult:
     _validate(cfg)
     data = load_analysis_data(cfg.data, cfg.task)
+    check_temporal_settings(cfg.temporal, data.splits["train"].images)
     subsets = _fraction_subsets(cfg, data)
     representation = MAP if cfg.task == "segmentation" else None
-    prepared = prepare_models(cfg.models, data, "blocks", representation, "mean")
+    prepared = prepare_models(cfg.models, data, "blocks", representation, "mean", temporal=cfg.temporal)
     device = resolve_device(cfg.device)
 
     out = Path(cfg.output_dir).expanduser()
@@ -191,13 +212,16 @@ def _run_probe(cfg: ProbeConfig) -> ProbeResult:
                 )
                 for split in ("train", "select", "test")
             }
+            ltae = bool(item.frames) and cfg.temporal.aggregation == "ltae"
+            if item.frames and not ltae:  # per-frame features [N, T, ...] -> their mean over T
+                features = {s: {la: f.mean(dim=1) for la, f in fs.items()} for s, fs in features.items()}
             key = _probe_key(cfg, data, item.representation)
             for depth, layer in enumerate(layers, start=1):
                 progress.update(overall, status=f"{backbone.name} {layer}")
                 record = cache.root / backbone.key / data.key / "probes" / key / f"{layer}.json"
                 layer_rows = read_json(record) if record.is_file() else None
                 if layer_rows is None:
-                    layer_rows = _probe_layer(cfg, data, features, layer, subsets)
+                    layer_rows = _probe_layer(cfg, data, features, layer, subsets, ltae)
                     write_json(record, layer_rows)
                     fitted += jobs
                 else:
@@ -232,6 +256,7 @@ def _probe_layer(
     features: dict[str, dict[str, torch.Tensor]],
     layer: str,
     subsets: dict[tuple[float, int], np.ndarray],
+    ltae: bool = False,
 ) -> list[dict[str, Any]]:
     train_x, select_x, test_x = (features[s][layer] for s in ("train", "select", "test"))
     train_y, select_y, test_y = (data.splits[s].targets for s in ("train", "select", "test"))
@@ -239,18 +264,29 @@ def _probe_layer(
     for method in cfg.probe.methods:
         for (fraction, seed), idx in subsets.items():
             pick = torch.as_tensor(idx, dtype=torch.long)
-            fit = fit_probe(
-                method,
-                cfg.task,
-                (train_x[pick], train_y[pick]),
-                (select_x, select_y),
-                data.num_classes,
-                seed,
-                cfg.probe.linear,
-                cfg.probe.ridge_alphas,
-                cfg.probe.logistic_cs,
-                cfg.probe.pixels_per_image,
-            )
+            if ltae:  # per-frame features: an L-TAE trained with the linear probe (method 'linear')
+                fit = fit_ltae_probe(
+                    cfg.task,
+                    (train_x[pick], train_y[pick]),
+                    (select_x, select_y),
+                    data.num_classes,
+                    cfg.temporal,
+                    seed,
+                    cfg.probe.linear,
+                )
+            else:
+                fit = fit_probe(
+                    method,
+                    cfg.task,
+                    (train_x[pick], train_y[pick]),
+                    (select_x, select_y),
+                    data.num_classes,
+                    seed,
+                    cfg.probe.linear,
+                    cfg.probe.ridge_alphas,
+                    cfg.probe.logistic_cs,
+                    cfg.probe.pixels_per_image,
+                )
             with single_thread():
                 test = score_readout(fit.readout, cfg.task, test_x, test_y, data.num_classes)
             rows.append(

@@ -5,6 +5,10 @@ Both models see the same batches; each layer's output is flattened (or pooled) t
 and fed to the minibatch estimator (unbiased HSIC averaged over batches, float64) or collected for a
 full-batch linear / debiased CKA. Outputs: ``cka.csv`` (every layer pair), ``cka_heatmap.png``,
 ``cka_diagonal.png`` (matching layers along depth) and ``summary.json``.
+
+Temporal stacks ``[N, T, C, H, W]``: a natively temporal model takes them whole; a single-image
+model runs per frame and each layer's pooled output is averaged over T (``temporal.aggregation:
+mean``; ``ltae`` has trained weights, which a comparison of fixed representations has not).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from geosane.analysis.plots import plot_cka_diagonal, plot_cka_heatmap
 from geosane.analysis.probing import PreparedModel, prepare_models, write_csv
 from geosane.config import save_config
 from geosane.console import console
-from geosane.errors import DataError
+from geosane.errors import ConfigError, DataError
 from geosane.io import claim_out_dir, write_json
 
 __all__ = ["CkaResult", "diagonal_pairs", "layer_kind", "run_cka"]
@@ -82,8 +86,16 @@ def diagonal_pairs(a: PreparedModel, b: PreparedModel, matrix: torch.Tensor) -> 
 
 
 def _pooled(item: PreparedModel, outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Each layer's output pooled to ``[B, D]``; per-frame outputs ``[B * T, ...]`` averaged over T."""
     prefix = num_prefix_tokens(item.backbone.model)
-    return [pool_output(outputs[p], item.representation, prefix, p) for p in item.layers]  # type: ignore[arg-type]
+    pooled = [pool_output(outputs[p], item.representation, prefix, p) for p in item.layers]  # type: ignore[arg-type]
+    if item.frames:
+        pooled = [x.unflatten(0, (-1, item.frames)).mean(dim=1) for x in pooled]
+    return pooled
+
+
+def _run_model(recorder: LayerRecorder, item: PreparedModel, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    return recorder.run(batch.flatten(0, 1) if item.frames else batch)
 
 
 def run_cka(cfg: CkaConfig) -> CkaResult:
@@ -99,7 +111,13 @@ def _run_cka(cfg: CkaConfig) -> CkaResult:
         raise DataError(f"split '{cfg.split}' has {images.shape[0]} images; CKA needs at least {MIN_BATCH}")
     if cfg.estimator == "minibatch" and cfg.batch_size < MIN_BATCH:
         raise DataError(f"batch_size {cfg.batch_size} is too small for minibatch CKA (at least {MIN_BATCH})")
-    a, b = prepare_models([cfg.model_a, cfg.model_b], data, "all", None, cfg.pooling, unique_names=False)
+    if cfg.temporal.aggregation == "ltae":
+        raise ConfigError(
+            "cka compares fixed representations; temporal.aggregation=ltae has weights to train, use mean"
+        )
+    a, b = prepare_models(
+        [cfg.model_a, cfg.model_b], data, "all", None, cfg.pooling, unique_names=False, temporal=cfg.temporal
+    )
     device = resolve_device(cfg.device)
     out = Path(cfg.output_dir).expanduser()
     claim_out_dir(out, "cka", {"data.root": cfg.data.root})
@@ -124,7 +142,7 @@ def _run_cka(cfg: CkaConfig) -> CkaResult:
             raw = images[start : min(start + cfg.batch_size, usable)]
             batch_a = a.backbone.inputs(data.normalization)(raw).to(device)
             batch_b = b.backbone.inputs(data.normalization)(raw).to(device)
-            xs, ys = _pooled(a, rec_a.run(batch_a)), _pooled(b, rec_b.run(batch_b))
+            xs, ys = _pooled(a, _run_model(rec_a, a, batch_a)), _pooled(b, _run_model(rec_b, b, batch_b))
             if cfg.estimator == "minibatch":
                 accumulator.update(xs, ys)
             else:

@@ -40,12 +40,12 @@ NORMALIZATION_CHOICES: tuple[str, ...] = ("auto", "dataset", "imagenet", "model"
 
 
 def imagenet_applies(images: torch.Tensor, rgb_bands: Sequence[int] | None = None, eight_bit: bool = False) -> bool:
-    """Whether ImageNet's statistics fit ``images [N, C, H, W]``: RGB (3 bands, or ``rgb_bands`` all
+    """Whether ImageNet's statistics fit ``images [N, (T,) C, H, W]``: RGB (3 bands, or ``rgb_bands`` all
     among the red/green/blue indices 0..2, one per channel), and 8-bit with ``eight_bit``."""
     if rgb_bands is None:
-        rgb = int(images.shape[1]) == 3
+        rgb = int(images.shape[-3]) == 3
     else:
-        rgb = len(rgb_bands) == int(images.shape[1]) and set(rgb_bands) <= {0, 1, 2}
+        rgb = len(rgb_bands) == int(images.shape[-3]) and set(rgb_bands) <= {0, 1, 2}
     return rgb and (not eight_bit or images.dtype == torch.uint8)
 
 
@@ -72,7 +72,7 @@ def choose_normalization(
     """
     if choice not in NORMALIZATION_CHOICES:
         raise ConfigError(f"{key} must be one of {', '.join(NORMALIZATION_CHOICES)}, got {choice!r}")
-    in_chans = int(train_images.shape[1])
+    in_chans = int(train_images.shape[-3])  # bands: [N, C, H, W] or temporal [N, T, C, H, W]
     if choice == "model" and recorded is None:
         raise ConfigError(f"{key}=model: the initialization records no normalization; use 'auto' or 'dataset'")
     if choice in ("auto", "model") and recorded is not None:

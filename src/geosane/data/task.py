@@ -93,7 +93,8 @@ def split_fractions(
 
 @dataclass(frozen=True)
 class TaskPart:
-    """Raw images ``[N, C, H, W]`` and targets (class ``[N]``, value ``[N]`` or mask ``[N, H, W]``)."""
+    """Raw images ``[N, C, H, W]`` (or temporal stacks ``[N, T, C, H, W]``) and targets (class
+    ``[N]``, value ``[N]`` or mask ``[N, H, W]``); caps and subsets index the first axis either way."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -128,7 +129,7 @@ class TaskData:
 
     @property
     def num_bands(self) -> int:
-        return int(self.images.shape[1])
+        return int(self.images.shape[-3])  # [N, C, H, W] or temporal [N, T, C, H, W]
 
     def part(self, name: str) -> TaskPart:
         """The images and targets of split ``name``."""

@@ -29,6 +29,9 @@ class Normalization:
 
     ``raw``: the statistics are in the units of the raw pixel values (TorchGeo's convention, e.g.
     0-255 or DN), so 8-bit images are not scaled to ``[0, 1]`` first.
+    The band axis is the third from the end, so one image ``[C, H, W]``, a batch ``[N, C, H, W]``, a
+    temporal stack ``[T, C, H, W]`` and a batch of stacks ``[N, T, C, H, W]`` are all normalised per
+    band (the same statistics for every time step).
     """
 
     mean: tuple[float, ...]
@@ -43,10 +46,12 @@ class Normalization:
 
     @classmethod
     def from_images(cls, images: torch.Tensor) -> Normalization:
-        """Per-band statistics of ``images`` ``[N, C, H, W]`` (8-bit images scaled to [0, 1])."""
+        """Per-band statistics of ``images`` ``[N, C, H, W]`` or ``[N, T, C, H, W]`` (every time step
+        pooled; 8-bit images scaled to [0, 1])."""
         x = _to_float(images)
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        per_band = x.movedim(-3, 0).reshape(x.shape[-3], -1)
+        mean = per_band.mean(dim=1)
+        std = per_band.std(dim=1).clamp_min(1e-6)
         return cls(tuple(mean.tolist()), tuple(std.tolist()))
 
     def for_bands(self, bands: int) -> Normalization | None:
@@ -60,9 +65,8 @@ class Normalization:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() if self.raw else _to_float(images)
-        shape = (1, -1, 1, 1) if x.ndim == 4 else (-1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(shape)
-        std = torch.tensor(self.std, dtype=x.dtype).view(shape)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)  # bands: third axis from the end
+        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
         return (x - mean) / std
 
 

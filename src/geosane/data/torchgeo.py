@@ -7,8 +7,15 @@ fails (offline). :class:`TorchGeoSamples` adapts a dataset (or a subset of it) t
 
 Known names (case-insensitive) map to TorchGeo classes and their task; any other TorchGeo
 ``NonGeoDataset`` class can be named directly (its task is inferred from the first sample).
-Sen1Floods11 is not part of TorchGeo 0.8; ``flood_s1`` (Copernicus-Bench Flood-S1, Kuro Siwo) and
-``MMFlood`` are the flood-mapping datasets it ships.
+Sen1Floods11 is not part of TorchGeo 0.8; geosane reads its published layout itself
+(:mod:`geosane.data.sen1floods11`), and ``flood_s1`` (Copernicus-Bench Flood-S1, Kuro Siwo) and
+``MMFlood`` are the flood-mapping datasets TorchGeo ships.
+
+Time series: a dataset whose images are ``[T, C, H, W]`` is read as temporal stacks when
+``time_steps`` is given (:func:`pick_time_steps`: that many frames, evenly spaced over each
+series, so series of different lengths become stacks of one length), else its times are stacked as
+``T * C`` bands. ``pastis`` (PASTIS, Sentinel-2 series of crop parcels) is such a dataset; it has
+no ``split`` argument, so geosane maps its five folds: folds 1-3 train, 4 select, 5 test.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "dataset_labels",
     "infer_task",
     "open_torchgeo",
+    "pick_time_steps",
     "read_torchgeo_detection",
     "read_torchgeo_splits",
     "torchgeo_available",
@@ -61,6 +69,12 @@ class TorchGeoDatasetInfo:
     annotated_splits: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     first_label: int = 0
+    # datasets without a 'split' argument: the constructor arguments of geosane's train / select / test
+    split_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # mask values that are no class (scored as ignore_index); they must be the last class names
+    ignore_labels: tuple[int, ...] = ()
+    # images are time series [T, C, H, W] of varying T: data.time_steps is required
+    temporal: bool = False
 
 
 TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
@@ -74,6 +88,17 @@ TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
         "multilabel",
         "Sentinel-2 (bands='s2') / Sentinel-1 patches, 19 or 43 labels",
         {"bands": "s2", "num_classes": 19},
+    ),
+    # PASTIS has five folds and no split argument: folds 1-3 train, 4 select (val), 5 test, the
+    # convention of the PASTIS benchmark papers' first cross-validation fold and of PANGAEA-bench
+    "pastis": TorchGeoDatasetInfo(
+        "PASTIS",
+        "segmentation",
+        "Sentinel-2 time series [T, 10, 128, 128] of French crop parcels, 19 classes + void (ignored)",
+        {"bands": "s2", "mode": "semantic"},
+        split_kwargs={"train": {"folds": [1, 2, 3]}, "select": {"folds": [4]}, "test": {"folds": [5]}},
+        ignore_labels=(19,),
+        temporal=True,
     ),
     "flood_s1": TorchGeoDatasetInfo(
         "CopernicusBenchFloodS1", "segmentation", "Sentinel-1 flood mapping (Kuro Siwo), 3 classes"
@@ -109,8 +134,8 @@ TORCHGEO_DATASETS: dict[str, TorchGeoDatasetInfo] = {
 
 _NOT_IN_TORCHGEO = {
     "sen1floods11": (
-        "Sen1Floods11 is not part of TorchGeo 0.8; use dataset=flood_s1 (Copernicus-Bench Flood-S1) or "
-        "MMFlood, or export Sen1Floods11 chips as .npz scenes for data.kind=csmask"
+        "Sen1Floods11 is not part of TorchGeo 0.8; geosane reads its published layout with "
+        "data.kind: sen1floods11 (analysis) — or use dataset=flood_s1 (Copernicus-Bench Flood-S1) or MMFlood"
     )
 }
 
@@ -159,9 +184,17 @@ def open_torchgeo(
     from torchgeo.datasets import DatasetNotFoundError
 
     arguments = {**(info.kwargs if info else {}), **(kwargs or {})}
+    if info is not None and info.split_kwargs:  # folds instead of a 'split' argument (PASTIS)
+        if split not in info.split_kwargs:
+            raise DataError(
+                f"TorchGeo {cls.__name__} has no split '{split}' (splits: {', '.join(info.split_kwargs)})"
+            )
+        arguments = {**arguments, **info.split_kwargs[split]}
+    else:
+        arguments = {"split": SPLIT_NAMES.get(split, split), **arguments}
     root = Path(root).expanduser()
     try:
-        return cls(root=str(root), split=SPLIT_NAMES.get(split, split), download=download, **arguments)
+        return cls(root=str(root), download=download, **arguments)
     except DatasetNotFoundError:
         raise DataError(
             f"{cls.__name__} not found under {root}: pass data.download=true to fetch it (needs internet), "
@@ -178,6 +211,24 @@ def open_torchgeo(
         ) from None
     except (TypeError, AssertionError, ValueError) as exc:
         raise DataError(f"invalid arguments {arguments} for TorchGeo {cls.__name__}: {exc}") from None
+
+
+def dataset_info(name: str) -> TorchGeoDatasetInfo | None:
+    """What geosane knows about TorchGeo dataset ``name`` (None for a class named directly)."""
+    return TORCHGEO_DATASETS.get(name.lower().replace("-", "").replace(" ", ""))
+
+
+def pick_time_steps(total: int, wanted: int, what: str = "a series") -> list[int]:
+    """``wanted`` frame indices evenly spaced over ``total`` (first and last included, rounded to the
+    nearest frame): a deterministic choice that keeps the series' seasonal span. ``wanted == 1``
+    keeps the middle frame. Fewer frames than ``wanted`` raise a :class:`DataError`."""
+    if wanted < 1:
+        raise DataError(f"data.time_steps must be at least 1, got {wanted}")
+    if total < wanted:
+        raise DataError(f"data.time_steps: {what} has {total} time steps, fewer than the {wanted} asked for")
+    if wanted == 1:
+        return [(total - 1) // 2]
+    return [int(v) for v in np.round(np.linspace(0, total - 1, wanted)).astype(int)]
 
 
 def detection_info(name: str) -> TorchGeoDatasetInfo | None:
@@ -306,9 +357,9 @@ class TorchGeoSamples(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``(image, target)`` pairs from a TorchGeo dataset: resized, normalised, optionally augmented.
 
     Images are read lazily (benchmarks do not fit in memory); ``image_size`` resizes images
-    (bilinear) and masks (nearest); time series ``[T, C, H, W]`` are stacked as ``T * C`` bands. Mask
-    values outside 0..254 become ``ignore_index`` 255, which is
-    never scored.
+    (bilinear) and masks (nearest); time series ``[T, C, H, W]`` are stacked as ``T * C`` bands, or
+    with ``time_steps`` kept as stacks of that many frames (:func:`pick_time_steps`). Mask values
+    outside 0..254, and those of ``ignore_labels``, become ``ignore_index`` 255, which is never scored.
     """
 
     def __init__(
@@ -319,8 +370,12 @@ class TorchGeoSamples(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         image_size: int | None = None,
         bands: Sequence[int] | None = None,
         augment: bool = False,
+        time_steps: int | None = None,
+        ignore_labels: Sequence[int] = (),
     ) -> None:
         self.dataset = dataset
+        self.time_steps = time_steps
+        self.ignore_labels = tuple(ignore_labels)
         self.indices = [int(i) for i in indices]
         self.normalization = normalization
         self.image_size = image_size
@@ -336,21 +391,35 @@ class TorchGeoSamples(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         image = torch.as_tensor(sample["image"]).float()
         if image.ndim == 2:
             image = image[None]
+        elif image.ndim == 4 and self.time_steps is not None:  # a temporal stack of time_steps frames
+            frames = pick_time_steps(image.shape[0], self.time_steps, f"item {self.indices[index]}")
+            image = image[frames]
         elif image.ndim == 4:  # a time series [T, C, H, W] (e.g. pre/post-flood): times become bands
             image = image.flatten(0, 1)
+        elif self.time_steps is not None:
+            raise DataError(
+                f"data.time_steps is set but item {self.indices[index]} is a single image {tuple(image.shape)}, "
+                "not a time series [T, C, H, W]; leave data.time_steps unset"
+            )
         if self.bands is not None:
-            image = image[self.bands]
+            image = image[..., self.bands, :, :]
         dense = "mask" in sample
         target = torch.as_tensor(sample["mask"] if dense else sample["label"]).long()
         if dense and target.ndim == 3:
             target = target[0]
         if self.image_size and tuple(image.shape[-2:]) != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
-            image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+            if image.ndim == 4:  # the frames of a stack resize as a batch
+                image = F.interpolate(image, size=size, mode="bilinear", antialias=True)
+            else:
+                image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
             if dense:
                 target = F.interpolate(target[None, None].float(), size=size, mode="nearest")[0, 0].long()
         if dense:
-            target = torch.where((target < 0) | (target > 254), IGNORE_INDEX, target)
+            unlabelled = (target < 0) | (target > 254)
+            for value in self.ignore_labels:
+                unlabelled |= target == value
+            target = torch.where(unlabelled, IGNORE_INDEX, target)
         return image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -343,6 +343,7 @@ def _torchgeo_task_data(
         TORCHGEO_DATASETS,
         TorchGeoSamples,
         dataset_classes,
+        dataset_info,
         dataset_labels,
         detection_info,
         infer_task,
@@ -372,6 +373,12 @@ def _torchgeo_task_data(
             {"kind": "torchgeo", "dataset": config.dataset, "root": str(root), "dropped_boxes": dropped},
         )  # fmt: skip
     dataset = config.dataset
+    series = dataset_info(dataset) if opener is None else None
+    if series is not None and series.temporal:  # time series of varying length (PASTIS)
+        raise DataError(
+            f"TorchGeo {series.class_name} holds time series [T, C, H, W] of varying length, which "
+            "fine-tuning does not take; probe it with geosane probe (data.time_steps, temporal.aggregation)"
+        )
     if opener is None:
         opened = {n: open_torchgeo(dataset, root, n, config.download, config.dataset_kwargs) for n in SPLITS}
     else:
