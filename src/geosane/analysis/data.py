@@ -166,58 +166,26 @@ def _torchgeo_splits(
 ) -> tuple[TaskName, torch.Tensor, torch.Tensor, tuple[str, ...], dict[str, np.ndarray], str]:
     """Every split of a TorchGeo dataset (capped by ``max_samples``) in memory: the images, their
     targets, the class names, each split's indices into them and the source id of the cache key."""
-    from geosane.data.torchgeo import (
-        TORCHGEO_DATASETS,
-        TorchGeoSamples,
-        dataset_classes,
-        dataset_info,
-        infer_task,
-        open_torchgeo,
-    )
+    from geosane.data.torchgeo import TORCHGEO_DATASETS, read_torchgeo_splits
 
     if not spec.dataset:
         raise DataError(f"data.kind: torchgeo needs data.dataset (e.g. {', '.join(sorted(TORCHGEO_DATASETS))})")
     if spec.test_scenes:
         raise DataError("data.test_scenes applies to csmask scenes; a TorchGeo dataset has its own test split")
-    info = dataset_info(spec.dataset)
-    if info is not None and info.temporal and spec.time_steps is None:
-        raise DataError(
-            f"TorchGeo {spec.dataset} holds time series of varying length: set data.time_steps (frames kept "
-            "per series, evenly spaced) to read them as stacks [N, T, C, H, W]"
-        )
-    root = Path(spec.root).expanduser()
-    opened = {n: open_torchgeo(spec.dataset, root, n, spec.download, spec.dataset_kwargs) for n in SPLITS}
-    found = infer_task(opened["train"][0])
-    wanted = ("classification", "segmentation") if task == "any" else (task,)
-    if found not in wanted:
-        hint = " (regression reads an image folder with data.targets)" if task == "regression" else ""
-        raise DataError(f"TorchGeo {spec.dataset} is a {found} dataset, not {' or '.join(wanted)}{hint}")
-    classes = dataset_classes(opened["train"])
-    ignore = info.ignore_labels if info is not None else ()
-    if ignore:  # e.g. PASTIS' void label, the last class: not a class, never scored
-        classes = classes[: min(ignore)]
-    images, targets, splits, start = [], [], {}, 0
-    for i, name in enumerate(SPLITS):  # each split capped with its own seed, as below
-        idx = cap_samples(np.arange(len(opened[name])), spec.max_samples, spec.split_seed + i)
-        if idx.size == 0:
-            raise DataError(f"TorchGeo {spec.dataset} split '{name}' under {root} is empty")
-        samples = TorchGeoSamples(
-            opened[name],
-            idx,
-            Normalization((0.0,), (1.0,)),
-            spec.image_size,
-            time_steps=spec.time_steps,
-            ignore_labels=ignore,
-        )
-        pairs = [samples.raw(j) for j in range(len(samples))]
-        images.append(torch.stack([p[0] for p in pairs]))
-        targets.append(torch.stack([p[1] for p in pairs]))
-        splits[name] = np.arange(start, start + idx.size)
-        start += idx.size
-    source = json.dumps(
-        ["torchgeo", spec.dataset, str(root.resolve()), spec.dataset_kwargs, spec.time_steps], default=str
+    read = read_torchgeo_splits(
+        spec.dataset,
+        spec.root,
+        spec.image_size,
+        tasks=("classification", "segmentation") if task == "any" else (task,),
+        max_samples=spec.max_samples,
+        seed=spec.split_seed,  # each split capped with its own seed (split_seed + its position)
+        download=spec.download,
+        kwargs=spec.dataset_kwargs,
+        time_steps=spec.time_steps,
+        key="",  # the task and the dataset disagree; the message names both
+        hint=" (regression reads an image folder with data.targets)" if task == "regression" else "",
     )
-    return found, torch.cat(images), torch.cat(targets), classes, splits, source  # type: ignore[return-value]
+    return read.task, read.images, read.targets, read.classes, read.splits, read.source  # type: ignore[return-value]
 
 
 def load_analysis_data(spec: DataSpec, task: TaskName | Literal["any"]) -> AnalysisData:

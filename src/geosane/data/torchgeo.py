@@ -456,30 +456,47 @@ def read_torchgeo_splits(
     seed: int = 0,
     download: bool = False,
     kwargs: dict[str, Any] | None = None,
+    time_steps: int | None = None,
     key: str = "data.dataset",
+    hint: str = "",
 ) -> TorchGeoSplits:
     """TorchGeo's own ``train`` / ``val`` / ``test`` splits of ``name`` as train / select / test,
     each capped to ``max_samples`` (seeded with ``seed`` + the split's position, see
-    :func:`geosane.data.cap_samples`) and resized to ``image_size``.
+    :func:`geosane.data.cap_samples`) and resized to ``image_size``; time series as stacks of
+    ``time_steps`` frames (:func:`pick_time_steps`), which a temporal dataset requires.
 
-    ``tasks``: the tasks the caller can use; another task is refused naming ``key``.
+    ``tasks``: the tasks the caller can use; another is refused naming ``key`` (if given; ``hint``
+    appended).
+    Labels a dataset marks as not a class (PASTIS' void) are dropped from the classes and ignored.
     """
+    info = dataset_info(name)
+    if info is not None and info.temporal and time_steps is None:
+        raise DataError(
+            f"TorchGeo {name} holds time series of varying length: set data.time_steps (frames kept "
+            "per series, evenly spaced) to read them as stacks [N, T, C, H, W]"
+        )
     root = Path(root).expanduser()
     opened = {n: open_torchgeo(name, root, n, download, kwargs) for n in SPLITS}
     found = infer_task(opened["train"][0])
     if found not in tasks:
-        raise DataError(f"{key}: TorchGeo {name} is a {found} dataset, not {' or '.join(tasks)}")
+        prefix = f"{key}: " if key else ""
+        raise DataError(f"{prefix}TorchGeo {name} is a {found} dataset, not {' or '.join(tasks)}{hint}")
     classes = dataset_classes(opened["train"])
+    ignore = info.ignore_labels if info is not None else ()
+    if ignore:  # e.g. PASTIS' void label, the last class: not a class, never scored
+        classes = classes[: min(ignore)]
     images, targets, splits, start = [], [], {}, 0
     for i, split in enumerate(SPLITS):
         idx = cap_samples(np.arange(len(opened[split])), max_samples, seed + i)
         if idx.size == 0:
             raise DataError(f"TorchGeo {name} split '{split}' under {root} is empty")
-        samples = TorchGeoSamples(opened[split], idx, Normalization((0.0,), (1.0,)), image_size)
+        samples = TorchGeoSamples(
+            opened[split], idx, Normalization((0.0,), (1.0,)), image_size, time_steps=time_steps, ignore_labels=ignore
+        )
         pairs = [samples.raw(j) for j in range(len(samples))]
         images.append(torch.stack([p[0] for p in pairs]))
         targets.append(torch.stack([p[1] for p in pairs]))
         splits[split] = np.arange(start, start + idx.size)
         start += idx.size
-    source = json.dumps(["torchgeo", name, str(root.resolve()), kwargs or {}], default=str)
+    source = json.dumps(["torchgeo", name, str(root.resolve()), kwargs or {}, time_steps], default=str)
     return TorchGeoSplits(found, torch.cat(images), torch.cat(targets), classes, splits, source)
