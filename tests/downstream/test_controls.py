@@ -203,3 +203,16 @@ def test_nearest_passes_over_the_prompts_own_weights(tmp_path: Path) -> None:
         NotApplicable, match=r"only .* member with the prompt's tensor shapes is the prompt \(q-0\)"
     ):
         nearest_member(alone, QUARTER, prompt)
+
+
+def test_zoo_average_leaves_out_members_of_other_bands(tmp_path: Path) -> None:
+    from geosane.downstream.config import ZooInitConfig
+    from geosane.downstream.inits import zoo_initializations
+
+    zoo = _zoo(tmp_path)  # q-0, q-1 (RGB), grey (1 band, same architecture otherwise), ...
+    (average,) = zoo_initializations(ZooInitConfig(dir=zoo.path), QUARTER, ["zoo_average"])
+    assert "grey" not in average.info["members"] and {"q-0", "q-1"} <= set(average.info["members"])
+    assert "without ['grey'] (other tensor shapes)" in average.info["selection"]
+    assert average.state_dict is not None and average.state_dict["conv1.weight"].shape[1] == 3
+    with pytest.raises(GeosaneError, match=r"zoo.members \['grey'\] do not have the prompt's tensor shapes"):
+        zoo_initializations(ZooInitConfig(dir=zoo.path, members=["q-0", "grey"]), QUARTER, ["zoo_average"])

@@ -155,6 +155,13 @@ def nearest_member(
     return WeightSource(entry, weights, f"{entry.id}: relative L2 distance {distance:.3f} to the prompt")
 
 
+def fits_architecture(arch: ArchSpec, weights: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``weights`` hold every tensor of ``arch`` outside its head, in the architecture's
+    shape (a 4-band member of a 6-band prompt's U-Net does not: its stem differs)."""
+    shapes, head = _template(arch)
+    return all(k in head or (k in weights and weights[k].shape == shape) for k, shape in shapes.items())
+
+
 def head_keys(arch: ArchSpec) -> set[str]:
     """State-dict keys of the architecture's task head (they are re-initialised for a task)."""
     return _template(arch)[1]

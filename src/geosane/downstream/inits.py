@@ -36,7 +36,7 @@ import torch
 
 from geosane.arch.spec import ArchSpec, LoadedModel, same_architecture
 from geosane.downstream.config import ArchConfig, ZooInitConfig
-from geosane.downstream.controls import NotApplicable
+from geosane.downstream.controls import NotApplicable, fits_architecture
 from geosane.downstream.merges import average_merge, dare_merge, ties_merge
 from geosane.errors import GeosaneError, SourceError
 from geosane.generation.card import CARD_FORMAT, MODEL_CARD, ModelCard
@@ -292,8 +292,22 @@ def zoo_initializations(config: ZooInitConfig, arch: ArchSpec, kinds: list[str])
         raise GeosaneError(f"initialization(s) {wanted} need a zoo: set zoo.dir (or remove them from inits)")
     zoo = Zoo(config.dir)
     members, base_source, note = _select_members(config, zoo, arch)
-    names = [e.id for e in members]
     states = [_load_member(zoo, e) for e in members]
+    other = [e.id for e, state in zip(members, states, strict=True) if not fits_architecture(arch, state)]
+    if other and config.members:
+        raise GeosaneError(
+            f"zoo.members {other} do not have the prompt's tensor shapes ({arch.library}:{arch.name} "
+            f"{arch.kwargs}: other bands or widths); name members of one shape"
+        )
+    if other:
+        kept = [(e, state) for e, state in zip(members, states, strict=True) if e.id not in other]
+        if not kept:
+            raise NotApplicable(
+                f"no {arch.name} zoo member has the prompt's tensor shapes ({other} differ in bands or widths)"
+            )
+        members, states = [e for e, _ in kept], [state for _, state in kept]
+        note = f"{len(members)} members: {note.split(': ', 1)[1]}, without {other} (other tensor shapes)"
+    names = [e.id for e in members]
     out = []
     info = {"members": names, "selection": note}
     if "zoo_average" in wanted:
