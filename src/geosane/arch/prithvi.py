@@ -97,6 +97,8 @@ class PrithviViT(nn.Module):
     ``get_classifier`` / ``reset_classifier``. ``temporal_frames``: the number of frames T.
     """
 
+    pos_embed: torch.Tensor
+
     def __init__(
         self,
         img_size: int = 224,
@@ -128,7 +130,9 @@ class PrithviViT(nn.Module):
         self.num_classes = int(num_classes)
         unknown = sorted(set(coords_encoding) - {"time", "location"})
         if unknown:
-            raise GeosaneError(f"PrithviViT: unknown coords_encoding '{unknown[0]}' (choose from time, location)")
+            raise GeosaneError(
+                f"PrithviViT: unknown coords_encoding '{unknown[0]}' (choose from time, location)"
+            )
         self.coords_encoding = tuple(coords_encoding)
         self.patch_embed = _TubeletEmbed(self.in_chans, self.embed_dim, self.patch_size)
         if "time" in self.coords_encoding:
@@ -146,10 +150,14 @@ class PrithviViT(nn.Module):
             )
         )  # fmt: skip
         self.norm = norm(self.embed_dim)
-        self.head: nn.Module = nn.Linear(self.embed_dim, self.num_classes) if self.num_classes else nn.Identity()
+        self.head: nn.Module = (
+            nn.Linear(self.embed_dim, self.num_classes) if self.num_classes else nn.Identity()
+        )
         nn.init.normal_(self.cls_token, std=0.02)
 
-    def grid(self, frames: int | None = None, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    def grid(
+        self, frames: int | None = None, height: int | None = None, width: int | None = None
+    ) -> tuple[int, int, int]:
         """Tokens along (time, rows, columns) for an input of that many frames and pixels."""
         t, p, q = self.patch_size
         return (
@@ -190,7 +198,7 @@ class PrithviViT(nn.Module):
 
     def position_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """The stored embedding for the trained grid, else the same sin-cos formula for ``grid``."""
-        pos: torch.Tensor = self.pos_embed
+        pos = self.pos_embed
         if tuple(grid) == self.grid():
             return pos
         return sincos_3d(self.embed_dim, grid).to(device=pos.device, dtype=pos.dtype)
@@ -230,7 +238,6 @@ class PrithviViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
 
 
 def _layer_norm(eps: float) -> Any:
