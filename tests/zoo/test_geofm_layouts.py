@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from geosane.arch.layouts import HLS_BANDS, LAYOUTS, S2_L1C_BANDS, convert_checkpoint
+from geosane.arch.prithvi import sincos_3d
 from geosane.errors import SourceError
 from geosane.zoo import resolve
 from tests.conftest import run_cli
@@ -151,6 +152,7 @@ def _all_used(loaded: Any, published: dict[str, torch.Tensor], rename: Any = lam
 
 def test_prithvi_v1_local_file_by_key_signature(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     published = _shapes_to_tensors(mae_shapes(64, 2, 6, 3 * 196, (1, 16, 16)))
+    published["pos_embed"] = sincos_3d(64, (3, 14, 14))  # fixed, as Prithvi initialises (and freezes) it
     path = tmp_path / "Prithvi_EO_V1_100M.pt"
     torch.save(published, path)
     loaded = resolve(str(path))
@@ -176,6 +178,18 @@ def test_prithvi_v1_local_file_by_key_signature(tmp_path: Path, capsys: pytest.C
     row = json.loads(out)
     assert row["bands"] == list(HLS_BANDS) and row["arch"]["name"] == "prithvi_vit"
     assert row["normalization"]["units"].startswith("HLS surface reflectance")
+    assert any("is the fixed 3D sin-cos embedding" in n for n in row["remapped"])
+    code, _, err = run_cli(capsys, "zoo", "describe", str(path))  # the table (stderr)
+    assert code == 0, err
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in err.splitlines()
+        if line.count("│") == 3
+    }
+    assert rows["layout"] == "prithvi-eo-1" and rows["temporal_frames"] == "3 (input [B, T, C, H, W])"
+    assert rows["dropped"].startswith(
+        f"{len(loaded.info['dropped'])} published tensors: decoder_embed.weight"
+    )
 
 
 def test_prithvi_v2_tl_from_the_hub_cache(tmp_path: Path, offline_hub: Path) -> None:
@@ -505,3 +519,15 @@ def test_refused_and_unknown_layouts(tmp_path: Path) -> None:
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.ones(3)}, plain)
     assert resolve(str(plain)).arch is None  # no layout: a plain state dict stays a plain state dict
+
+
+def test_prithvi_stem_is_not_adapted_silently(tmp_path: Path) -> None:
+    """Other band counts are refused with the model's own count (a Conv3d stem is not repeated)."""
+    from geosane.arch.stem import adapt_stem
+
+    path = tmp_path / "prithvi.pt"
+    torch.save(_shapes_to_tensors(mae_shapes(32, 1, 6, 3 * 196, (1, 16, 16))), path)
+    with pytest.raises(
+        Exception, match=r"'patch_embed.proj.weight' is not a 2D convolution .* pass data with 6 bands"
+    ):
+        adapt_stem(resolve(str(path)), 4)

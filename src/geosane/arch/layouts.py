@@ -247,7 +247,28 @@ def _prithvi_arch(
         "coords_encoding": coords, "coords_scale_learn": bool(cfg.get("coords_scale_learn", bool(coords))),
         "num_classes": 0,
     }  # fmt: skip
+    notes.append(
+        _sincos_note(pos, width, (num_frames // patch[0], img_size // patch[1], img_size // patch[2]))
+    )
     return ArchSpec("geosane", "prithvi_vit", kwargs), notes
+
+
+def _sincos_note(pos: torch.Tensor, width: int, grid: tuple[int, int, int]) -> str:
+    """Whether the stored position embedding is Prithvi's fixed 3D sin-cos (then other frame
+    counts and image sizes get exactly what Prithvi computes for them)."""
+    from geosane.arch.prithvi import sincos_3d
+
+    if pos.device.type == "meta":
+        return "pos_embed not compared with the 3D sin-cos formula (no values)"
+    diff = float((pos.float() - sincos_3d(width, grid)).abs().max())
+    if diff <= 1e-4:
+        return (
+            f"pos_embed is the fixed 3D sin-cos embedding (max |diff| {diff:.1g}); other grids recompute it"
+        )
+    return (
+        f"pos_embed differs from the 3D sin-cos formula (max |diff| {diff:.3g}): used as stored for "
+        f"{grid[0]} frames of {grid[1]}x{grid[2]} patches; other grids use the formula"
+    )
 
 
 def _prithvi_v1(obj: Any, config: Mapping[str, Any]) -> Conversion:
@@ -509,6 +530,7 @@ def _hf_dinov2(obj: Any, config: Mapping[str, Any]) -> Conversion:
         "depth": int(config.get("num_hidden_layers") or depth),
         "num_heads": int(heads) if isinstance(heads, int) else max(width // 64, 1),
         "mlp_ratio": hidden / width,
+        "dynamic_img_size": True,  # transformers' Dinov2Model interpolates positions for any input size
     }
     if isinstance(config.get("layer_norm_eps"), float) and config["layer_norm_eps"] != 1e-6:
         notes.append(f"config.json layer_norm_eps {config['layer_norm_eps']} differs from timm's 1e-6")
