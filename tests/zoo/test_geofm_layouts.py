@@ -259,6 +259,68 @@ def test_satmae_fmow_rgb_with_training_args(tmp_path: Path) -> None:
     assert loaded.build()(torch.randn(1, 3, 224, 224)).shape == (1, 64)
 
 
+def satmae_group_shapes(
+    dim: int, depth: int, chan: int = 16, patch: int = 8, side: int = 12, dec: int = 32
+) -> dict[str, tuple[int, ...]]:
+    """SatMAE's MaskedAutoencoderGroupChannelViT state dict (groups of 4, 4 and 2 bands)."""
+    sizes, tokens = (4, 4, 2), side * side
+    shapes: dict[str, tuple[int, ...]] = {"cls_token": (1, 1, dim), "pos_embed": (1, tokens + 1, dim - chan),
+                                          "channel_embed": (1, 3, chan)}  # fmt: skip
+    for i, size in enumerate(sizes):
+        shapes.update(
+            {f"patch_embed.{i}.proj.weight": (dim, size, patch, patch), f"patch_embed.{i}.proj.bias": (dim,)}
+        )
+    for i in range(depth):
+        shapes.update(vit_block(f"blocks.{i}", dim, 4 * dim))
+    shapes.update({"norm.weight": (dim,), "norm.bias": (dim,), "decoder_embed.weight": (dec, dim),
+                   "decoder_embed.bias": (dec,), "mask_token": (1, 1, dec), "decoder_pos_embed": (1, tokens + 1, dec - 8),
+                   "decoder_channel_embed": (1, 4, 8)})  # fmt: skip
+    shapes.update(vit_block("decoder_blocks.0", dec, 4 * dec))
+    shapes.update({"decoder_norm.weight": (dec,), "decoder_norm.bias": (dec,)})
+    for i, size in enumerate(sizes):
+        shapes.update(
+            {
+                f"decoder_pred.{i}.weight": (size * patch * patch, dec),
+                f"decoder_pred.{i}.bias": (size * patch * patch,),
+            }
+        )
+    return shapes
+
+
+def test_satmae_group_channels(tmp_path: Path) -> None:
+    model = _shapes_to_tensors(satmae_group_shapes(64, 2))
+    path = tmp_path / "pretrain-vit-large-e199.pth"
+    torch.save({"model": model, "epoch": 199, "args": argparse.Namespace(model_type="group_c")}, path)
+    loaded = resolve(str(path))
+    assert loaded.info["layout"] == "satmae-group-channels"
+    assert loaded.arch is not None and (loaded.arch.library, loaded.arch.name) == (
+        "geosane",
+        "satmae_group_vit",
+    )
+    assert loaded.arch.kwargs["channel_groups"] == [[0, 1, 2, 6], [3, 4, 5, 7], [8, 9]]
+    assert loaded.arch.kwargs["img_size"] == 96 and loaded.arch.kwargs["channel_embed"] == 16
+    _all_used(loaded, model)
+    assert (
+        "decoder_pred.2.weight" in loaded.info["dropped"]
+        and "decoder_channel_embed" in loaded.info["dropped"]
+    )
+    assert loaded.info["bands"] == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    norm = loaded.info["metadata"]["input"]["normalization"]
+    assert norm["mean"][0] == pytest.approx(1184.3824625 - 2 * 650.2842772) and norm["std"][
+        -1
+    ] == pytest.approx(4 * 1087.6020813)
+    net = loaded.build()
+    tokens = net.forward_features(torch.randn(2, 10, 96, 96))
+    assert tokens.shape == (2, 1 + 3 * 144, 64) and net(torch.randn(1, 10, 96, 96)).shape == (1, 64)
+    with pytest.raises(Exception, match=r"takes \[B, 10, H, W\]"):
+        net(torch.randn(1, 13, 96, 96))
+    odd = dict(model)
+    odd["patch_embed.2.proj.weight"] = torch.randn(64, 3, 8, 8)
+    torch.save({"model": odd}, tmp_path / "odd.pth")
+    with pytest.raises(SourceError, match=r"band groups of sizes \[4, 4, 3\]; SatMAE's published grouping"):
+        resolve(str(tmp_path / "odd.pth"))
+
+
 def test_plain_namespace_pickle_is_still_refused(tmp_path: Path) -> None:
     """The Namespace allowance is for recognised layouts only."""
     path = tmp_path / "other.pth"
@@ -454,6 +516,10 @@ def test_published_full_sizes_map_to_plain_architectures() -> None:
         LAYOUTS["ssl4eo-mae-vits16"], {"model": _meta(mae_shapes(384, 12, 13, 196, (16, 16), 512, 8))}
     )
     assert mae.arch.name == "vit_small_patch16_224" and "embed_dim" not in mae.arch.kwargs
+    group = convert_checkpoint(
+        LAYOUTS["satmae-group-channels"], {"model": _meta(satmae_group_shapes(1024, 24, 256, 8, 12, 512))}
+    )
+    assert group.arch.kwargs["img_size"] == 96 and group.arch.kwargs["num_heads"] == 16
     rn50 = convert_checkpoint(LAYOUTS["ssl4eo-moco-rn50"], {"state_dict": _meta(_moco_shapes([3, 4, 6, 3]))})
     assert (rn50.arch.name, rn50.arch.kwargs) == ("resnet50", {"num_classes": 0, "in_chans": 13})
 
@@ -500,25 +566,18 @@ def test_band_count_mismatch_names_the_expected_bands(tmp_path: Path) -> None:
         resolve(str(prithvi), in_chans=4)
 
 
-def test_refused_and_unknown_layouts(tmp_path: Path) -> None:
-    group = {"model": {"channel_embed": torch.zeros(1, 3, 8), "patch_embed.0.proj.weight": torch.zeros(8, 4, 8, 8),
-                       "decoder_pred.0.weight": torch.zeros(4, 8)}}  # fmt: skip
-    path = tmp_path / "satmae_group.pth"
-    torch.save(group, path)
-    with pytest.raises(
-        SourceError,
-        match=r"satmae-group-channels, which is not supported: SatMAE's multispectral group-channel",
-    ):
-        resolve(str(path))
+def test_unknown_layouts_and_plain_files(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(3)}, path)
     with pytest.raises(
         SourceError, match=r"unknown checkpoint layout 'nope' \(known: prithvi-eo-1, prithvi-eo-2"
     ):
         resolve(f"geofm:nope:{path}")
     with pytest.raises(SourceError, match=r"geofm sources look like geofm:LAYOUT:PATH"):
         resolve("geofm:prithvi-eo-1")
-    plain = tmp_path / "plain.pt"
-    torch.save({"w": torch.ones(3)}, plain)
-    assert resolve(str(plain)).arch is None  # no layout: a plain state dict stays a plain state dict
+    assert resolve(str(path)).arch is None  # no layout: a plain state dict stays a plain state dict
+    with pytest.raises(SourceError, match=r"does not match layout 'ssl4eo-mae-vits16': no 'model' entry"):
+        resolve(f"geofm:ssl4eo-mae-vits16:{path}")
 
 
 def test_prithvi_stem_is_not_adapted_silently(tmp_path: Path) -> None:

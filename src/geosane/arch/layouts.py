@@ -29,8 +29,8 @@ from geosane.errors import SourceError
 __all__ = [
     "HLS_BANDS",
     "LAYOUTS",
-    "REFUSED",
     "S2_L1C_BANDS",
+    "SATMAE_S2_BANDS",
     "CheckpointLayout",
     "Conversion",
     "convert_checkpoint",
@@ -71,6 +71,14 @@ class Conversion:
     state_dict: dict[str, torch.Tensor]
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def in_chans(self) -> int:
+        """Input bands of the architecture (``in_chans``, or the bands its groups cover)."""
+        groups = self.arch.kwargs.get("channel_groups")
+        if isinstance(groups, list):
+            return sum(len(g) for g in groups)
+        return int(self.arch.kwargs.get("in_chans", 3))
 
 
 Convert = Callable[[Any, Mapping[str, Any]], Conversion]
@@ -564,6 +572,65 @@ def _hf_dinov2_norm(config: Mapping[str, Any]) -> dict[str, Any] | str:
     }
 
 
+# SatMAE fMoW-Sentinel: 13 L1C-order bands, B01, B09, B10 dropped (--dropped_bands 0 9 10)
+SATMAE_S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+_SATMAE_KEPT = (1, 2, 3, 4, 5, 6, 7, 8, 11, 12)
+# util/datasets.py SentinelIndividualImageDataset.mean/std (13 bands, B01 ... B12 with B8A)
+SATMAE_S2_MEAN = (1370.19151926, 1184.3824625, 1120.77120066, 1136.26026392, 1263.73947144, 1645.40315151,
+                  1846.87040806, 1762.59530783, 1972.62420416, 582.72633433, 14.77112979, 1732.16362238,
+                  1247.91870117)  # fmt: skip
+SATMAE_S2_STD = (633.15169573, 650.2842772, 712.12507725, 965.23119807, 948.9819932, 1108.06650639,
+                 1258.36394548, 1233.1492281, 1364.38688993, 472.37967789, 14.3114637, 1310.36996126,
+                 1087.6020813)  # fmt: skip
+
+
+def _satmae_group(obj: Any, config: Mapping[str, Any]) -> Conversion:
+    """SatMAE's MaskedAutoencoderGroupChannelViT: per-group ``patch_embed.N``, ``channel_embed``."""
+    from geosane.arch.satmae import SATMAE_GROUPS
+
+    title = "SatMAE group-channel"
+    model, notes = _entry(obj, "model", "MAE's save_model: encoder + decoder")
+    state, dropped = _split(model, lambda k: k.startswith(MAE_DECODER_PREFIXES))
+    notes.append(f"left out the MAE decoder ({len(dropped)} tensors: decoder_*, decoder_pred.N, mask_token)")
+    width = int(_need(state, "cls_token", title).shape[-1])
+    chan = _need(state, "channel_embed", title)
+    groups = int(chan.shape[1])
+    sizes = [int(_need(state, f"patch_embed.{i}.proj.weight", title).shape[1]) for i in range(groups)]
+    published = [len(g) for g in SATMAE_GROUPS]
+    if sizes != published:
+        raise SourceError(
+            f"band groups of sizes {sizes}; SatMAE's published grouping {[list(g) for g in SATMAE_GROUPS]} "
+            f"has sizes {published} (the indices are not in the checkpoint)"
+        )
+    proj = state["patch_embed.0.proj.weight"]
+    patch = int(proj.shape[-1])
+    side = round((int(_need(state, "pos_embed", title).shape[1]) - 1) ** 0.5)
+    hidden = int(_need(state, "blocks.0.mlp.fc1.weight", title).shape[0])
+    kwargs: dict[str, Any] = {
+        "img_size": side * patch, "patch_size": patch, "channel_groups": [list(g) for g in SATMAE_GROUPS],
+        "embed_dim": width, "channel_embed": int(chan.shape[-1]), "depth": _count(state, r"blocks\.(\d+)\."),
+        "num_heads": max(width // 64, 1), "mlp_ratio": hidden / width, "num_classes": 0,
+    }  # fmt: skip
+    notes.append(
+        f"band groups {kwargs['channel_groups']} (SatMAE's published --grouped_bands; sizes {sizes} checked)"
+    )
+    return Conversion(ArchSpec("geosane", "satmae_group_vit", kwargs), state, dropped, notes)
+
+
+def _satmae_group_norm(config: Mapping[str, Any]) -> dict[str, Any]:
+    mean = [SATMAE_S2_MEAN[i] - 2 * SATMAE_S2_STD[i] for i in _SATMAE_KEPT]
+    std = [4 * SATMAE_S2_STD[i] for i in _SATMAE_KEPT]
+    return {
+        "mean": mean,
+        "std": std,
+        "units": "Sentinel-2 L1C digital numbers (DN)",
+        "published": (
+            "SentinelNormalize: (DN - (mean - 2 std)) / (4 std) * 255 clipped to 0-255 as uint8, then ToTensor's "
+            "/ 255 (util/datasets.py, the 13-band statistics, B01/B09/B10 dropped after)"
+        ),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # the table
 
@@ -621,6 +688,18 @@ LAYOUTS: dict[str, CheckpointLayout] = {
         license="cc-by-nc-4.0",
         files=("fmow_pretrain.pth",),
     ),
+    "satmae-group-channels": CheckpointLayout(
+        name="satmae-group-channels",
+        title="SatMAE fMoW-Sentinel group-channel MAE ViT (10 bands in 3 groups)",
+        family="satmae",
+        reference="sustainlab-group/SatMAE models_mae_group_channels.py, models_vit_group_channels.py",
+        recognise=_is_group_channel_mae,
+        convert=_satmae_group,
+        normalization=_satmae_group_norm,
+        bands=SATMAE_S2_BANDS,
+        license="cc-by-nc-4.0",
+        files=("pretrain-vit-base-e199.pth", "pretrain-vit-large-e199.pth"),
+    ),
     "ssl4eo-moco-rn50": CheckpointLayout(
         name="ssl4eo-moco-rn50",
         title="SSL4EO-S12 MoCo-v2 ResNet-50 (Sentinel-2 L1C, 13 bands)",
@@ -672,20 +751,9 @@ LAYOUTS: dict[str, CheckpointLayout] = {
     ),
 }
 
-# layouts recognised only to be refused, with the reason
-REFUSED: dict[str, tuple[Callable[[Any, Mapping[str, Any]], bool], str]] = {
-    "satmae-group-channels": (
-        _is_group_channel_mae,
-        "SatMAE's multispectral group-channel ViT (patch_embed.N per band group, channel_embed) has no "
-        "timm or geosane architecture yet: its tokens are per (band group, patch), which no loader here builds",
-    ),
-}
-
 
 def layout(name: str) -> CheckpointLayout:
     """The layout called ``name`` (an error lists the known ones)."""
-    if name in REFUSED:
-        raise SourceError(f"layout '{name}' is not supported: {REFUSED[name][1]}")
     try:
         return LAYOUTS[name]
     except KeyError:
@@ -702,10 +770,7 @@ def layout_for_repo(repo_id: str, filename: str | None = None) -> list[Checkpoin
 
 
 def recognise_layout(obj: Any, config: Mapping[str, Any]) -> CheckpointLayout | None:
-    """The layout whose key signature ``obj`` (as read, nesting included) has; refused ones raise."""
-    for name, (matches, reason) in REFUSED.items():
-        if matches(obj, config):
-            raise SourceError(f"recognised as {name}, which is not supported: {reason}")
+    """The layout whose key signature ``obj`` (as read, nesting included) has, or None."""
     for entry in LAYOUTS.values():
         if entry.recognise(obj, config):
             return entry
@@ -731,7 +796,7 @@ def convert_checkpoint(
     conversion = entry.convert(obj, dict(config or {}))
     arch = conversion.arch
     if entry.bands is not None:
-        in_chans = int(arch.kwargs.get("in_chans", 3))
+        in_chans = conversion.in_chans
         if in_chans != len(entry.bands):
             raise SourceError(
                 f"the checkpoint's stem takes {in_chans} bands, but {entry.title} expects {expected_bands(entry)}"

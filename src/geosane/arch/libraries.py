@@ -18,7 +18,8 @@ task. Libraries:
   it loads weights (:mod:`geosane.arch.torchgeo_models` holds the table);
 - ``geosane``: model classes geosane writes itself where no library above describes a published
   checkpoint (``prithvi_vit``: Prithvi's ViT with a Conv3d tubelet embedding,
-  :mod:`geosane.arch.prithvi`).
+  :mod:`geosane.arch.prithvi`; ``satmae_group_vit``: SatMAE's group-channel ViT,
+  :mod:`geosane.arch.satmae`).
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def _torchgeo_family(name: str, kwargs: dict[str, Any]) -> str | None:
 
 def _geosane_classes() -> dict[str, Callable[..., nn.Module]]:
     from geosane.arch.prithvi import PrithviViT
+    from geosane.arch.satmae import SatMAEGroupChannelViT
 
-    return {"prithvi_vit": PrithviViT}
+    return {"prithvi_vit": PrithviViT, "satmae_group_vit": SatMAEGroupChannelViT}
 
 
 def _geosane_check(name: str) -> None:
@@ -218,7 +220,7 @@ def _geosane_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _geosane_family(name: str, kwargs: dict[str, Any]) -> str | None:
-    return "prithvi" if name == "prithvi_vit" else None
+    return {"prithvi_vit": "prithvi", "satmae_group_vit": "satmae"}.get(name)
 
 
 # a detector's tensors whose shape depends on the number of classes (FCOS/RetinaNet, Faster R-CNN)

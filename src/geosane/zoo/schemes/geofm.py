@@ -133,7 +133,7 @@ def published_model(
         raise SourceError(f"{source}: {path.name} does not match layout '{entry.name}': {exc}") from None
     del obj
     arch = conversion.arch
-    model_chans = int(arch.kwargs.get("in_chans", 3))
+    model_chans = conversion.in_chans
     if in_chans is not None and in_chans != model_chans:
         raise SourceError(
             f"{source}: in_chans={in_chans}, but {entry.title} expects {expected_bands(entry)}",
