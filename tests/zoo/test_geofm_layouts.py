@@ -257,6 +257,11 @@ def test_satmae_fmow_rgb_with_training_args(tmp_path: Path) -> None:
     assert any("optimizer, epoch, scaler, args" in n for n in loaded.info["remapped"])
     assert loaded.info["metadata"]["input"]["normalization"]["mean"][0] == pytest.approx(0.4182007312774658)
     assert loaded.build()(torch.randn(1, 3, 224, 224)).shape == (1, 64)
+    renamed = tmp_path / "some_mae.pth"  # an RGB MAE by another name: not taken for SatMAE's
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(Exception, match="refusing to load"):
+        resolve(str(renamed))  # so its training args are refused as for any pickle
+    assert resolve(f"geofm:satmae-fmow-rgb:{renamed}").info["layout"] == "satmae-fmow-rgb"
 
 
 def satmae_group_shapes(
@@ -590,3 +595,30 @@ def test_prithvi_stem_is_not_adapted_silently(tmp_path: Path) -> None:
         Exception, match=r"'patch_embed.proj.weight' is not a 2D convolution .* pass data with 6 bands"
     ):
         adapt_stem(resolve(str(path)), 4)
+
+
+def test_prithvi_frames_follow_the_stored_position_embedding(tmp_path: Path) -> None:
+    path = tmp_path / "prithvi_1frame.pt"
+    torch.save(_shapes_to_tensors(mae_shapes(32, 1, 6, 196, (1, 16, 16))), path)
+    loaded = resolve(str(path))
+    assert (
+        loaded.arch is not None
+        and loaded.arch.kwargs["num_frames"] == 1
+        and loaded.info["temporal_frames"] == 1
+    )
+    assert any("1 frames (from pos_embed; the published default is 3)" in n for n in loaded.info["remapped"])
+
+
+def test_dinov2_classifier_checkpoint_by_key_signature(tmp_path: Path) -> None:
+    """Dinov2ForImageClassification: ``dinov2.*`` + ``classifier.*``; no config.json (sizes from tensors)."""
+    state = {f"dinov2.{k}": v for k, v in hf_dinov2_state(64, 1, 3, 2).items()}
+    state.update({"classifier.weight": torch.randn(5, 128), "classifier.bias": torch.randn(5)})
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    loaded = resolve(str(path))
+    assert loaded.info["layout"] == "hf-dinov2" and loaded.arch is not None
+    assert loaded.arch.kwargs["img_size"] == 28 and loaded.arch.kwargs["num_heads"] == 1
+    assert sorted(loaded.info["dropped"]) == ["classifier.bias", "classifier.weight", "embeddings.mask_token"]
+    assert loaded.info["metadata"]["input"]["normalization"] == "unknown"
+    assert "RGB" in loaded.info["metadata"]["input"]["bands_note"]
+    assert loaded.build()(torch.randn(1, 3, 28, 28)).shape == (1, 64)

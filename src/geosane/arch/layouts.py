@@ -35,6 +35,7 @@ __all__ = [
     "Conversion",
     "convert_checkpoint",
     "layout",
+    "layout_for_file",
     "layout_for_repo",
     "recognise_layout",
 ]
@@ -91,7 +92,10 @@ class CheckpointLayout:
     ``recognise``: the key signature on the checkpoint object as read (nesting included) and the
     repo's ``config.json``. ``convert``: object + config -> :class:`Conversion`. ``repos``: Hub
     repo ids that publish it (regular expressions, whole id, case-insensitive). ``files``: the
-    published file names (chosen in a repo that holds several weight files). ``normalization``:
+    published file names (chosen in a repo that holds several weight files; a file of that name
+    is tried with this layout first). ``by_signature``: False where the key signature is shared
+    by checkpoints of other origins (an MAE ViT on RGB), so only the repo, the file name or
+    ``geofm:LAYOUT:PATH`` pick it. ``normalization``:
     config -> the published normalisation (``mean``/``std`` in ``units``), or ``"unknown"``.
     """
 
@@ -107,6 +111,7 @@ class CheckpointLayout:
     license: str | None = None
     repos: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    by_signature: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,15 +239,23 @@ def _prithvi_arch(
         notes.append(
             f"num_heads is not in the checkpoint nor config.json: {heads} assumed (64 channels per head)"
         )
-    num_frames = int(cfg.get("num_frames") or frames)
     img_size = int(cfg.get("img_size") or 224)
-    tokens = (num_frames // patch[0]) * (img_size // patch[1]) * (img_size // patch[2])
-    pos = _need(state, "pos_embed", title)
-    if int(pos.shape[1]) != tokens + 1:
+    per_slice = (img_size // patch[1]) * (img_size // patch[2])
+    positions = int(_need(state, "pos_embed", title).shape[1]) - 1
+    if per_slice == 0 or positions % per_slice:
         raise SourceError(
-            f"'pos_embed' holds {int(pos.shape[1]) - 1} patch positions, but {num_frames} frames of "
-            f"{img_size} px in {patch} tubelets make {tokens}; put num_frames/img_size in config.json"
+            f"'pos_embed' holds {positions} patch positions, not a whole number of {img_size} px frames in "
+            f"{patch} tubelets ({per_slice} each); put img_size in config.json"
         )
+    num_frames = positions // per_slice * patch[0]  # the grid the stored position embedding is laid out for
+    wanted = cfg.get("num_frames")
+    if isinstance(wanted, int) and wanted != num_frames:
+        notes.append(
+            f"config.json says num_frames={wanted}; the stored pos_embed is laid out for {num_frames}, used"
+        )
+    elif not isinstance(wanted, int) and num_frames != frames:
+        notes.append(f"{num_frames} frames (from pos_embed; the published default is {frames})")
+    pos = state["pos_embed"]
     hidden = int(_need(state, "blocks.0.mlp.fc1.weight", title).shape[0])
     coords = [
         c
@@ -317,13 +330,14 @@ def _prithvi_norm(
 
 
 def _is_prithvi_v1(obj: Any, config: Mapping[str, Any]) -> bool:
+    """A flat MAE whose patch embedding is a Conv3d over the 6 HLS bands."""
     w = obj.get("patch_embed.proj.weight") if _is_tensor_dict(obj) else None
-    return isinstance(w, torch.Tensor) and w.ndim == 5
+    return isinstance(w, torch.Tensor) and w.ndim == 5 and int(w.shape[1]) == len(HLS_BANDS)
 
 
 def _is_prithvi_v2(obj: Any, config: Mapping[str, Any]) -> bool:
     w = obj.get("encoder.patch_embed.proj.weight") if _is_tensor_dict(obj) else None
-    return isinstance(w, torch.Tensor) and w.ndim == 5
+    return isinstance(w, torch.Tensor) and w.ndim == 5 and int(w.shape[1]) == len(HLS_BANDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,6 +701,7 @@ LAYOUTS: dict[str, CheckpointLayout] = {
         bands=FMOW_RGB_BANDS,
         license="cc-by-nc-4.0",
         files=("fmow_pretrain.pth",),
+        by_signature=False,  # any RGB MAE with its decoder (e.g. facebookresearch/mae's) looks the same
     ),
     "satmae-group-channels": CheckpointLayout(
         name="satmae-group-channels",
@@ -769,10 +784,15 @@ def layout_for_repo(repo_id: str, filename: str | None = None) -> list[Checkpoin
     return found
 
 
+def layout_for_file(filename: str) -> list[CheckpointLayout]:
+    """Layouts that publish a file called ``filename``."""
+    return [e for e in LAYOUTS.values() if filename in e.files]
+
+
 def recognise_layout(obj: Any, config: Mapping[str, Any]) -> CheckpointLayout | None:
     """The layout whose key signature ``obj`` (as read, nesting included) has, or None."""
     for entry in LAYOUTS.values():
-        if entry.recognise(obj, config):
+        if entry.by_signature and entry.recognise(obj, config):
             return entry
     return None
 

@@ -29,6 +29,7 @@ from geosane.arch.layouts import (
     convert_checkpoint,
     expected_bands,
     layout,
+    layout_for_file,
     layout_for_repo,
     recognise_layout,
 )
@@ -118,7 +119,10 @@ def published_model(
         if layout_name is not None:
             entry = layout(layout_name)
         else:
-            candidates = layout_for_repo(repo_id, path.name) if repo_id else []
+            candidates = [
+                *(layout_for_repo(repo_id, path.name) if repo_id else []),
+                *layout_for_file(path.name),
+            ]
             matching = [e for e in candidates if e.recognise(obj, config)]
             entry = matching[0] if matching else recognise_layout(obj, config)
     except SourceError as exc:
