@@ -622,3 +622,118 @@ def test_dinov2_classifier_checkpoint_by_key_signature(tmp_path: Path) -> None:
     assert loaded.info["metadata"]["input"]["normalization"] == "unknown"
     assert "RGB" in loaded.info["metadata"]["input"]["bands_note"]
     assert loaded.build()(torch.randn(1, 3, 28, 28)).shape == (1, 64)
+
+
+def _dinov2_reference(
+    state: dict[str, torch.Tensor], x: torch.Tensor, heads: int, depth: int
+) -> torch.Tensor:
+    """transformers' Dinov2Model forward written out on its own tensor names (last hidden state):
+    embeddings (class token, [registers], patches + positions), pre-norm blocks with layer scale."""
+    import torch.nn.functional as F
+
+    patches = F.conv2d(x, state["embeddings.patch_embeddings.projection.weight"],
+                       state["embeddings.patch_embeddings.projection.bias"], stride=14).flatten(2).transpose(1, 2)  # fmt: skip
+    cls = state["embeddings.cls_token"].expand(x.shape[0], -1, -1)
+    h = torch.cat([cls, patches], dim=1) + state["embeddings.position_embeddings"]
+    if "embeddings.register_tokens" in state:
+        regs = state["embeddings.register_tokens"].expand(x.shape[0], -1, -1)
+        h = torch.cat([h[:, :1], regs, h[:, 1:]], dim=1)
+    dim = h.shape[-1]
+    for i in range(depth):
+        p = f"encoder.layer.{i}."
+        y = F.layer_norm(h, (dim,), state[p + "norm1.weight"], state[p + "norm1.bias"], eps=1e-6)
+
+        def proj(name: str, y: torch.Tensor = y, p: str = p) -> torch.Tensor:
+            out = F.linear(
+                y,
+                state[f"{p}attention.attention.{name}.weight"],
+                state[f"{p}attention.attention.{name}.bias"],
+            )
+            return out.view(y.shape[0], y.shape[1], heads, dim // heads).transpose(1, 2)
+
+        att = torch.softmax(
+            proj("query") @ proj("key").transpose(-1, -2) / (dim // heads) ** 0.5, dim=-1
+        ) @ proj("value")
+        att = F.linear(att.transpose(1, 2).reshape(h.shape), state[p + "attention.output.dense.weight"],
+                       state[p + "attention.output.dense.bias"])  # fmt: skip
+        h = h + state[p + "layer_scale1.lambda1"] * att
+        y = F.layer_norm(h, (dim,), state[p + "norm2.weight"], state[p + "norm2.bias"], eps=1e-6)
+        y = F.linear(F.gelu(F.linear(y, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"])),
+                     state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"])  # fmt: skip
+        h = h + state[p + "layer_scale2.lambda1"] * y
+    return F.layer_norm(h, (dim,), state["layernorm.weight"], state["layernorm.bias"], eps=1e-6)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dinov2_remap_computes_what_dinov2model_computes(tmp_path: Path, registers: int) -> None:
+    state = {k: v * 0.2 for k, v in hf_dinov2_state(64, 2, 3, 3, registers).items()}
+    folder = tmp_path / "dinov2"  # a model folder: config.json (4 heads) beside the weights
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    config = {"model_type": "dinov2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 42, "patch_size": 14, "num_channels": 3}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = resolve(str(folder))
+    assert loaded.arch is not None and loaded.arch.kwargs["num_heads"] == 4
+    model = loaded.build().eval()
+    x = torch.randn(2, 3, 42, 42)
+    ours = model.forward_features(x)
+    reference = _dinov2_reference(state, x, heads=4, depth=2)
+    assert ours.shape == reference.shape and torch.allclose(ours, reference, atol=1e-5), (
+        (ours - reference).abs().max()
+    )
+    wrong_heads = _dinov2_reference(state, x, heads=2, depth=2)  # the check can fail: heads matter
+    assert not torch.allclose(ours, wrong_heads, atol=1e-3)
+
+
+def test_prithvi_computes_what_prithvis_encoder_computes(tmp_path: Path) -> None:
+    """Prithvi's encoder forward written out on the published names (mask ratio 0): Conv3d over
+    [B, C, T, H, W], tokens time-major, + pos_embed, class token + its position, timm blocks
+    with LayerNorm eps 1e-5, final norm."""
+    import torch.nn.functional as F
+
+    published = {
+        k: v * 0.2 for k, v in _shapes_to_tensors(mae_shapes(64, 2, 6, 3 * 196, (1, 16, 16))).items()
+    }
+    config = {"pretrained_cfg": {"num_heads": 4, "num_frames": 3, "img_size": 224}}
+    folder = tmp_path / "prithvi"
+    folder.mkdir()
+    torch.save(published, folder / "Prithvi_EO_V1_100M.pt")
+    (folder / "config.json").write_text(json.dumps(config))
+    model = resolve(str(folder)).build().eval()
+    video = torch.randn(1, 3, 6, 224, 224)  # [B, T, C, H, W]
+    s = published
+    h = F.conv3d(
+        video.permute(0, 2, 1, 3, 4),
+        s["patch_embed.proj.weight"],
+        s["patch_embed.proj.bias"],
+        stride=(1, 16, 16),
+    )
+    h = h.flatten(2).transpose(1, 2) + s["pos_embed"][:, 1:]
+    h = torch.cat([s["cls_token"] + s["pos_embed"][:, :1], h], dim=1)
+    dim, heads = 64, 4
+    for i in range(2):
+        p = f"blocks.{i}."
+        y = F.layer_norm(h, (dim,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps=1e-5)
+        q, k, v = (
+            F.linear(y, s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"])
+            .view(1, -1, 3, heads, dim // heads)
+            .unbind(2)
+        )
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = h + F.linear(
+            att.transpose(1, 2).reshape(h.shape), s[p + "attn.proj.weight"], s[p + "attn.proj.bias"]
+        )
+        y = F.layer_norm(h, (dim,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps=1e-5)
+        h = h + F.linear(
+            F.gelu(F.linear(y, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"])),
+            s[p + "mlp.fc2.weight"],
+            s[p + "mlp.fc2.bias"],
+        )
+    reference = F.layer_norm(h, (dim,), s["norm.weight"], s["norm.bias"], eps=1e-5)
+    ours = model.forward_features(video)
+    assert torch.allclose(ours, reference, atol=1e-5), (ours - reference).abs().max()
+    swapped = model.forward_features(
+        video.transpose(1, 2).reshape(1, 3, 6, 224, 224)
+    )  # the frame/band axes matter
+    assert not torch.allclose(swapped, reference, atol=1e-3)
