@@ -420,6 +420,8 @@ def test_ssl4eo_dino_and_mae_vits16(tmp_path: Path, offline_hub: Path) -> None:
     _all_used(loaded_mae, mae["model"])
     with pytest.raises(SourceError, match="several candidate weight files"):
         resolve("hf:wangyi111/SSL4EO-S12")  # two published files: name one
+    with pytest.raises(SourceError, match=r"has no file 'B13_rn50_moco_0099_ckpt.pth' in the cache"):
+        resolve("hf:wangyi111/SSL4EO-S12/B13_rn50_moco_0099_ckpt.pth")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,8 +107,8 @@ def _hf_online(
     chosen = [filename] if filename is not None else choose_weight_files(files, prefer)
     extra = [f for f in _CARD_FILES if f in files]
     paths = []
-    for filename in [*chosen, *extra]:
-        paths.append(Path(hf_hub_download(repo_id, filename, revision=info.sha or revision)))
+    for name in [*chosen, *extra]:
+        paths.append(Path(hf_hub_download(repo_id, name, revision=info.sha or revision)))
     if chosen[0].endswith(".safetensors.index.json"):
         weight_map = json.loads(paths[0].read_text(encoding="utf-8")).get("weight_map", {})
         for shard in dict.fromkeys(weight_map.values()):
