@@ -402,7 +402,8 @@ def test_nonfinite_tensor_is_named_unless_allowed(tmp_path):
 
 def test_unknown_scheme_and_missing_file(tmp_path):
     with pytest.raises(
-        SourceError, match=r"unknown source scheme 'foo:' in 'foo:bar' \(known: hf:, pkg:, timm:, torchgeo:, zoo:"
+        SourceError,
+        match=r"unknown source scheme 'foo:' in 'foo:bar' \(known: geofm:, hf:, pkg:, timm:, torchgeo:, zoo:",
     ):
         resolve("foo:bar")
     with pytest.raises(SourceError, match=r"model file not found: .*nothing\.safetensors"):

@@ -15,7 +15,11 @@ task. Libraries:
 - ``torchgeo``: TorchGeo's own model classes (optional extra) for the weights timm does not
   describe (DOFA, CROMA, Scale-MAE, Copernicus-FM, Panopticon, EarthLoc, Swin): the name is
   TorchGeo's builder, built with ``weights=None`` plus the structure changes TorchGeo makes when
-  it loads weights (:mod:`geosane.arch.torchgeo_models` holds the table).
+  it loads weights (:mod:`geosane.arch.torchgeo_models` holds the table);
+- ``geosane``: model classes geosane writes itself where no library above describes a published
+  checkpoint (``prithvi_vit``: Prithvi's ViT with a Conv3d tubelet embedding,
+  :mod:`geosane.arch.prithvi`; ``satmae_group_vit``: SatMAE's group-channel ViT,
+  :mod:`geosane.arch.satmae`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from geosane.errors import SourceError
+from geosane.errors import GeosaneError, SourceError
 
 __all__ = ["ARCH_LIBRARIES", "ArchLibrary", "arch_library"]
 
@@ -190,6 +194,35 @@ def _torchgeo_family(name: str, kwargs: dict[str, Any]) -> str | None:
     return entry.family if entry else None
 
 
+# ---------------------------------------------------------------------------------------------
+# geosane's own model classes
+
+
+def _geosane_classes() -> dict[str, Callable[..., nn.Module]]:
+    from geosane.arch.prithvi import PrithviViT
+    from geosane.arch.satmae import SatMAEGroupChannelViT
+
+    return {"prithvi_vit": PrithviViT, "satmae_group_vit": SatMAEGroupChannelViT}
+
+
+def _geosane_check(name: str) -> None:
+    known = _geosane_classes()
+    if name not in known:
+        raise SourceError(f"unknown geosane architecture '{name}' (known: {', '.join(sorted(known))})")
+
+
+def _geosane_build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    _geosane_check(name)
+    try:
+        return _geosane_classes()[name](**kwargs)
+    except (TypeError, ValueError, GeosaneError) as exc:
+        raise SourceError(f"cannot instantiate geosane architecture '{name}' with {kwargs}: {exc}") from None
+
+
+def _geosane_family(name: str, kwargs: dict[str, Any]) -> str | None:
+    return {"prithvi_vit": "prithvi", "satmae_group_vit": "satmae"}.get(name)
+
+
 # a detector's tensors whose shape depends on the number of classes (FCOS/RetinaNet, Faster R-CNN)
 DETECTOR_HEAD_PREFIXES = ("net.head.classification_head.cls_logits.", "net.roi_heads.box_predictor.")
 
@@ -215,6 +248,10 @@ ARCH_LIBRARIES: dict[str, ArchLibrary] = {
     ),
     "torchgeo": ArchLibrary(
         name="torchgeo", build=_torchgeo_build, check_name=_torchgeo_check, family=_torchgeo_family,
+        in_chans_key="in_chans", classes_key="num_classes", head_prefixes=("head.",), task="backbone",
+    ),
+    "geosane": ArchLibrary(
+        name="geosane", build=_geosane_build, check_name=_geosane_check, family=_geosane_family,
         in_chans_key="in_chans", classes_key="num_classes", head_prefixes=("head.",), task="backbone",
     ),
 }  # fmt: skip

@@ -30,7 +30,8 @@ def stem_weight_names(arch: ArchSpec) -> list[str]:
     other libraries (smp) the first convolution of the built model, which reads the input."""
     if arch.library != "timm":
         module = empty_architecture(arch)
-        first_conv = next((n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), None)
+        convs = (nn.Conv2d, nn.Conv3d)  # Conv3d: a tubelet embedding (Prithvi), reported as such below
+        first_conv = next((n for n, m in module.named_modules() if isinstance(m, convs)), None)
         if first_conv is None:
             raise GeosaneError(f"{arch.library}:{arch.name}: no convolution, cannot adapt the input bands")
         return [f"{first_conv}.weight"]
@@ -62,7 +63,7 @@ def adapt_stem(prompt: LoadedModel, in_chans: int) -> LoadedModel:
         weight = state_dict[name]
         if weight.ndim != 4:
             raise GeosaneError(
-                f"cannot adapt {prompt.source} to {in_chans} bands: its stem '{name}' is not a convolution "
+                f"cannot adapt {prompt.source} to {in_chans} bands: its stem '{name}' is not a 2D convolution "
                 f"(shape {tuple(weight.shape)}); pass data with {current} bands instead"
             )
         state_dict[name] = adapt_input_conv(in_chans, weight.float(), base_chans=current).to(weight.dtype)

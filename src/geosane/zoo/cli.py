@@ -102,7 +102,8 @@ def search(
 @zoo_app.command("add")
 def add(
     sources: list[str] = typer.Argument(
-        ..., help="timm:NAME, hf:ORG/NAME[@REV], torchgeo:ENUM, zoo:DIR#ID or a path."
+        ...,
+        help="timm:NAME, hf:ORG/NAME[/FILE][@REV], torchgeo:ENUM, geofm:LAYOUT:PATH, zoo:DIR#ID or a path.",
     ),
     zoo: Path = ZOO_OPTION,
     model_id: str = typer.Option(None, "--id", help="Model id (one source only; default from the source)."),
@@ -246,13 +247,17 @@ def describe_model(model: LoadedModel) -> dict[str, Any]:
         "pretrained": info.get("pretrained"),
         "remapped": info.get("remapped") or metadata.get("remapped"),
         "filled_from_init": info.get("filled_from_init") or metadata.get("filled_from_init"),
+        "layout": info.get("layout"),
+        "dropped": info.get("dropped") or metadata.get("dropped"),
+        "temporal_frames": info.get("temporal_frames") or inputs.get("temporal_frames"),
     }
 
 
 @zoo_app.command("describe")
 def describe(
     source: str = typer.Argument(
-        ..., help="timm:NAME, hf:ORG/NAME[@REV], torchgeo:ENUM, zoo:DIR#ID or a path."
+        ...,
+        help="timm:NAME, hf:ORG/NAME[/FILE][@REV], torchgeo:ENUM, geofm:LAYOUT:PATH, zoo:DIR#ID or a path.",
     ),
     random_init: bool = typer.Option(
         False, "--random-init", help="timm: describe the architecture without weights."
@@ -295,6 +300,10 @@ def describe(
     )
     for key in ("family", "task", "in_chans", "num_classes"):
         table.add_row(key, text(row[key]))
+    if row["layout"]:
+        table.add_row("layout", str(row["layout"]))
+    if row["temporal_frames"]:
+        table.add_row("temporal_frames", f"{row['temporal_frames']} (input [B, T, C, H, W])")
     table.add_row("bands", text(row["bands"]) if row["bands"] else text(row["bands_note"]))
     table.add_row("normalization", text(row["normalization"]))
     if row["resize"]:
@@ -304,6 +313,9 @@ def describe(
     for key in ("remapped", "filled_from_init"):
         if row[key]:
             table.add_row(key, "; ".join(str(v) for v in row[key]))
+    if row["dropped"]:
+        shown = ", ".join(row["dropped"][:4]) + (" ..." if len(row["dropped"]) > 4 else "")
+        table.add_row("dropped", f"{len(row['dropped'])} published tensors: {shown}")
     console.print(table)
 
 

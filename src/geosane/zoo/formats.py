@@ -36,8 +36,10 @@ __all__ = [
     "first_nonfinite",
     "load_weights_file",
     "pickle_globals",
+    "read_pickle",
     "read_weights",
     "strip_common_prefix",
+    "tensors_from_object",
 ]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -121,10 +123,14 @@ def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
 # pickles
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``; a pickle that needs other globals is refused, unrun."""
+def read_pickle(path: Path, allow: tuple[type, ...] = ()) -> Any:
+    """``torch.load(weights_only=True)``; a pickle that needs other globals is refused, unrun.
+
+    ``allow``: plain-data classes the caller lets through as well (``argparse.Namespace`` for the
+    training arguments MAE and DINO save beside the weights); still weights-only unpickling.
+    """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allow)):
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": noise here
             return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError:
@@ -167,8 +173,8 @@ def pickle_globals(path: str | Path) -> list[str]:
         return []
 
 
-def _tensors_from_object(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a loaded checkpoint object."""
+def tensors_from_object(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a loaded checkpoint object (``state_dict``/``model``/``module`` entry, or its tensors)."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "module"):
             inner = obj.get(key)
@@ -197,11 +203,11 @@ def strip_common_prefix(
 
 
 def _read_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    obj = _torch_load(path)
+    obj = read_pickle(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         tensors = {k: v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
     else:
-        tensors = _tensors_from_object(obj, path)
+        tensors = tensors_from_object(obj, path)
     tensors, prefix = strip_common_prefix(tensors)
     info: dict[str, Any] = {"stripped_prefix": prefix} if prefix else {}
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict):
@@ -231,7 +237,9 @@ def _read_onnx(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             location = {e.key: e.value for e in init.external_data}.get("location", "")
             try:
-                contained_path(path.parent, location, f"ONNX file {path}, initializer '{init.name}' external data")
+                contained_path(
+                    path.parent, location, f"ONNX file {path}, initializer '{init.name}' external data"
+                )
             except GeosaneError as exc:
                 raise SourceError(str(exc)) from None
         try:
@@ -239,7 +247,10 @@ def _read_onnx(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         except (OSError, ValueError, TypeError, onnx.checker.ValidationError) as exc:
             raise SourceError(f"{path}: cannot read initializer '{init.name}': {_first_line(exc)}") from None
         tensors[init.name] = torch.from_numpy(array.copy())
-    info: dict[str, Any] = {"onnx_producer": graph.name or model.producer_name or None, "onnx_file": str(path.resolve())}
+    info: dict[str, Any] = {
+        "onnx_producer": graph.name or model.producer_name or None,
+        "onnx_file": str(path.resolve()),
+    }
     initializer_names = set(tensors)
     for graph_input in graph.input:
         if graph_input.name in initializer_names:
@@ -276,7 +287,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if suffix == ".safetensors":
         return _read_safetensors(path), {}
     if suffix in PICKLE_SUFFIXES:
-        return _tensors_from_object(_torch_load(path), path), {}
+        return tensors_from_object(read_pickle(path), path), {}
     if suffix == ".ckpt":
         return _read_ckpt(path)
     if suffix == ".onnx":

@@ -4,9 +4,13 @@ Source schemes::
 
     timm:NAME                 timm architecture; pretrained weights from the hub (or cache),
                               random init only when explicitly asked for (``random_init=True``)
-    hf:ORG/NAME[@REV]         a Hugging Face Hub repo (safetensors preferred over pickles; works
+    hf:ORG/NAME[/FILE][@REV]  a Hugging Face Hub repo (safetensors preferred over pickles; works
                               from the local cache with HF_HUB_OFFLINE=1); a timm hub repo's
-                              config.json gives the architecture
+                              config.json gives the architecture, other repos a published
+                              checkpoint layout (Prithvi, SSL4EO-S12, DINOv2 ...)
+    geofm:LAYOUT:PATH         a local checkpoint read by a named published layout
+                              (:mod:`geosane.arch.layouts`; local files are also recognised by
+                              their key signature)
     torchgeo:WEIGHTS_ENUM     TorchGeo pretrained weights (optional extra), e.g.
                               torchgeo:ResNet18_Weights.SENTINEL2_ALL_MOCO
     zoo:ZOO_DIR#MODEL_ID      a model of a geosane zoo
@@ -35,6 +39,7 @@ from geosane.arch.spec import ArchSpec, LoadedModel, arch_family, build_architec
 from geosane.errors import SourceError, cli_flags
 from geosane.zoo.formats import first_nonfinite, load_weights_file
 from geosane.zoo.schemes.cards import timm_arch_from_config
+from geosane.zoo.schemes.geofm import resolve_geofm
 from geosane.zoo.schemes.hf import choose_weight_files, network_errors, resolve_hf
 from geosane.zoo.schemes.local import resolve_file
 from geosane.zoo.schemes.package import resolve_package
@@ -171,6 +176,7 @@ for _scheme, _resolver in (
     ("timm", resolve_timm),
     ("hf", resolve_hf),
     ("torchgeo", resolve_torchgeo),
+    ("geofm", resolve_geofm),
     ("zoo", resolve_zoo),
     ("pkg", resolve_package),
     ("file", resolve_file),  # local paths (no ``file:`` prefix)
