@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 
 import torch
 
+from geosane.arch.keys import key_mismatch
 from geosane.arch.meta import empty_architecture
 from geosane.arch.spec import ArchSpec
 from geosane.errors import SourceError
@@ -822,20 +823,8 @@ def convert_checkpoint(
                 f"the checkpoint's stem takes {in_chans} bands, but {entry.title} expects {expected_bands(entry)}"
             )
     fresh = empty_architecture(arch).state_dict()
-    missing = [k for k in fresh if k not in conversion.state_dict]
-    unexpected = [k for k in conversion.state_dict if k not in fresh]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing '{missing[0]}' ({len(missing)} missing)")
-        if unexpected:
-            parts.append(f"unexpected '{unexpected[0]}' ({len(unexpected)} unexpected)")
-        raise SourceError(f"weights do not fit {arch.library}:{arch.name} {arch.kwargs}: {', '.join(parts)}")
-    for key, value in conversion.state_dict.items():
-        if tuple(fresh[key].shape) != tuple(value.shape):
-            raise SourceError(
-                f"weights do not fit {arch.library}:{arch.name} {arch.kwargs}: '{key}' has shape "
-                f"{tuple(value.shape)}, the architecture expects {tuple(fresh[key].shape)}"
-            )
+    problem = key_mismatch(fresh, conversion.state_dict)
+    if problem:
+        raise SourceError(f"weights do not fit {arch.library}:{arch.name} {arch.kwargs}: {problem}")
     conversion.state_dict = {k: conversion.state_dict[k] for k in fresh}  # the architecture's order
     return conversion
