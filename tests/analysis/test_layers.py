@@ -108,6 +108,19 @@ def test_channels_last_and_windowed_outputs() -> None:
         rec.run(torch.randn(2, 3, 64, 64))
 
 
+def test_torchvision_swin_stages_are_turned_channels_first() -> None:
+    """TorchGeo's Swin weights are torchvision Swin Transformers: their stages pass [B, H, W, C]."""
+    import torchvision
+
+    swin = torchvision.models.swin_v2_t().eval()
+    with LayerRecorder(swin, ["features.0", "features.1", "features.3", "norm"]) as rec:
+        outputs = rec.run(torch.randn(2, 3, 64, 64))
+    assert outputs["features.0"].shape == (2, 96, 16, 16)  # patch embedding: 96 channels on a 16x16 grid
+    assert outputs["features.1"].shape == (2, 96, 16, 16)
+    assert outputs["features.3"].shape == (2, 192, 8, 8)
+    assert outputs["norm"].shape == (2, 768, 2, 2)
+
+
 def test_smp_segmenters_probe_their_encoder_and_decoder_blocks() -> None:
     import segmentation_models_pytorch as smp
 

@@ -184,9 +184,19 @@ def _channels_last(module: nn.Module, model: nn.Module) -> bool:
     """Whether a 4-D output of ``module`` is ``[B, H, W, C]`` (Swin blocks, linears and LayerNorms)."""
     if isinstance(module, nn.Linear | nn.LayerNorm) and not type(module).__name__.endswith("2d"):
         return True
-    return getattr(model, "output_fmt", "NCHW") == "NHWC" and not isinstance(
-        module, nn.Conv2d | nn.modules.batchnorm._BatchNorm
-    )
+    if type(module).__name__ == "Permute":  # torchvision's own NHWC -> NCHW step
+        return False
+    return _nhwc_model(model) and not isinstance(module, nn.Conv2d | nn.modules.batchnorm._BatchNorm)
+
+
+def _nhwc_model(model: nn.Module) -> bool:
+    """Models whose stages pass ``[B, H, W, C]`` maps: timm's ``output_fmt == "NHWC"`` (Swin and
+    kin) and torchvision's Swin Transformers (TorchGeo's Swin weights), which permute to NCHW only
+    after their last stage."""
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        return True
+    permute = getattr(model, "permute", None)
+    return type(permute).__name__ == "Permute" and list(getattr(permute, "dims", [])) == [0, 3, 1, 2]
 
 
 class LayerRecorder(contextlib.AbstractContextManager["LayerRecorder"]):

@@ -52,6 +52,9 @@ class ArchLibrary:
     classes_key: str
     head_prefixes: tuple[str, ...]
     task: str
+    # (submodule paths of the multi-scale stages, channels-last?) for models without timm's
+    # forward_intermediates that can still feed a segmentation decoder; None: they cannot
+    stages: Callable[[str], tuple[tuple[str, ...], bool] | None] = lambda name: None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +190,13 @@ def _torchgeo_check(name: str) -> None:
     torchgeo_model(name)
 
 
+def _torchgeo_stages(name: str) -> tuple[tuple[str, ...], bool] | None:
+    from geosane.arch.torchgeo_models import TORCHGEO_MODELS
+
+    entry = TORCHGEO_MODELS.get(name)
+    return (entry.stages, entry.stages_channels_last) if entry and entry.stages else None
+
+
 def _torchgeo_family(name: str, kwargs: dict[str, Any]) -> str | None:
     from geosane.arch.torchgeo_models import TORCHGEO_MODELS
 
@@ -249,6 +259,7 @@ ARCH_LIBRARIES: dict[str, ArchLibrary] = {
     "torchgeo": ArchLibrary(
         name="torchgeo", build=_torchgeo_build, check_name=_torchgeo_check, family=_torchgeo_family,
         in_chans_key="in_chans", classes_key="num_classes", head_prefixes=("head.",), task="backbone",
+        stages=_torchgeo_stages,
     ),
     "geosane": ArchLibrary(
         name="geosane", build=_geosane_build, check_name=_geosane_check, family=_geosane_family,

@@ -70,6 +70,10 @@ class TorchGeoModel:
     tolerated: frozenset[str] = field(default_factory=frozenset)
     bands: str = "unknown"
     in_chans: int | str | None = None
+    # submodules whose outputs are the multi-scale maps a segmentation decoder reads (the model has
+    # no timm forward_intermediates), and whether they are [B, H, W, C] (torchvision's Swin)
+    stages: tuple[str, ...] = ()
+    stages_channels_last: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +286,8 @@ def _swin(builder: str, v2: bool) -> TorchGeoModel:
         build=_build_swin,
         remap=_flat if v2 else _swin_v1,
         tolerated=frozenset() if v2 else _SWIN_V1_TOLERATED,
+        stages=("features.1", "features.3", "features.5", "features.7"),
+        stages_channels_last=True,
     )
 
 

@@ -123,6 +123,59 @@ def build_classifier(
     return model
 
 
+def _pick_stages(stages: tuple[str, ...], out_indices: int | tuple[int, ...]) -> tuple[str, ...]:
+    """``out_indices`` as timm reads it: an int n is the last n stages, a tuple their indices."""
+    if isinstance(out_indices, int):
+        return stages[-out_indices:] if out_indices > 0 else stages
+    try:
+        return tuple(stages[i] for i in out_indices)
+    except IndexError:
+        raise GeosaneError(f"out_indices {out_indices} out of range for {len(stages)} stages {stages}") from None
+
+
+class StageFeatures(nn.Module):
+    """Multi-scale ``[B, C, h, w]`` maps of named stages of a backbone that has no timm
+    ``forward_intermediates`` (TorchGeo's torchvision Swin Transformers), read by forward hooks.
+
+    timm's ``FeatureGetterNet`` needs ``forward_intermediates``; torchvision's
+    ``create_feature_extractor`` would FX-trace the model, which TorchGeo's stem-rebuilt models
+    need not survive, so the stages' outputs are recorded during the ordinary forward instead.
+    """
+
+    def __init__(self, model: nn.Module, stages: tuple[str, ...], channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.stages = tuple(stages)
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = {}
+
+        def keep(path: str) -> Any:
+            def hook(module: nn.Module, args: object, output: torch.Tensor) -> None:
+                outputs[path] = output.permute(0, 3, 1, 2) if self.channels_last else output
+
+            return hook
+
+        handles = [self.model.get_submodule(p).register_forward_hook(keep(p)) for p in self.stages]
+        try:
+            self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [outputs[p] for p in self.stages]
+
+    def channels(self) -> list[int]:
+        """Channels of each stage, from one small forward pass (the stem's band count, 64 px)."""
+        conv = next(m for m in self.model.modules() if isinstance(m, nn.Conv2d))
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            maps = self(torch.zeros(1, conv.in_channels, 64, 64))
+        self.train(was_training)
+        return [int(m.shape[1]) for m in maps]
+
+
 class SegmentationModel(nn.Module):
     """Backbone feature pyramid + decoder head, logits upsampled to the input size."""
 
@@ -156,11 +209,17 @@ def build_segmenter(
     if decoder not in DECODERS:
         raise GeosaneError(f"unknown decoder '{decoder}' (choose from {', '.join(DECODERS)})")
     model = backbone_with_weights(arch, state_dict, in_chans)
-    if not hasattr(model, "forward_intermediates"):
-        raise GeosaneError(
-            f"{type(model).__name__} has no forward_intermediates; it cannot feed a segmentation decoder"
-        )
-    backbone = FeatureGetterNet(model, out_indices=out_indices, output_fmt="NCHW")
-    channels = backbone.feature_info.channels()
+    backbone: nn.Module
+    if hasattr(model, "forward_intermediates"):
+        backbone = FeatureGetterNet(model, out_indices=out_indices, output_fmt="NCHW")
+        channels = backbone.feature_info.channels()
+    else:
+        stages = arch_library(spec.library).stages(spec.name) if spec is not None else None
+        if stages is None:
+            raise GeosaneError(
+                f"{type(model).__name__} has no forward_intermediates; it cannot feed a segmentation decoder"
+            )
+        backbone = StageFeatures(model, _pick_stages(stages[0], out_indices), channels_last=stages[1])
+        channels = backbone.channels()
     head = build_decoder(decoder, channels, num_classes, decoder_channels)
     return SegmentationModel(backbone, head)
