@@ -352,3 +352,38 @@ def test_shipped_sen1floods11_preset_runs_on_the_fake_layout(tmp_path: Path) -> 
     result = run_probe(cfg)
     assert {r["n_train"] for r in result.rows} == {1, 6}  # 10 % and 100 % of the 6 training chips
     assert max(r["test"] for r in result.rows if r["fraction"] == 1.0) > 0.6  # water vs land mIoU
+
+
+def test_prithvi_takes_the_whole_stack_in_probe_and_refuses_another_frame_count(
+    pastis: Path, tmp_path: Path
+) -> None:
+    """geosane's Prithvi encoder (a natively temporal backbone) on 6 of PASTIS' 10 bands, 3 frames."""
+    prithvi = {
+        "source": "geosane:prithvi_vit",
+        "random_init": True,
+        "name": "prithvi",
+        "layers": ["blocks.0", "blocks.1"],
+        "arch": {
+            "library": "geosane",
+            "name": "prithvi_vit",
+            "kwargs": {
+                "img_size": 32,
+                "patch_size": [1, 8, 8],
+                "num_frames": 3,
+                "embed_dim": 64,
+                "depth": 2,
+                "num_heads": 2,
+            },
+        },
+    }
+    data = _pastis(pastis, time_steps=3, bands=[0, 1, 2, 6, 8, 9])  # B2 B3 B4 B8 B11 B12, HLS-like
+    result = run_probe(_probe(data, [prithvi], tmp_path / "prithvi"))
+    assert {r["layer"] for r in result.rows} == {"blocks.0", "blocks.1"}
+    whole = load_file(
+        str(next((tmp_path / "prithvi" / "feature_cache").glob("*/*/train/blocks.0.map.safetensors")))
+    )
+    assert whole["features"].shape[:2] == (12, 64)  # one map per series: the stack went in whole
+    out = tmp_path / "single"
+    with pytest.raises(GeosaneError, match="prithvi"):
+        run_probe(_probe(_pastis(pastis, time_steps=4, bands=[0, 1, 2, 6, 8, 9]), [prithvi], out))
+    assert not out.exists()

@@ -18,7 +18,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from geosane.analysis.data import AnalysisData
-from geosane.analysis.layers import LayerRecorder, Pooling, num_prefix_tokens, output_map, pool_output
+from geosane.analysis.layers import (
+    LayerRecorder,
+    Pooling,
+    num_prefix_tokens,
+    output_map,
+    pool_output,
+    time_tokens,
+)
 from geosane.analysis.models import Backbone
 from geosane.analysis.temporal import temporal_frames
 from geosane.console import make_progress
@@ -91,7 +98,7 @@ def extract_features(
             for layer in layers:
                 out = outputs[layer]
                 if representation == MAP:
-                    out = output_map(out, prefix, layer)
+                    out = output_map(out, prefix, layer, time_tokens(model))
                 else:
                     out = pool_output(out, representation, prefix, layer)  # type: ignore[arg-type]
                 if frames:

@@ -282,18 +282,30 @@ def pool_output(
     raise GeosaneError(f"layer '{path}' output has unsupported shape {tuple(output.shape)}")
 
 
-def output_map(output: torch.Tensor, prefix_tokens: int, path: str = "layer") -> torch.Tensor:
-    """A layer output as a ``[B, C, h, w]`` map (patch tokens laid back on their square grid)."""
+def time_tokens(model: nn.Module) -> int:
+    """Token groups along time of a natively temporal ViT (Prithvi's ``temporal_tokens``: frames
+    per tubelet folded), laid out time-major before the spatial grid; 1 for every other model."""
+    return int(getattr(model, "temporal_tokens", 1) or 1)
+
+
+def output_map(output: torch.Tensor, prefix_tokens: int, path: str = "layer", times: int = 1) -> torch.Tensor:
+    """A layer output as a ``[B, C, h, w]`` map (patch tokens laid back on their square grid).
+
+    ``times`` > 1 (:func:`time_tokens`): the tokens are ``times`` square grids, one per time step,
+    averaged into one map (per-pixel features of the whole stack)."""
     if output.ndim == 4:
         return output
     if output.ndim == 3:
         tokens = output[:, prefix_tokens:]
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
+        per_time = tokens.shape[1] // times
+        side = math.isqrt(per_time)
+        if side * side != per_time or per_time * times != tokens.shape[1]:
+            grids = f" in {times} time steps" if times > 1 else ""
             raise GeosaneError(
-                f"layer '{path}' has {tokens.shape[1]} patch tokens, not a square grid; cannot map it to pixels"
+                f"layer '{path}' has {tokens.shape[1]} patch tokens{grids}, not a square grid; cannot map it to pixels"
             )
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+        grid = tokens.reshape(tokens.shape[0], times, side, side, tokens.shape[2]).mean(dim=1)
+        return grid.permute(0, 3, 1, 2)
     raise GeosaneError(
         f"layer '{path}' outputs {tuple(output.shape)}, which has no spatial layout to segment"
     )

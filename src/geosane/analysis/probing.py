@@ -32,7 +32,14 @@ from rich.table import Table
 from geosane.analysis.config import ProbeConfig
 from geosane.analysis.data import AnalysisData, label_subset, load_analysis_data
 from geosane.analysis.features import MAP, FeatureCache, progress_bars, resolve_device, torch_threads
-from geosane.analysis.layers import LayerRecorder, num_prefix_tokens, output_map, pool_output, resolve_layers
+from geosane.analysis.layers import (
+    LayerRecorder,
+    num_prefix_tokens,
+    output_map,
+    pool_output,
+    resolve_layers,
+    time_tokens,
+)
 from geosane.analysis.models import Backbone, ModelSpec, attach_normalization, input_check, load_backbone
 from geosane.analysis.plots import plot_depth_profile
 from geosane.analysis.probes import fit_ltae_probe, fit_probe, metric_name, score_readout, single_thread
@@ -130,7 +137,7 @@ def prepare_models(
             outputs = recorder.run(sample.flatten(0, 1) if frames else sample)
         for layer in layers:
             if rep == MAP:
-                output_map(outputs[layer], prefix, layer)
+                output_map(outputs[layer], prefix, layer, time_tokens(backbone.model))
             else:
                 pool_output(outputs[layer], rep, prefix, layer)  # type: ignore[arg-type]
         prepared.append(PreparedModel(backbone, layers, rep, frames))

@@ -166,6 +166,11 @@ class PrithviViT(nn.Module):
             (self.img_size if width is None else width) // q,
         )
 
+    @property
+    def temporal_tokens(self) -> int:
+        """Token grids along time (frames / tubelet), laid out time-major: what analysis maps fold."""
+        return self.grid()[0]
+
     # timm's classifier API -------------------------------------------------------------------
 
     def get_classifier(self) -> nn.Module:
