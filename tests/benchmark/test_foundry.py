@@ -254,3 +254,11 @@ def test_csmask_case_and_zoo_levers_report_and_resume_to_the_same_numbers(
     second = json.loads((cfg.out / "report.json").read_text())
     assert second["cases"] == first["cases"] and second["levers"] == first["levers"]
     assert again.report.read_text().split("## Plots")[0] == report.split("## Plots")[0]
+
+
+def test_the_full_config_adds_the_expensive_levers_to_the_default_ones() -> None:
+    default = [lever.name for lever in load_bench_config("foundry").levers]
+    full = [lever.name for lever in load_bench_config("foundry_full").levers]
+    assert "zoo-wide" not in default and "ae-permutation" not in default
+    assert full == [*default, "ae-permutation", "zoo-wide"]
+    assert load_bench_config("foundry_full").extra_levers == []  # merged once; bench.yaml reloads the same
