@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geosane.arch.vit_head import ClassTokenHead
 from geosane.errors import GeosaneError
 
 __all__ = ["PrithviViT", "sincos_1d", "sincos_3d"]
@@ -89,7 +90,7 @@ class _CoordsScale(nn.Module):
         return scale * emb.to(scale.device)
 
 
-class PrithviViT(nn.Module):
+class PrithviViT(ClassTokenHead):
     """Prithvi's encoder (no MAE decoder): tubelet embedding, 3D sin-cos positions, timm blocks.
 
     timm-style API: ``forward_features`` (tokens ``[B, 1 + N, D]`` after the final norm),
@@ -171,14 +172,7 @@ class PrithviViT(nn.Module):
         """Token grids along time (frames / tubelet), laid out time-major: what analysis maps fold."""
         return self.grid()[0]
 
-    # timm's classifier API -------------------------------------------------------------------
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Any = None) -> None:
-        self.num_classes = int(num_classes)
-        self.head = nn.Linear(self.embed_dim, self.num_classes) if self.num_classes else nn.Identity()
+    # timm's classifier API: ClassTokenHead ---------------------------------------------------
 
     # forward ---------------------------------------------------------------------------------
 
@@ -233,16 +227,6 @@ class PrithviViT(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
         out: torch.Tensor = self.norm(self.blocks(torch.cat([cls, tokens], dim=1)))
         return out
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = x[:, 0]
-        if pre_logits:
-            return pooled
-        out: torch.Tensor = self.head(pooled)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _layer_norm(eps: float) -> Any:

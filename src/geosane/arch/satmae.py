@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geosane.arch.vit_head import ClassTokenHead
 from geosane.errors import GeosaneError
 
 __all__ = ["SATMAE_GROUPS", "SatMAEGroupChannelViT"]
@@ -33,7 +34,7 @@ __all__ = ["SATMAE_GROUPS", "SatMAEGroupChannelViT"]
 SATMAE_GROUPS = ((0, 1, 2, 6), (3, 4, 5, 7), (8, 9))
 
 
-class SatMAEGroupChannelViT(nn.Module):
+class SatMAEGroupChannelViT(ClassTokenHead):
     """SatMAE's group-channel encoder with timm's classifier API (``forward_features``,
     ``forward_head``, ``reset_classifier``, ``num_prefix_tokens``)."""
 
@@ -102,13 +103,6 @@ class SatMAEGroupChannelViT(nn.Module):
             nn.Linear(self.embed_dim, self.num_classes) if self.num_classes else nn.Identity()
         )
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Any = None) -> None:
-        self.num_classes = int(num_classes)
-        self.head = nn.Linear(self.embed_dim, self.num_classes) if self.num_classes else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, 1 + G*L, D]`` after the final norm (class token first)."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
@@ -130,13 +124,3 @@ class SatMAEGroupChannelViT(nn.Module):
         cls = self.cls_token + torch.cat([self.pos_embed[:, :1], self.channel_cls_embed], dim=-1)
         out: torch.Tensor = self.norm(self.blocks(torch.cat([cls.expand(batch, -1, -1), tokens], dim=1)))
         return out
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = x[:, 0]
-        if pre_logits:
-            return pooled
-        out: torch.Tensor = self.head(pooled)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

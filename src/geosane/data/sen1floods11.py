@@ -66,8 +66,13 @@ class Sen1Floods11Split:
 
 
 def _read_tif(path: Path) -> np.ndarray:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+    try:  # rasterio comes with the torchgeo extra (GDAL reads every GeoTIFF compression)
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+    except ImportError:
+        raise DataError(
+            "Sen1Floods11's GeoTIFFs are read with rasterio: pip install 'geosane[torchgeo]' (or rasterio)"
+        ) from None
 
     if not path.is_file():
         raise DataError(f"Sen1Floods11: {path} is missing (listed in the split file)")
