@@ -88,3 +88,27 @@ def write_fake_landcoverai(root: Path, per_split: tuple[int, int, int] = (12, 4,
 def fake_landcoverai(tmp_path: Path) -> Path:
     pytest.importorskip("torchgeo")
     return write_fake_landcoverai(tmp_path / "landcoverai")
+
+
+@pytest.fixture
+def torch_hub_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub checkpoint cache under tmp, downloads off: where tests put weights files
+    in their published layout for ``torchgeo:ENUM`` sources (nothing reaches the network)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    return checkpoints
+
+
+def torchgeo_file(checkpoints: Path, enum: str) -> Path:
+    """Where torch hub caches the file of TorchGeo weights ``enum`` (its URL's file name)."""
+    from urllib.parse import urlparse
+
+    from torchgeo.models import get_weight
+
+    return checkpoints / Path(urlparse(get_weight(enum).url).path).name
+

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import torch
 
 from tests.conftest import run_cli
 
-from .conftest import write_fake_landcoverai
+from .conftest import torchgeo_file, write_fake_landcoverai
 
 pytest.importorskip("torchgeo")
 
@@ -27,23 +26,16 @@ SATLAS = "Swin_V2_B_Weights.NAIP_RGB_SI_SATLAS"
 
 
 @pytest.fixture
-def published_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def published_weights(torch_hub_checkpoints: Path) -> None:
     import timm
-    from huggingface_hub import constants
     from torchgeo.models import get_weight
 
     from tests.zoo.test_torchgeo_models import published_checkpoint
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
     torch.manual_seed(0)
-    gassl, satlas = get_weight(GASSL), get_weight(SATLAS)
     resnet = timm.create_model("resnet50", num_classes=0).state_dict()
-    torch.save(resnet, checkpoints / Path(urlparse(gassl.url).path).name)
-    torch.save(published_checkpoint(satlas), checkpoints / Path(urlparse(satlas.url).path).name)
+    torch.save(resnet, torchgeo_file(torch_hub_checkpoints, GASSL))
+    torch.save(published_checkpoint(get_weight(SATLAS)), torchgeo_file(torch_hub_checkpoints, SATLAS))
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ resolver and its recorded ``metadata.input.normalization``.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import timm
@@ -21,6 +20,8 @@ from geosane.config import load_config
 from geosane.data import Normalization, recorded_normalization
 from geosane.errors import ConfigError, SourceError
 
+from .conftest import torchgeo_file
+
 pytest.importorskip("torchgeo")
 
 SECO = "ResNet18_Weights.SENTINEL2_RGB_SECO"  # 3 bands, per-band statistics folded from 3 Normalize steps
@@ -28,19 +29,12 @@ MOCO13 = "ResNet18_Weights.SENTINEL2_ALL_MOCO"  # 13 bands, one value for all ba
 
 
 @pytest.fixture
-def torchgeo_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
+def torchgeo_cache(torch_hub_checkpoints: Path) -> None:
     from torchgeo.models import get_weight
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
     for enum in (SECO, MOCO13):
-        weights = get_weight(enum)
-        model = timm.create_model("resnet18", in_chans=weights.meta["in_chans"], num_classes=0)
-        torch.save(model.state_dict(), checkpoints / Path(urlparse(weights.url).path).name)
+        model = timm.create_model("resnet18", in_chans=get_weight(enum).meta["in_chans"], num_classes=0)
+        torch.save(model.state_dict(), torchgeo_file(torch_hub_checkpoints, enum))
 
 
 def _settings(root: Path, out: Path, model: str, **data: object) -> dict:
