@@ -56,6 +56,8 @@ def unet() -> object:
 def test_a_package_source_names_the_shipped_file_portably(unet: object) -> None:
     packaged = resolve("pkg:ukis_csmask/model_6b_l2a.onnx")
     assert packaged.arch == unet.arch and packaged.info["license"] == "Apache-2.0"  # type: ignore[attr-defined]
+    assert packaged.source == "pkg:ukis_csmask/model_6b_l2a.onnx"  # what a zoo manifest records
+    assert Path(packaged.info["file"]).name == "model_6b_l2a.onnx"
     assert all(torch.equal(packaged.state_dict[k], v) for k, v in unet.state_dict.items())  # type: ignore[attr-defined]
     with pytest.raises(SourceError, match="the path leaves the package folder"):
         resolve("pkg:ukis_csmask/../torch/__init__.py")

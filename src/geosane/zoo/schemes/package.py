@@ -50,6 +50,8 @@ def package_file(spec: str) -> Path:
 def resolve_package(
     spec: str, *, random_init: bool = False, in_chans: int | None = None, num_classes: int | None = None
 ) -> LoadedModel:
-    return resolve_file(
-        str(package_file(spec)), random_init=random_init, in_chans=in_chans, num_classes=num_classes
-    )
+    path = package_file(spec)
+    model = resolve_file(str(path), random_init=random_init, in_chans=in_chans, num_classes=num_classes)
+    model.source = f"pkg:{spec}"  # the portable name, in zoo manifests too; the file stays in info
+    model.info.setdefault("file", str(path))
+    return model
