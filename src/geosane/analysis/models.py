@@ -22,7 +22,7 @@ from torch import nn
 
 from geosane.analysis.layers import Pooling
 from geosane.analysis.temporal import temporal_frames
-from geosane.data import Normalization, choose_normalization, recorded_normalization
+from geosane.data import Normalization, recorded_normalization
 from geosane.errors import SourceError
 from geosane.io import read_json, sha256_tensors
 from geosane.tasks import backbone_with_weights
@@ -170,13 +170,13 @@ def attach_normalization(backbone: Backbone, choice: str, train_images: torch.Te
             )
         return
     bands = int(train_images.shape[-3])
-    if recorded.for_bands(bands) is None:
+    chosen = recorded.for_bands(bands)  # what choose_normalization gives for auto / model with a record
+    if chosen is None:
         expected = expected_bands(backbone.loaded, len(recorded.mean))
         raise SourceError(
             f"model '{backbone.name}' expects {expected}, normalised by its recorded statistics, but the "
             f"data has {bands} bands; pick the model's bands with data.bands, or set data.normalization=dataset"
         )
-    chosen = choose_normalization(choice, train_images, recorded=recorded, key="data.normalization")
     backbone.normalization = chosen
     digest = hashlib.sha256(backbone.key.encode())
     digest.update(json.dumps([chosen.mean, chosen.std, chosen.raw]).encode())
