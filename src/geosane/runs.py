@@ -10,18 +10,20 @@ line and exit status 130.
 
 The rest of the Lightning plumbing every stage shares lives here too: :class:`SafeCheckpointIO`
 (checkpoints written atomically through ``geosane.io``, read weights-only), :class:`SaveLastCheckpoint`
-(the resumable ``last`` checkpoint after every epoch and/or every N steps) and :func:`quiet_lightning`.
+(the resumable ``last`` checkpoint after every epoch and/or every N steps), :func:`quiet_lightning`
+and :func:`keeps_torch_threads`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import lightning as L
 import numpy as np
@@ -32,7 +34,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from geosane.errors import Interrupted
 from geosane.io import load_torch, save_torch
 
-__all__ = ["ResumableRandomness", "SafeCheckpointIO", "SaveLastCheckpoint", "fit_resumable", "quiet_lightning"]
+__all__ = [
+    "ResumableRandomness",
+    "SafeCheckpointIO",
+    "SaveLastCheckpoint",
+    "fit_resumable",
+    "keeps_torch_threads",
+    "quiet_lightning",
+]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # Lightning chatter that says nothing to a geosane user (we set workers, devices and intervals on purpose)
 _QUIET_PATTERNS = (
@@ -51,6 +63,25 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for pattern in _QUIET_PATTERNS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def keeps_torch_threads(stage: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Put torch's CPU thread count back when ``stage`` returns or raises.
+
+    A stage may run with threads of its own (``train.threads``, a zoo recipe's ``num_threads``), but
+    the count decides the order of float reductions: left behind, it makes every later stage of the
+    same process compute other numbers than a resumed process that skipped the stage would.
+    """
+
+    @functools.wraps(stage)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        threads = torch.get_num_threads()
+        try:
+            return stage(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -4,7 +4,11 @@ whole tiny benchmark that resumes to the same numbers."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +21,10 @@ from geosane.benchmark.foundry import (
     run_foundry_bench,
     split_source_target,
 )
+from geosane.config import save_config
 from geosane.errors import ConfigError, GeosaneError
 from geosane.zoo import build_zoo
-from tests.conftest import run_cli
+from tests.conftest import REPO_ROOT, run_cli
 
 S1 = ["aGrass", "bField", "cIndustry", "dRiverLake"]
 S2 = ["eForest", "fResident", "gParking", "aGrass"]
@@ -262,3 +267,57 @@ def test_the_full_config_adds_the_expensive_levers_to_the_default_ones() -> None
     assert "zoo-wide" not in default and "ae-permutation" not in default
     assert full == [*default, "ae-permutation", "zoo-wide"]
     assert load_bench_config("foundry_full").extra_levers == []  # merged once; bench.yaml reloads the same
+
+
+def _numbers(report: Path) -> dict[str, object]:
+    """What a benchmark measured (test and select values of every row, case and lever), no paths."""
+    summary = json.loads(report.read_text())
+    keys = ("name", "values", "select_mean", "curve", "paired_diffs")
+    return {
+        "cases": [[{k: row.get(k) for k in keys} for row in case["rows"]] for case in summary["cases"]],
+        "levers": [{k: lever.get(k) for k in keys} for lever in summary["levers"]],
+        "teacher": {k: (v["select"], v["test"]) for k, v in summary["teacher"]["fine_tuned"].items()},
+    }
+
+
+def _kill_when(args: list[str], env: dict[str, str], pattern: str, root: Path) -> None:
+    """Start ``args``; SIGKILL it (no clean-up of any kind) as soon as a file ``pattern`` exists."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(root.glob(pattern)):
+            assert proc.poll() is None, f"the run ended before {pattern} appeared"
+            assert time.monotonic() < deadline, f"{pattern} never appeared"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_a_benchmark_killed_in_the_middle_of_stages_resumes_to_the_uninterrupted_numbers(
+    rsscn7_root: Path, tmp_path: Path
+) -> None:
+    """SIGKILL (a power cut, not a clean interruption) in the autoencoder's training, between its
+    checkpoints, and in the middle of a comparison; the resumed run measures what a run that was
+    never interrupted measures, in another process (nothing may depend on the process)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "200"}
+    cfg = _tiny_config(tmp_path, rsscn7_root, ("autoencoder.train.max_steps=40",
+                                               "autoencoder.train.ckpt_every=10",
+                                               "autoencoder.train.val_every=20"))  # fmt: skip
+    config = tmp_path / "bench.yaml"
+    save_config(cfg, config)
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "geosane", "bench", "foundry", "--config", str(config),
+                "--data", str(rsscn7_root), "--out", str(out)]  # fmt: skip
+
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = tmp_path / "cut"
+    _kill_when(command(cut), env, "autoencoder/checkpoints/step-0000010.ckpt", cut)
+    _kill_when(command(cut), env, "compare/a/runs/*/seed0/metrics.json", cut)
+    assert not (cut / "report.json").exists()
+    again = subprocess.run(command(cut), env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _numbers(cut / "report.json") == _numbers(tmp_path / "whole" / "report.json")

@@ -23,6 +23,7 @@ import torch
 from geosane.autoencoder.config import AutoencoderConfig
 from geosane.autoencoder.module import AutoencoderModule, make_optimizer
 from geosane.config import to_dict
+from geosane.runs import keeps_torch_threads
 from geosane.tokens.bench import reset_peak_rss, rss_bytes
 from geosane.tokens.settings import DEFAULT_TOKEN_SIZE
 
@@ -47,6 +48,7 @@ def synthetic_batch(config: AutoencoderConfig, device: torch.device, seed: int =
     return {k: v.to(device) for k, v in out.items()}
 
 
+@keeps_torch_threads
 def benchmark_training(
     config: AutoencoderConfig, steps: int = 10, warmup: int = 3, device: str | None = None
 ) -> dict[str, Any]:

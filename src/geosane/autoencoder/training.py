@@ -36,7 +36,7 @@ from geosane.config import flatten_dotted, save_config, to_dict
 from geosane.console import console
 from geosane.errors import ConfigError, GeosaneError, cli_flags
 from geosane.io import check_out_dir, load_torch, mark_out_dir, write_json
-from geosane.runs import SafeCheckpointIO, fit_resumable, quiet_lightning
+from geosane.runs import SafeCheckpointIO, fit_resumable, keeps_torch_threads, quiet_lightning
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -227,6 +227,7 @@ def _progress_bar() -> Callback:
     return StepProgressBar(console_kwargs={"stderr": True})
 
 
+@keeps_torch_threads
 def train(config: AutoencoderConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train (or resume, or fine-tune with ``train.init_from``) the autoencoder described by ``config``.
 

@@ -295,7 +295,8 @@ class PretrainConfig:
 
 
 def apply_threads(num_threads: int | None) -> None:
-    """Set torch's intra-op CPU threads when a config asks for a number."""
+    """Set torch's intra-op CPU threads when a config asks for a number (inside a stage that
+    :func:`geosane.runs.keeps_torch_threads` puts back when it ends)."""
     if num_threads is not None:
         import torch
 

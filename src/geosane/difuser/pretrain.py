@@ -31,7 +31,13 @@ from geosane.difuser.config import PretrainConfig, apply_threads
 from geosane.difuser.data import load_training_images
 from geosane.errors import GeosaneError, cli_flags
 from geosane.io import atomic_directory, atomic_path, write_json
-from geosane.runs import SafeCheckpointIO, SaveLastCheckpoint, fit_resumable, quiet_lightning
+from geosane.runs import (
+    SafeCheckpointIO,
+    SaveLastCheckpoint,
+    fit_resumable,
+    keeps_torch_threads,
+    quiet_lightning,
+)
 
 __all__ = ["PretrainResult", "build_ddpm_unet", "ema_with_warmup", "pretrain_ddpm"]
 
@@ -200,6 +206,7 @@ def _save_samples(unet: nn.Module, config: PretrainConfig, path: Path) -> None:
     plt.close(fig)
 
 
+@keeps_torch_threads
 def pretrain_ddpm(config: PretrainConfig, resume: bool = False) -> PretrainResult:
     """Train the DDPM of ``config``; write the diffusers directory to ``config.output_dir / 'model'``.
 

@@ -26,6 +26,7 @@ from geosane.difuser.fusers import feature_key
 from geosane.difuser.train import prepare_features
 from geosane.errors import GeosaneError
 from geosane.io import write_json
+from geosane.runs import keeps_torch_threads
 
 __all__ = ["run_probe", "run_scratch_baseline"]
 
@@ -81,6 +82,7 @@ def run_probe(cfg: DifuseConfig, max_iter: int = 2000) -> dict[str, Any]:
     return report
 
 
+@keeps_torch_threads
 def run_scratch_baseline(cfg: DifuseConfig, arch: str = "resnet10t", epochs: int = 30) -> dict[str, Any]:
     """A randomly initialised timm CNN trained on the task's train split (images as fed to the UNet)."""
     from geosane.data import Normalization, TensorImageDataset

@@ -44,6 +44,7 @@ from geosane.runs import (
     SafeCheckpointIO,
     SaveLastCheckpoint,
     fit_resumable,
+    keeps_torch_threads,
     quiet_lightning,
 )
 from geosane.tasks import FitConfig, TaskKind, TaskModule, make_metric, primary_metric_name
@@ -159,6 +160,7 @@ def build_model(
     return DifuserModel(fuser, head, output_size if cfg.task.kind == "segmentation" else None)
 
 
+@keeps_torch_threads
 def prepare_features(
     cfg: DifuseConfig, build: bool = True
 ) -> tuple[FeatureCache, TaskData, DiffusionBackbone]:
@@ -345,6 +347,7 @@ def check_resume_config(run_config: dict[str, Any], last: Path, out: Path) -> No
     )
 
 
+@keeps_torch_threads
 def run_difuse(cfg: DifuseConfig, resume: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train and evaluate one SatDiFuser experiment; returns (and writes) the report.
 
