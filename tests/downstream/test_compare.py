@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +17,7 @@ from geosane.downstream import compare, load_compare_config, run_compare, ties_m
 from geosane.downstream.report import InitSummary, verdict
 from geosane.errors import Interrupted
 from geosane.zoo import Zoo
-from tests.conftest import run_cli
+from tests.conftest import REPO_ROOT, run_cli
 
 from .downstream_fakes import ARCH, write_generated_dir
 
@@ -253,3 +257,45 @@ def test_parallel_workers_give_the_same_results_as_one_process(
     for name in ("scratch", "ties"):
         assert [r.test for r in one.results[name]] == [r.test for r in two.results[name]]
         assert [r.history for r in one.results[name]] == [r.history for r in two.results[name]]
+
+
+_ORPHAN = """
+import os, sys, time, multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from geosane.downstream.comparison import _worker_setup
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(1, mp_context=context, initializer=_worker_setup, initargs=(1, os.getpid()))
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 600)  # a long run in progress when the parent is killed
+    time.sleep(0.5)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state  # a zombie has ended (nobody reaped it yet)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_compare_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:  # a file, not a pipe: an orphan would hold a pipe open
+        done = subprocess.run([sys.executable, str(script)], stdout=out, stderr=out, env=env, timeout=120)
+    assert done.returncode == -9, log.read_text()[-2000:]
+    worker = int(log.read_text().split()[0])
+    deadline = time.monotonic() + 15
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, 9)
+    assert not alive, "the compare worker went on running after its parent was killed"

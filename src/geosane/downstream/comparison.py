@@ -444,10 +444,28 @@ def _run_sequential(
     return finished
 
 
-def _worker_setup(threads: int) -> None:
+def _worker_setup(threads: int, parent: int) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """End this worker once the process that started it is gone.
+
+    A worker outlives a parent that was killed (SIGKILL, the OOM killer, a closed terminal's
+    process group) and would go on training, burning the cores a rerun needs and writing into the
+    comparison that rerun resumes. ``os.getppid`` changes when the parent dies (the orphan is
+    re-parented), which works wherever ``spawn`` does, unlike Linux's ``PR_SET_PDEATHSIG``.
+    """
+    import os
+
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _run_one(
@@ -501,7 +519,7 @@ def _run_parallel(
     with (
         make_progress() as progress,
         ProcessPoolExecutor(
-            config.workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)
+            config.workers, mp_context=context, initializer=_worker_setup, initargs=(threads, os.getpid())
         ) as pool,
     ):
         overall = progress.add_task(
