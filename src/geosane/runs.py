@@ -11,17 +11,18 @@ line and exit status 130.
 The rest of the Lightning plumbing every stage shares lives here too: :class:`SafeCheckpointIO`
 (checkpoints written atomically through ``geosane.io``, read weights-only), :class:`SaveLastCheckpoint`
 (the resumable ``last`` checkpoint after every epoch and/or every N steps), :func:`quiet_lightning`
-and :func:`keeps_torch_threads`.
+and the thread count of a stage (:func:`torch_threads`, :func:`keeps_torch_threads`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import random
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -41,6 +42,7 @@ __all__ = [
     "fit_resumable",
     "keeps_torch_threads",
     "quiet_lightning",
+    "torch_threads",
 ]
 
 _P = ParamSpec("_P")
@@ -65,21 +67,32 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def keeps_torch_threads(stage: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Put torch's CPU thread count back when ``stage`` returns or raises.
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op CPU threads (``None``: leave torch's setting), restored afterwards.
 
-    A stage may run with threads of its own (``train.threads``, a zoo recipe's ``num_threads``), but
-    the count decides the order of float reductions: left behind, it makes every later stage of the
-    same process compute other numbers than a resumed process that skipped the stage would.
+    On a shared, busy machine one thread can be several times faster than two (thread-pool
+    spinning), so stages take a thread setting; but the count also decides the order of float
+    reductions: left behind, it makes every later stage of the same process compute other numbers
+    than a resumed process that skipped the stage would.
     """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def keeps_torch_threads(stage: Callable[_P, _R]) -> Callable[_P, _R]:
+    """:func:`torch_threads` around a whole stage that sets its threads deep inside
+    (``train.threads`` after the autoencoder's resume checks, difuse's ``num_threads``)."""
 
     @functools.wraps(stage)
     def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        threads = torch.get_num_threads()
-        try:
+        with torch_threads(None):
             return stage(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
 
     return run
 

@@ -8,8 +8,7 @@ files back without running the model, and anything that changes the features get
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from geosane.analysis.models import Backbone
 from geosane.analysis.temporal import temporal_frames
 from geosane.console import make_progress
 from geosane.io import save_safetensors
+from geosane.runs import torch_threads  # re-exported: the analysis commands' old import path
 
 __all__ = ["FeatureCache", "extract_features", "progress_bars", "resolve_device", "torch_threads"]
 
@@ -41,21 +41,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads (``None``: leave torch's setting), restored afterwards.
-
-    On a shared, busy machine one thread can be several times faster than two (thread-pool spinning).
-    """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def progress_bars(enabled: bool = True) -> Progress:

@@ -39,6 +39,7 @@ from torch import nn
 from geosane.analysis.data import TaskName
 from geosane.analysis.temporal import LTAE, TemporalSettings, aggregate
 from geosane.data import IGNORE_INDEX
+from geosane.runs import torch_threads
 from geosane.tasks import make_metric
 
 __all__ = [
@@ -399,10 +400,5 @@ def single_thread() -> Iterator[None]:
     thousands of tiny ops; on a busy machine thread-pool synchronisation made them 10-200x slower
     (measured under load: a linear probe on 84x192 features 10.4 s with 2 threads, 0.05 s with
     one; a logistic probe 1.08 s vs 0.14 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), threadpool_limits(limits=1):
+        yield

@@ -26,7 +26,7 @@ from geosane.arch.spec import LoadedModel, build_architecture
 from geosane.config import save_config, to_dict
 from geosane.console import console, make_progress
 from geosane.errors import ConfigError, GeosaneError
-from geosane.runs import keeps_torch_threads
+from geosane.runs import torch_threads
 from geosane.zoo.formats import first_nonfinite
 from geosane.zoo.manifest import Zoo, ZooEntry, _slug
 from geosane.zoo.provenance import ZOO_BUILD_SPLITS, record_trained_on
@@ -305,7 +305,6 @@ def _train_member(plan: BuildPlan, member: PlannedMember, zoo: Zoo, progress: An
     return entry
 
 
-@keeps_torch_threads
 def build_zoo(
     recipe: str | Path | ZooRecipe | Mapping[str, Any],
     zoo_dir: str | Path,
@@ -326,9 +325,8 @@ def build_zoo(
         f"zoo build '{plan.recipe.name}': {len(plan.members)} members, {len(done)} already in {zoo.path}, "
         f"{len(todo)} to train"
     )
-    if plan.recipe.num_threads:  # on a shared CPU, 1 thread avoids OpenMP spin-waiting (much faster)
-        torch.set_num_threads(plan.recipe.num_threads)  # until build_zoo returns (keeps_torch_threads)
-    _train_all(plan, zoo, todo, done)
+    with torch_threads(plan.recipe.num_threads):  # on a shared CPU, 1 thread avoids OpenMP spin-waiting
+        _train_all(plan, zoo, todo, done)
     return zoo
 
 
